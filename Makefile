@@ -1,0 +1,56 @@
+# Lamina: `make serve` to run, `make test` to check. Everything else is named below.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Prepared models live outside the clone so every checkout reuses them.
+LAMINA_HOME ?= $(HOME)/.cache/lamina
+MODEL_REPOSITORY ?= $(LAMINA_HOME)/models
+PORT ?= 50051
+METRICS_PORT ?= 9090
+export LAMINA_HOME MODEL_REPOSITORY
+
+.PHONY: serve test install models protos lint unit fixtures bench clean help
+
+help:
+	@echo "make serve    create .venv, install, prepare the default models, serve gRPC on :$(PORT)"
+	@echo "make test     install test tools, lint, prepare models, run every test"
+	@echo "make models   prepare the default models into $(MODEL_REPOSITORY)"
+	@echo "make protos   regenerate the Python stubs from protos/"
+	@echo "make lint     ruff + mypy"
+	@echo "make fixtures regenerate the transformers parity fixtures (needs torch; see tests/parity)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Re-install whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+models: install
+	$(BIN)/lamina prepare --model-repository "$(MODEL_REPOSITORY)"
+
+serve: models
+	$(BIN)/lamina serve --model-repository "$(MODEL_REPOSITORY)" --port $(PORT) --metrics-port $(METRICS_PORT)
+
+protos: install
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=client --pyi_out=client \
+		--grpc_python_out=client protos/lamina/v1/*.proto
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint models
+	$(BIN)/pytest -q
+
+fixtures:
+	bash tests/parity/make_fixtures.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
