@@ -1,0 +1,159 @@
+"""Protobuf <-> domain objects: the only place below the servicer that knows the wire format.
+
+Field-level checks that need no model (known pooling names, hosting values, control factors)
+happen here, so every error names the field as the caller wrote it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lamina.server import domain
+from lamina.server.errors import InvalidArgument
+from lamina.v1 import embed_pb2 as pb
+
+HOSTINGS = ("aleph-alpha",)
+
+
+def embed_request(message: pb.EmbedRequest) -> domain.EmbedRequest:
+    if not message.model:
+        raise InvalidArgument("model", "a model name is required")
+    if not message.HasField("prompt") or not message.prompt.items:
+        raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
+    hosting = message.hosting if message.HasField("hosting") else None
+    if hosting is not None and hosting not in HOSTINGS:
+        raise InvalidArgument(
+            "hosting", f"unknown hosting {hosting!r}; expected unset or one of {HOSTINGS}"
+        )
+    threshold = (
+        message.contextual_control_threshold
+        if message.HasField("contextual_control_threshold")
+        else None
+    )
+    if threshold is not None and not math.isfinite(threshold):
+        raise InvalidArgument("contextual_control_threshold", "must be a finite number")
+    return domain.EmbedRequest(
+        model=message.model,
+        prompt=tuple(_prompt_item(item, i) for i, item in enumerate(message.prompt.items)),
+        layers=tuple(message.layers),
+        pooling=tuple(_pooling(name, i) for i, name in enumerate(message.pooling)),
+        normalize=message.normalize,
+        tokens=message.tokens,
+        hosting=hosting,
+        nice=message.nice,
+        contextual_control_threshold=threshold,
+        # Unset means true (api-reference.md).
+        control_log_additive=(
+            message.control_log_additive if message.HasField("control_log_additive") else True
+        ),
+    )
+
+
+def _pooling(name: str, index: int) -> domain.Pooling:
+    try:
+        return domain.Pooling(name)
+    except ValueError:
+        expected = ", ".join(p.value for p in domain.Pooling)
+        raise InvalidArgument(
+            f"pooling[{index}]", f"unknown pooling {name!r}; expected one of {expected}"
+        ) from None
+
+
+def _prompt_item(item: pb.PromptItem, index: int) -> domain.PromptItem:
+    field = f"prompt.items[{index}]"
+    kind = item.WhichOneof("item")
+    if kind == "text":
+        return domain.TextItem(
+            data=item.text.data,
+            controls=tuple(
+                domain.TextControl(
+                    start=c.start,
+                    length=c.length,
+                    factor=_factor(c.factor, f"{field}.text.controls[{j}].factor"),
+                    token_overlap=_overlap(c, f"{field}.text.controls[{j}].token_overlap"),
+                )
+                for j, c in enumerate(item.text.controls)
+            ),
+        )
+    if kind == "token_ids":
+        return domain.TokenIdsItem(
+            data=tuple(item.token_ids.data),
+            controls=tuple(
+                domain.TokenControl(
+                    index=c.index,
+                    factor=_factor(c.factor, f"{field}.token_ids.controls[{j}].factor"),
+                )
+                for j, c in enumerate(item.token_ids.controls)
+            ),
+        )
+    if kind == "image":
+        image = item.image
+        crop = (
+            domain.ImageCrop(image.crop.x, image.crop.y, image.crop.size)
+            if image.HasField("crop")
+            else None
+        )
+        return domain.ImageItem(
+            data=image.data,
+            crop=crop,
+            controls=tuple(
+                domain.ImageControl(
+                    rect=domain.Rect(c.rect.left, c.rect.top, c.rect.width, c.rect.height),
+                    factor=_factor(c.factor, f"{field}.image.controls[{j}].factor"),
+                    token_overlap=_overlap(c, f"{field}.image.controls[{j}].token_overlap"),
+                )
+                for j, c in enumerate(image.controls)
+            ),
+        )
+    raise InvalidArgument(field, "the item has none of text, image or token_ids")
+
+
+def _factor(value: float, field: str) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(field, f"control factor must be finite and >= 0, got {value}")
+    return value
+
+
+def _overlap(control: pb.TextControl | pb.ImageControl, field: str) -> domain.TokenOverlap:
+    if not control.HasField("token_overlap"):
+        return domain.TokenOverlap.PARTIAL
+    try:
+        return domain.TokenOverlap(control.token_overlap)
+    except ValueError:
+        raise InvalidArgument(
+            field, f"unknown token_overlap {control.token_overlap!r}; expected partial or complete"
+        ) from None
+
+
+def embed_response(result: domain.EmbedResult) -> pb.EmbedResponse:
+    response = pb.EmbedResponse(
+        model_version=result.model_version,
+        num_tokens_prompt_total=result.num_tokens_prompt_total,
+        timing=pb.RequestTiming(
+            queue_seconds=result.timing.queue_seconds,
+            tokenization_seconds=result.timing.tokenization_seconds,
+            inference_seconds=result.timing.inference_seconds,
+        ),
+    )
+    for layer, vectors in result.embeddings.items():
+        entry = response.embeddings[f"layer_{layer}"]
+        for pooling, vector in vectors.items():
+            entry.pooling[pooling.value].values.extend(vector.tolist())
+    if result.tokens is not None:
+        response.tokens.tokens.extend(result.tokens)
+    return response
+
+
+def model_info(model: domain.ModelDescription) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=model.name,
+        description=model.description,
+        max_context_size=model.max_context_size,
+        hostings=list(model.hostings),
+        image_support=model.image_support,
+        embedding_types=list(model.embedding_types),
+        version=str(model.version),
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        architecture=model.architecture,
+    )

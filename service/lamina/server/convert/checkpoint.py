@@ -1,0 +1,67 @@
+"""Reading a Hugging Face-style checkpoint folder: config.json, safetensors, tokenizer.json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+
+
+@dataclass
+class SafetensorsWeights:
+    """Lazy access to the tensors of one or more safetensors files, by Hugging Face name.
+
+    A model-class prefix (`bert.`, `model.`) is accepted and stripped so builders use bare names.
+    """
+
+    files: dict[str, Path]  # bare tensor name -> file holding it
+    original_names: dict[str, str]
+
+    @staticmethod
+    def open(folder: Path, prefixes: Iterable[str] = ()) -> SafetensorsWeights:
+        paths = sorted(folder.glob("*.safetensors"))
+        if not paths:
+            raise FileNotFoundError(f"no *.safetensors file in {folder}")
+        files: dict[str, Path] = {}
+        original: dict[str, str] = {}
+        for path in paths:
+            with safe_open(str(path), framework="np") as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    bare = _strip_prefix(name, prefixes)
+                    files[bare] = path
+                    original[bare] = name
+        return SafetensorsWeights(files, original)
+
+    def names(self) -> set[str]:
+        return set(self.files)
+
+    def require(self, expected: Iterable[str], what: str) -> None:
+        missing = [name for name in expected if name not in self.files]
+        if missing:
+            shown = ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")
+            raise ValueError(f"{what}: {len(missing)} expected tensors are missing: {shown}")
+
+    def __call__(self, name: str) -> np.ndarray:
+        with safe_open(str(self.files[name]), framework="np") as handle:
+            tensor: np.ndarray = handle.get_tensor(self.original_names[name])
+        return tensor.astype(np.float32) if tensor.dtype != np.float32 else tensor
+
+
+def _strip_prefix(name: str, prefixes: Iterable[str]) -> str:
+    for prefix in prefixes:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}")
+    config: dict[str, Any] = json.loads(path.read_text())
+    return config

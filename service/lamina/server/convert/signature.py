@@ -1,0 +1,23 @@
+"""The input/output signature shared by every graph the converter writes.
+
+The runtime relies on these names only, never on the architecture behind them. Attention-control
+inputs are part of every graph from the start, so a request with AtMan controls and a plain one
+share a batch and a model never needs a second graph format.
+"""
+
+from __future__ import annotations
+
+INPUT_IDS = "input_ids"  # int64 [batch, sequence]
+ATTENTION_MASK = "attention_mask"  # int64 [batch, sequence]: 1 = prompt position, 0 = padding
+# float [batch, sequence]: the AtMan factor applied to attention *towards* each key position
+# (1 = unchanged, 0 = masked in log-additive mode).
+CONTROL_FACTORS = "control_factors"
+# bool [batch]: true = s + ln f, false = (s - min_j s) * f (api-reference.md, AtMan).
+CONTROL_LOG_ADDITIVE = "control_log_additive"
+
+INPUT_NAMES = (INPUT_IDS, ATTENTION_MASK, CONTROL_FACTORS, CONTROL_LOG_ADDITIVE)
+
+
+def hidden_state_output(index: int) -> str:
+    """Output name of hidden state `index` (0 = embedding output, i = output of block i)."""
+    return f"hidden_state_{index}"

@@ -1,0 +1,54 @@
+"""Domain errors. Each carries the gRPC status name it maps to; the api layer does the mapping."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+class LaminaError(Exception):
+    code = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(LaminaError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class ModelNotFound(LaminaError):
+    code = ErrorCode.NOT_FOUND
+
+    def __init__(self, model: str, available: list[str]) -> None:
+        listed = ", ".join(available) or "none"
+        super().__init__(f"model: unknown model {model!r}; available: {listed}")
+
+
+class Unavailable(LaminaError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class HostingUnavailable(LaminaError):
+    code = ErrorCode.FAILED_PRECONDITION
+
+    def __init__(self, hosting: str, available: tuple[str, ...]) -> None:
+        labels = ", ".join(available) or "none"
+        super().__init__(
+            f"hosting: no worker pool may process a request with hosting {hosting!r} "
+            f"(this server's pool hostings: {labels})"
+        )

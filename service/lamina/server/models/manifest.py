@@ -1,0 +1,48 @@
+"""The manifest that describes one model version in the repository (`manifest.json`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "manifest.json"
+GRAPH_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Manifest:
+    architecture: str  # "bert" or "llama"
+    num_layers: int  # transformer blocks; hidden states are 0..num_layers
+    hidden_size: int
+    max_context_size: int
+    vocab_size: int
+    pad_token_id: int
+    description: str = ""
+    source: str = ""  # where the weights came from, e.g. a package pin
+    image_support: bool = False
+    embedding_types: tuple[str, ...] = ("embed",)
+    graph: str = GRAPH_FILE
+    tokenizer: str = TOKENIZER_FILE
+    format: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, directory: Path) -> None:
+        data = asdict(self)
+        data["embedding_types"] = list(self.embedding_types)
+        (directory / MANIFEST_FILE).write_text(json.dumps(data, indent=2) + "\n")
+
+    @staticmethod
+    def read(directory: Path) -> Manifest:
+        data = json.loads((directory / MANIFEST_FILE).read_text())
+        if data.get("format") != FORMAT_VERSION:
+            raise ValueError(f"manifest format {data.get('format')!r} is not {FORMAT_VERSION}")
+        data["embedding_types"] = tuple(data.get("embedding_types", ("embed",)))
+        known = set(Manifest.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"manifest has unknown fields {sorted(unknown)}")
+        return Manifest(**data)
