@@ -5,17 +5,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Prepared models live outside the clone so every checkout reuses them.
 LAMINA_HOME ?= $(HOME)/.cache/lamina
-MODEL_REPOSITORY ?= $(LAMINA_HOME)/models
+LAMINA_MODEL_REPOSITORY ?= $(LAMINA_HOME)/models
 PORT ?= 50051
 METRICS_PORT ?= 9090
-export LAMINA_HOME MODEL_REPOSITORY
+export LAMINA_HOME LAMINA_MODEL_REPOSITORY
 
 .PHONY: serve test install models protos lint unit fixtures bench clean help
 
 help:
 	@echo "make serve    create .venv, install, prepare the default models, serve gRPC on :$(PORT)"
 	@echo "make test     install test tools, lint, prepare models, run every test"
-	@echo "make models   prepare the default models into $(MODEL_REPOSITORY)"
+	@echo "make models   prepare the default models into $(LAMINA_MODEL_REPOSITORY)"
 	@echo "make protos   regenerate the Python stubs from protos/"
 	@echo "make lint     ruff + mypy"
 	@echo "make fixtures regenerate the transformers parity fixtures (needs torch; see tests/parity)"
@@ -32,10 +32,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 models: install
-	$(BIN)/lamina prepare --model-repository "$(MODEL_REPOSITORY)"
+	$(BIN)/lamina prepare --model-repository "$(LAMINA_MODEL_REPOSITORY)"
 
 serve: models
-	$(BIN)/lamina serve --model-repository "$(MODEL_REPOSITORY)" --port $(PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/lamina serve --model-repository "$(LAMINA_MODEL_REPOSITORY)" --port $(PORT) --metrics-port $(METRICS_PORT)
 
 protos: install
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=client --pyi_out=client \
