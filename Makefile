@@ -10,7 +10,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9090
 export LAMINA_HOME LAMINA_MODEL_REPOSITORY
 
-.PHONY: serve test install models protos lint unit fixtures bench clean help
+.PHONY: serve test install models protos lint fixtures bench clean help
 
 help:
 	@echo "make serve    create .venv, install, prepare the default models, serve gRPC on :$(PORT)"
@@ -18,6 +18,7 @@ help:
 	@echo "make models   prepare the default models into $(LAMINA_MODEL_REPOSITORY)"
 	@echo "make protos   regenerate the Python stubs from protos/"
 	@echo "make lint     ruff + mypy"
+	@echo "make bench    Lamina over gRPC vs a bare ONNX Runtime session, as a ratio"
 	@echo "make fixtures regenerate the transformers parity fixtures (needs torch; see tests/parity)"
 
 $(BIN)/python:
@@ -54,3 +55,6 @@ fixtures:
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+
+bench: models
+	$(BIN)/python -m tests.bench.throughput --model-repository "$(LAMINA_MODEL_REPOSITORY)"
