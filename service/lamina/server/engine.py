@@ -34,14 +34,17 @@ class Engine:
         self.metrics = metrics
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-cpu")
         self._workers: dict[str, ModelWorker] = {}
+        self._inference_threads: list[ThreadPoolExecutor] = []
 
     def start(self) -> None:
         """Start a worker for every loaded model (call on the serving event loop)."""
         for model in self.registry.all():
+            thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{model.name}")
+            self._inference_threads.append(thread)
             worker = ModelWorker(
                 model.name,
                 partial(run_batch, model),
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lamina-infer-{model.name}"),
+                thread,
                 self.policy,
                 on_batch=partial(self.metrics.observe_batch, model.name),
             )
@@ -50,7 +53,8 @@ class Engine:
 
     async def close(self) -> None:
         await asyncio.gather(*(worker.close() for worker in self._workers.values()))
-        self._cpu.shutdown(wait=False)
+        for executor in (self._cpu, *self._inference_threads):
+            executor.shutdown(wait=False)
 
     def queue_depth(self) -> int:
         return sum(worker.depth for worker in self._workers.values())

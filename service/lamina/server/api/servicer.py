@@ -109,6 +109,6 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             await context.abort(code, f"{method}: internal error; the server logged the details")
         finally:
             # Label only served model names: arbitrary client strings would explode the series.
-            known = model if model in {m.name for m in self.engine.registry.all()} else ""
+            known = model if model in self.engine.registry else ""
             self.metrics.observe_rpc(method, known, code.name, time.monotonic() - started)
         raise AssertionError("unreachable: context.abort raises")

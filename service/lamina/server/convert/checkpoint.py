@@ -37,9 +37,6 @@ class SafetensorsWeights:
                     original[bare] = name
         return SafetensorsWeights(files, original)
 
-    def names(self) -> set[str]:
-        return set(self.files)
-
     def require(self, expected: Iterable[str], what: str) -> None:
         missing = [name for name in expected if name not in self.files]
         if missing:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -75,7 +74,3 @@ def load_plain_tokenizer(path: Path) -> Tokenizer:
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
-
-
-def tokenizer_json(tokenizer: Tokenizer) -> str:
-    return json.dumps(json.loads(tokenizer.to_str()), ensure_ascii=False)

@@ -45,6 +45,9 @@ class ModelRegistry:
             raise ModelNotFound(name, sorted(self._models))
         return model
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
+
     def all(self) -> list[LoadedModel]:
         return [self._models[name] for name in sorted(self._models)]
 
