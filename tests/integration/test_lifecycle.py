@@ -20,9 +20,10 @@ from tests.integration.support import settings_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# 512 positions: a batch of eight takes long enough to be caught in flight.
 REQUEST = pb.EmbedRequest(
     model="all-minilm-l6-v2",
-    prompt=pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data="drain me " * 60))]),
+    prompt=pb.Prompt(items=[pb.PromptItem(token_ids=pb.TokenIdsItem(data=[2000] * 510))]),
     layers=[-1],
     pooling=["mean"],
 )
@@ -59,7 +60,9 @@ async def test_drain_finishes_in_flight_requests(model_repository: Path) -> None
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.EmbedServiceStub(channel)
         in_flight = [asyncio.ensure_future(stub.Embed(REQUEST)) for _ in range(8)]
-        await asyncio.sleep(0.01)
+        while server.state.in_flight < len(in_flight):
+            assert not any(call.done() for call in in_flight), "answered before the drain began"
+            await asyncio.sleep(0.001)
         await server.stop(grace_seconds=10)
         replies = await asyncio.gather(*in_flight)
     assert all(reply.embeddings["layer_6"].pooling["mean"].values for reply in replies)
@@ -99,11 +102,12 @@ async def test_sigterm_drains_and_exits_cleanly(model_repository: Path) -> None:
                 assert time.monotonic() < deadline, "server did not become ready in 60 s"
                 await asyncio.sleep(0.1)
             stub = pb_grpc.EmbedServiceStub(channel)
-            in_flight = asyncio.ensure_future(stub.Embed(REQUEST))
-            await asyncio.sleep(0.005)
+            in_flight = [asyncio.ensure_future(stub.Embed(REQUEST)) for _ in range(8)]
+            await asyncio.sleep(0.3)  # received: eight 512-token rows take seconds on one thread
+            assert not any(call.done() for call in in_flight)
             process.send_signal(signal.SIGTERM)
-            reply = await in_flight
-            assert reply.num_tokens_prompt_total > 0
+            replies = await asyncio.gather(*in_flight)
+            assert all(reply.num_tokens_prompt_total == 512 for reply in replies)
         code = await asyncio.wait_for(process.wait(), 30)
         assert process.stderr is not None
         log = (await process.stderr.read()).decode()

@@ -67,9 +67,11 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("lamina_ready", "1 while the server is serving.", registry=r)
+        self.in_flight = Gauge("lamina_in_flight_requests", "RPCs being answered now.", registry=r)
 
-    def track_queue_depth(self, depth: Callable[[], int]) -> None:
-        self.queue_depth.set_function(lambda: float(depth()))
+    def track(self, queue_depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(queue_depth()))
+        self.in_flight.set_function(lambda: float(in_flight()))
 
     def observe_request(self, model: str, prompt_tokens: int, queue_seconds: float) -> None:
         self.prompt_tokens.labels(model).observe(prompt_tokens)

@@ -79,7 +79,7 @@ class LaminaServer:
         await self._server.start()
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
-        self.metrics.track_queue_depth(self.engine.queue_depth)
+        self.metrics.track(self.engine.queue_depth, lambda: self.state.in_flight)
         log.info(
             "listening on %s:%d (not serving until models are loaded)",
             self.settings.host,

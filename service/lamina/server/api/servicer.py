@@ -26,6 +26,7 @@ class ServingState:
 
     def __init__(self) -> None:
         self.reason: str | None = "starting up: models are loading"
+        self.in_flight = 0  # RPCs being answered now
 
     def check(self) -> None:
         if self.reason is not None:
@@ -97,6 +98,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
     ) -> Reply:
         started = time.monotonic()
         code = grpc.StatusCode.OK
+        self.state.in_flight += 1
         try:
             self.state.check()
             return await answer()
@@ -108,6 +110,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             code = grpc.StatusCode.INTERNAL
             await context.abort(code, f"{method}: internal error; the server logged the details")
         finally:
+            self.state.in_flight -= 1
             # Label only served model names: arbitrary client strings would explode the series.
             known = model if model in self.engine.registry else ""
             self.metrics.observe_rpc(method, known, code.name, time.monotonic() - started)
