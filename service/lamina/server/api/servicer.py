@@ -70,9 +70,12 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         async def answer() -> pb.TokenizeResponse:
             pieces, ids = await self.engine.tokenize(request.model, request.prompt)
             response = pb.TokenizeResponse()
+            # SetInParent: an asked-for list is present even when the text has no tokens.
             if request.tokens:
+                response.tokens.SetInParent()
                 response.tokens.tokens.extend(pieces)
             if request.token_ids:
+                response.token_ids.SetInParent()
                 response.token_ids.ids.extend(ids)
             return response
 

@@ -1,0 +1,34 @@
+"""Lamina's client: `Client` (blocking) and `AsyncClient` (asyncio) for the embed API over gRPC."""
+
+from lamina.client.aio import AsyncClient
+from lamina.client.errors import LaminaError
+from lamina.client.prompt import (
+    Image,
+    ImageControl,
+    ImageCrop,
+    Rect,
+    Text,
+    TextControl,
+    TokenControl,
+    TokenIds,
+)
+from lamina.client.results import EmbedResult, ModelInfo, Timing, TokenizeResult
+from lamina.client.sync import Client
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "EmbedResult",
+    "Image",
+    "ImageControl",
+    "ImageCrop",
+    "LaminaError",
+    "ModelInfo",
+    "Rect",
+    "Text",
+    "TextControl",
+    "Timing",
+    "TokenControl",
+    "TokenIds",
+    "TokenizeResult",
+]

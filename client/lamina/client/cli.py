@@ -1,0 +1,152 @@
+"""`lamina-client`: the embed API from a shell, printing JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lamina.client.errors import LaminaError
+from lamina.client.prompt import PromptItem, Text, TokenIds
+from lamina.client.results import EmbedResult, Vector
+from lamina.client.sync import Client
+
+
+class _AppendItem(argparse.Action):
+    """--prompt and --token-ids build one ordered list of prompt items."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        items: list[PromptItem] = getattr(namespace, "items", None) or []
+        if option_string == "--prompt":
+            items.append(Text(str(values)))
+        else:
+            items.append(TokenIds([int(v) for v in values]))
+        namespace.items = items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lamina-client", description="Call a Lamina server; prints JSON."
+    )
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("LAMINA_TARGET", "localhost:50051"),
+        help="server address host:port (env LAMINA_TARGET; default %(default)s)",
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="deadline per call in seconds")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    embed = commands.add_parser("embed", help="embed a prompt: one vector per layer and pooling")
+    embed.add_argument("--model", required=True, help="model name, e.g. all-minilm-l6-v2")
+    embed.add_argument(
+        "--prompt",
+        action=_AppendItem,
+        dest="items",
+        metavar="TEXT",
+        help="a text item; repeat, and mix with --token-ids, to build one sequence in order",
+    )
+    embed.add_argument(
+        "--token-ids",
+        action=_AppendItem,
+        dest="items",
+        nargs="+",
+        metavar="ID",
+        help="a token-id item, used as given (no special tokens added)",
+    )
+    embed.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[-1],
+        help="layer indices: 0 = embedding output, i = block i, -1 = last block (default: -1)",
+    )
+    embed.add_argument(
+        "--pooling",
+        nargs="+",
+        default=["mean"],
+        help="poolings: mean, weighted_mean, max, last_token, abs_max (default: mean)",
+    )
+    embed.add_argument("--normalize", action="store_true", help="L2-normalise every vector")
+    embed.add_argument("--tokens", action="store_true", help="also return the prompt's tokens")
+    embed.add_argument("--nice", action="store_true", help="yield to concurrent non-nice requests")
+    embed.add_argument("--hosting", default=None, help="e.g. aleph-alpha: only our own datacenter")
+
+    commands.add_parser("models", help="list the served models")
+
+    tokenize = commands.add_parser("tokenize", help="text to vocabulary pieces and ids")
+    tokenize.add_argument("--model", required=True)
+    tokenize.add_argument("text")
+
+    detokenize = commands.add_parser("detokenize", help="token ids to text")
+    detokenize.add_argument("--model", required=True)
+    detokenize.add_argument("token_ids", type=int, nargs="+", metavar="ID")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "embed" and not getattr(args, "items", None):
+        parser.error("embed needs at least one --prompt or --token-ids")
+    try:
+        with Client(args.target, timeout=args.timeout) as client:
+            output = _run(client, args)
+    except LaminaError as error:
+        print(f"error: {error.code}: {error.message}", file=sys.stderr)
+        return 1
+    json.dump(output, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _run(client: Client, args: argparse.Namespace) -> Any:
+    if args.command == "embed":
+        result = client.embed(
+            args.model,
+            args.items,
+            layers=args.layers,
+            pooling=args.pooling,
+            normalize=args.normalize or None,
+            tokens=args.tokens or None,
+            nice=args.nice,
+            hosting=args.hosting,
+        )
+        return embed_json(result)
+    if args.command == "models":
+        return [vars(model) for model in client.models()]
+    if args.command == "tokenize":
+        return vars(client.tokenize(args.model, args.text))
+    return {"result": client.detokenize(args.model, args.token_ids)}
+
+
+def embed_json(result: EmbedResult) -> dict[str, Any]:
+    """The reply in the API's JSON shape: layer_<N> -> pooling -> list of floats."""
+    output: dict[str, Any] = {
+        "model_version": result.model_version,
+        "num_tokens_prompt_total": result.num_tokens_prompt_total,
+        "embeddings": {
+            f"layer_{layer}": {name: _floats(v) for name, v in vectors.items()}
+            for layer, vectors in result.embeddings.items()
+        },
+        "timing": vars(result.timing),
+    }
+    if result.tokens is not None:
+        output["tokens"] = result.tokens
+    return output
+
+
+def _floats(vector: Vector) -> list[float]:
+    return [float(x) for x in vector]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

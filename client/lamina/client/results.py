@@ -1,0 +1,70 @@
+"""Typed results. Vectors are numpy float32 arrays when numpy is installed, else lists."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+
+def _optional_numpy() -> ModuleType | None:
+    try:
+        return importlib.import_module("numpy")
+    except ImportError:  # numpy is optional for the client
+        return None
+
+
+_numpy = _optional_numpy()
+
+Vector = Any  # numpy.ndarray (float32) with numpy, list[float] without
+
+
+def make_vector(values: Any) -> Vector:
+    if _numpy is not None:
+        return _numpy.asarray(values, dtype=_numpy.float32)
+    return list(values)
+
+
+@dataclass(frozen=True)
+class Timing:
+    queue_seconds: float
+    tokenization_seconds: float
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    model_version: str
+    embeddings: dict[int, dict[str, Vector]]  # absolute layer -> pooling -> vector
+    tokens: list[str] | None  # only when asked for
+    num_tokens_prompt_total: int
+    timing: Timing
+
+    def vector(self, layer: int, pooling: str) -> Vector:
+        """The vector of an absolute layer index and a pooling, e.g. `vector(6, "mean")`."""
+        try:
+            return self.embeddings[layer][pooling]
+        except KeyError:
+            available = {k: sorted(v) for k, v in self.embeddings.items()}
+            raise KeyError(f"no layer {layer} / pooling {pooling!r}; have {available}") from None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    max_context_size: int
+    hostings: list[str]
+    image_support: bool
+    embedding_types: list[str]
+    version: str
+    num_layers: int
+    hidden_size: int
+    architecture: str
+
+
+@dataclass(frozen=True)
+class TokenizeResult:
+    tokens: list[str] | None
+    token_ids: list[int] | None
