@@ -58,3 +58,17 @@ def test_serve_help_explains_every_flag() -> None:
     for flag in ("--port", "--model-repository", "--threads", "--metrics-port", "--drain-seconds"):
         assert flag in result.stdout
     assert "LAMINA_PORT" in result.stdout and "LAMINA_MODEL_REPOSITORY" in result.stdout
+
+
+def test_the_client_installs_and_imports_without_the_server_stack() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    bare = sorted(
+        requirement.split(">")[0].split("=")[0] for requirement in project["dependencies"]
+    )
+    assert bare == ["grpcio", "protobuf"]
+    check = (
+        "import sys, lamina.client, lamina.client.cli; "
+        "loaded = [m for m in ('onnxruntime', 'tokenizers', 'lamina.server') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True)
