@@ -17,7 +17,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.server.config import default_home
 from lamina.server.models.loaded import LoadedModel
@@ -26,6 +25,7 @@ from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
+from tests.integration.support import wait_until_serving
 
 
 def bare_tokens_per_second(model: LoadedModel, rows: int, length: int, repeats: int) -> float:
@@ -74,21 +74,6 @@ async def lamina_tokens_per_second(
     return rows * length / statistics.median(times)
 
 
-async def wait_ready(target: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"server at {target} not ready in {timeout} s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="all-minilm-l6-v2")
@@ -126,7 +111,7 @@ def main() -> None:
         ],
     )
     try:
-        asyncio.run(wait_ready(target))
+        asyncio.run(wait_until_serving(target, timeout=120))
         served = asyncio.run(
             lamina_tokens_per_second(target, args.model, args.rows, args.length, args.repeats)
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -16,7 +15,7 @@ from lamina.server.server import LaminaServer
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.conftest import free_port
-from tests.integration.support import settings_for
+from tests.integration.support import settings_for, wait_until_serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -89,18 +88,8 @@ async def test_sigterm_drains_and_exits_cleanly(model_repository: Path) -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
+        await wait_until_serving(f"127.0.0.1:{port}", timeout=60)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == SERVING:
-                        break
-                except grpc.aio.AioRpcError:
-                    pass
-                assert time.monotonic() < deadline, "server did not become ready in 60 s"
-                await asyncio.sleep(0.1)
             stub = pb_grpc.EmbedServiceStub(channel)
             in_flight = [asyncio.ensure_future(stub.Embed(REQUEST)) for _ in range(8)]
             await asyncio.sleep(0.3)  # received: eight 512-token rows take seconds on one thread
