@@ -11,7 +11,8 @@ import onnx
 
 from lamina.server.convert import signature
 from lamina.server.convert.attention import KeyControls, multi_head_attention
-from lamina.server.convert.graph import BOOL, FLOAT, INT64, GraphBuilder
+from lamina.server.convert.graph import GraphBuilder
+from lamina.server.convert.layered import layered_graph
 
 # The two activations BERT checkpoints use; "gelu" is the exact (erf) form in transformers.
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -78,23 +79,11 @@ def build_bert_graph(config: BertConfig, weights: Callable[[str], np.ndarray]) -
 
     `weights(name)` returns a tensor by its Hugging Face name (without a "bert." prefix).
     """
-    g = GraphBuilder("bert")
-    hidden_shape: list[str | int] = ["batch", "sequence", config.hidden_size]
-    g.input(signature.INPUT_IDS, INT64, ["batch", "sequence"])
-    g.input(signature.ATTENTION_MASK, INT64, ["batch", "sequence"])
-    g.input(signature.CONTROL_FACTORS, FLOAT, ["batch", "sequence"])
-    g.input(signature.CONTROL_LOG_ADDITIVE, BOOL, ["batch"])
-
-    hidden = _embeddings(g, config, weights)
-    g.output(signature.hidden_state_output(0), hidden, FLOAT, hidden_shape)
-
-    controls = KeyControls.build(g, causal=False)
     head_dim = config.hidden_size // config.num_heads
-    for i in range(config.num_layers):
-        p = f"encoder.layer.{i}"
 
-        def w(suffix: str, prefix: str = p) -> np.ndarray:
-            return weights(f"{prefix}.{suffix}")
+    def block(g: GraphBuilder, index: int, hidden: str, controls: KeyControls) -> str:
+        def w(suffix: str) -> np.ndarray:
+            return weights(f"encoder.layer.{index}.{suffix}")
 
         q = g.linear(hidden, w("attention.self.query.weight"), w("attention.self.query.bias"), "q")
         k = g.linear(hidden, w("attention.self.key.weight"), w("attention.self.key.bias"), "k")
@@ -126,15 +115,22 @@ def build_bert_graph(config: BertConfig, weights: Callable[[str], np.ndarray]) -
             w("output.dense.bias"),
             "down",
         )
-        hidden = g.layer_norm(
+        return g.layer_norm(
             g.op("Add", [down, hidden]),
             w("output.LayerNorm.weight"),
             w("output.LayerNorm.bias"),
             config.layer_norm_eps,
             "ln_ffn",
         )
-        g.output(signature.hidden_state_output(i + 1), hidden, FLOAT, hidden_shape)
-    return g.build(producer="lamina-convert-bert")
+
+    return layered_graph(
+        "bert",
+        num_layers=config.num_layers,
+        hidden_size=config.hidden_size,
+        causal=False,
+        embed=lambda g: _embeddings(g, config, weights),
+        block=block,
+    )
 
 
 def _embeddings(g: GraphBuilder, config: BertConfig, weights: Callable[[str], np.ndarray]) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,36 +14,61 @@ from onnx import TensorProto, helper, numpy_helper
 # Opset 17 has LayerNormalization; ONNX Runtime 1.20+ runs it on CPU and CUDA.
 OPSET = 17
 
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+BOOL = TensorProto.BOOL
+
+Shape = Sequence[str | int]
+
+
+@dataclass
+class _Model:
+    """What every (sub)graph of one model shares: unique names and the weights."""
+
+    names: Iterator[int] = field(default_factory=itertools.count)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    small_constants: dict[tuple[str, tuple[int, ...], bytes], str] = field(default_factory=dict)
+
 
 @dataclass
 class GraphBuilder:
-    """Accumulates nodes, initializers, inputs and outputs; names are made unique on the way."""
+    """Accumulates nodes, inputs and outputs of one graph; `child` makes an If branch.
+
+    Weights always live in the top graph, so a branch reads them from the outer scope.
+    """
 
     name: str
     nodes: list[onnx.NodeProto] = field(default_factory=list)
-    initializers: list[onnx.TensorProto] = field(default_factory=list)
     inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
     outputs: list[onnx.ValueInfoProto] = field(default_factory=list)
-    _counter: int = 0
+    model: _Model = field(default_factory=_Model)
 
     def fresh(self, hint: str) -> str:
-        self._counter += 1
-        return f"{hint}_{self._counter}"
+        return f"{hint}_{next(self.model.names)}"
 
-    def input(self, name: str, elem_type: int, shape: Sequence[str | int]) -> str:
+    def child(self, name: str) -> GraphBuilder:
+        return GraphBuilder(self.fresh(name), model=self.model)
+
+    def input(self, name: str, elem_type: int, shape: Shape) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
         return name
 
-    def output(self, name: str, source: str, elem_type: int, shape: Sequence[str | int]) -> None:
+    def output(self, name: str, source: str, elem_type: int, shape: Shape) -> None:
         self.op("Identity", [source], name=name)
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
 
     def const(self, hint: str, value: np.ndarray | np.generic | float | int | Sequence[int]) -> str:
-        array = np.asarray(value)
+        array = np.ascontiguousarray(np.asarray(value))
         if array.dtype == np.float64:
             array = array.astype(np.float32)
+        small = array.size <= 16
+        key = (str(array.dtype), array.shape, array.tobytes())
+        if small and key in self.model.small_constants:
+            return self.model.small_constants[key]
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.model.initializers.append(numpy_helper.from_array(array, name))
+        if small:
+            self.model.small_constants[key] = name
         return name
 
     def op(self, op_type: str, inputs: Sequence[str], name: str | None = None, **attrs: Any) -> str:
@@ -53,6 +79,26 @@ class GraphBuilder:
         return output
 
     # Composite operations used by every transformer family.
+
+    def gated(
+        self, condition: str, x: str, block: Callable[[GraphBuilder, str], str], shape: Shape
+    ) -> str:
+        """block(x) when `condition` (a bool scalar) holds, else x untouched: the skipped block
+        costs nothing, which is how a request pays only for the layers it reads."""
+        run = self.child("run_block")
+        ran = run.op("Identity", [block(run, x)])
+        skip = self.child("skip_block")
+        skipped = skip.op("Identity", [x])
+        return self.op(
+            "If",
+            [condition],
+            then_branch=run._branch(ran, shape),
+            else_branch=skip._branch(skipped, shape),
+        )
+
+    def _branch(self, output: str, shape: Shape) -> onnx.GraphProto:
+        value = helper.make_tensor_value_info(output, FLOAT, list(shape))
+        return helper.make_graph(self.nodes, self.name, [], [value])
 
     def positions(self, ids: str) -> str:
         """0 .. sequence-1 as int64 [sequence], sized from `ids` [batch, sequence] at run time."""
@@ -81,9 +127,18 @@ class GraphBuilder:
             epsilon=float(eps),
         )
 
+    def rms_norm(self, x: str, weight: np.ndarray, eps: float, hint: str) -> str:
+        """x / sqrt(mean(x^2) + eps) * weight: the pattern ONNX Runtime fuses into
+        SimplifiedLayerNormalization."""
+        square = self.op("Pow", [x, self.const("two", np.float32(2.0))])
+        mean = self.op("ReduceMean", [square], axes=[-1])
+        root = self.op("Sqrt", [self.op("Add", [mean, self.const("eps", np.float32(eps))])])
+        normed = self.op("Div", [x, root])
+        return self.op("Mul", [normed, self.const(f"{hint}.weight", weight.astype(np.float32))])
+
     def build(self, producer: str) -> onnx.ModelProto:
         graph = helper.make_graph(
-            self.nodes, self.name, self.inputs, self.outputs, initializer=self.initializers
+            self.nodes, self.name, self.inputs, self.outputs, initializer=self.model.initializers
         )
         model = helper.make_model(
             graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer
@@ -91,8 +146,3 @@ class GraphBuilder:
         # ONNX Runtime 1.20 reads IR version 10 at most.
         model.ir_version = 10
         return model
-
-
-FLOAT = TensorProto.FLOAT
-INT64 = TensorProto.INT64
-BOOL = TensorProto.BOOL

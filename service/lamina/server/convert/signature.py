@@ -15,7 +15,11 @@ CONTROL_FACTORS = "control_factors"
 # bool [batch]: true = s + ln f, false = (s - min_j s) * f (api-reference.md, AtMan).
 CONTROL_LOG_ADDITIVE = "control_log_additive"
 
-INPUT_NAMES = (INPUT_IDS, ATTENTION_MASK, CONTROL_FACTORS, CONTROL_LOG_ADDITIVE)
+# int64 scalar: the deepest hidden state the caller reads. Blocks past it are skipped (If nodes),
+# so a batch costs as much as its deepest request, not the whole model.
+DEPTH = "depth"
+
+INPUT_NAMES = (INPUT_IDS, ATTENTION_MASK, CONTROL_FACTORS, CONTROL_LOG_ADDITIVE, DEPTH)
 
 
 def hidden_state_output(index: int) -> str:

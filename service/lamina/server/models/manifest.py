@@ -10,7 +10,8 @@ from typing import Any
 MANIFEST_FILE = "manifest.json"
 GRAPH_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-FORMAT_VERSION = 1
+# 2: graphs take a `depth` input and skip the blocks past it.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)

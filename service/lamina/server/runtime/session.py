@@ -41,5 +41,7 @@ class HiddenStateSession:
         """[rows, padded, hidden] per requested absolute layer index."""
         wanted = sorted(set(layers))
         names = [signature.hidden_state_output(i) for i in wanted]
-        results = self._session.run(names, batch.feeds())
+        # Blocks past the deepest requested layer are skipped inside the graph.
+        feeds = {**batch.feeds(), signature.DEPTH: np.array(wanted[-1], dtype=np.int64)}
+        results = self._session.run(names, feeds)
         return dict(zip(wanted, results, strict=True))
