@@ -16,6 +16,7 @@ from lamina.server.server import LaminaServer
 from tests.integration.support import RunningServer, settings_for
 
 MINILM = "all-minilm-l6-v2"
+SMOLLM2 = "smollm2-135m-instruct"
 
 
 def _repository() -> Path:
@@ -32,15 +33,25 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def model_repository() -> Path:
     repository = _repository()
-    if MINILM not in list_versions(repository):
-        pytest.fail(f"{MINILM} is not prepared in {repository}: run `make models` first")
+    missing = {MINILM, SMOLLM2} - set(list_versions(repository))
+    if missing:
+        pytest.fail(f"{sorted(missing)} not prepared in {repository}: run `make models` first")
     return repository
+
+
+def _load(repository: Path, name: str) -> LoadedModel:
+    newest = list_versions(repository)[name][-1]
+    return LoadedModel.load(newest, threads=2, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="session")
 def minilm(model_repository: Path) -> LoadedModel:
-    newest = list_versions(model_repository)[MINILM][-1]
-    return LoadedModel.load(newest, threads=2, providers=["CPUExecutionProvider"])
+    return _load(model_repository, MINILM)
+
+
+@pytest.fixture(scope="session")
+def smollm2(model_repository: Path) -> LoadedModel:
+    return _load(model_repository, SMOLLM2)
 
 
 @pytest.fixture(scope="session")

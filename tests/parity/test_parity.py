@@ -1,8 +1,8 @@
-"""Every hidden state of the converted model against Hugging Face `transformers`.
+"""Every hidden state of the converted models against Hugging Face `transformers`.
 
 The references are committed fixtures made by tests/parity/make_fixtures.py from the same pinned
-weights. Bounds (issue 2): cosine >= 0.9999 per position and max abs error <= 1e-4 x the layer's
-scale (its largest absolute reference value).
+weights (the SmolLM2 GGUF dequantized by transformers itself). Bounds (issue 2): cosine >= 0.9999
+per position and max abs error <= 1e-4 x the layer's scale (its largest absolute reference value).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,17 +18,28 @@ import pytest
 from lamina.server.domain import Pooling, TextItem
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.runtime.batch import Batch
+from lamina.server.scheduling.inference import run_batch
+from lamina.server.scheduling.job import Job
 
 FIXTURES = Path(__file__).parent / "fixtures"
+MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")
 
 
-def _fixtures(model: str) -> tuple[list[str], dict[str, np.ndarray]]:
+def load_fixture(model: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     meta = json.loads((FIXTURES / f"{model}.json").read_text())
     with np.load(FIXTURES / f"{model}.npz") as arrays:
-        return meta["prompts"], {name: arrays[name] for name in arrays.files}
+        return meta, {name: arrays[name] for name in arrays.files}
 
 
-PROMPTS, ARRAYS = _fixtures("all-minilm-l6-v2")
+FIXTURE = {model: load_fixture(model) for model in MODELS}
+CASES = [(model, i) for model in MODELS for i in range(len(FIXTURE[model][0]["prompts"]))]
+
+
+@pytest.fixture
+def model(request: pytest.FixtureRequest) -> LoadedModel:
+    fixture = {"all-minilm-l6-v2": "minilm", "smollm2-135m-instruct": "smollm2"}[request.param]
+    loaded: LoadedModel = request.getfixturevalue(fixture)
+    return loaded
 
 
 def assert_layer_matches(ours: np.ndarray, reference: np.ndarray, what: str) -> None:
@@ -42,64 +54,71 @@ def assert_layer_matches(ours: np.ndarray, reference: np.ndarray, what: str) -> 
 
 
 def test_fixtures_cover_non_ascii_and_every_layer() -> None:
-    assert any(not prompt.isascii() for prompt in PROMPTS)
-    assert ARRAYS["hidden_0"].shape[0] == 7  # embedding output + 6 blocks
+    for model, blocks in zip(MODELS, (6, 30), strict=True):
+        meta, arrays = FIXTURE[model]
+        assert any(not prompt.isascii() for prompt in meta["prompts"])
+        assert arrays["hidden_0"].shape[0] == blocks + 1
 
 
-@pytest.mark.parametrize("index", range(len(PROMPTS)))
-def test_tokenization_matches_transformers(minilm: LoadedModel, index: int) -> None:
-    encoded = minilm.prompts.encode((TextItem(PROMPTS[index]),))
-    assert encoded.ids.tolist() == ARRAYS[f"ids_{index}"].tolist()
+@pytest.mark.parametrize(("model", "index"), CASES, indirect=["model"])
+def test_tokenization_matches_transformers(model: LoadedModel, index: int) -> None:
+    meta, arrays = FIXTURE[model.name]
+    encoded = model.prompts.encode((TextItem(meta["prompts"][index]),))
+    assert encoded.ids.tolist() == arrays[f"ids_{index}"].tolist()
 
 
-@pytest.mark.parametrize("index", range(len(PROMPTS)))
-def test_every_hidden_state_matches_transformers(minilm: LoadedModel, index: int) -> None:
-    ids = ARRAYS[f"ids_{index}"]
-    reference = ARRAYS[f"hidden_{index}"]
-    prompt = minilm.prompts.encode((TextItem(PROMPTS[index]),))
-    states = minilm.session.run(Batch.pad([prompt], [True], 0), range(7))
-    for layer in range(reference.shape[0]):
-        assert_layer_matches(
-            states[layer][0, : len(ids)], reference[layer], f"prompt {index} layer {layer}"
-        )
+@pytest.mark.parametrize(("model", "index"), CASES, indirect=["model"])
+def test_every_hidden_state_matches_transformers(model: LoadedModel, index: int) -> None:
+    meta, arrays = FIXTURE[model.name]
+    reference = arrays[f"hidden_{index}"]
+    prompt = model.prompts.encode((TextItem(meta["prompts"][index]),))
+    layers = range(reference.shape[0])
+    states = model.session.run(Batch.pad([prompt], [True], model.manifest.pad_token_id), layers)
+    for layer in layers:
+        assert_layer_matches(states[layer][0], reference[layer], f"prompt {index} layer {layer}")
 
 
-def test_hidden_states_match_transformers_inside_a_padded_batch(minilm: LoadedModel) -> None:
-    prompts = [minilm.prompts.encode((TextItem(text),)) for text in PROMPTS]
-    states = minilm.session.run(Batch.pad(prompts, [True] * len(prompts), 0), range(7))
+@pytest.mark.parametrize("model", MODELS, indirect=True)
+def test_hidden_states_match_transformers_inside_a_padded_batch(model: LoadedModel) -> None:
+    meta, arrays = FIXTURE[model.name]
+    prompts = [model.prompts.encode((TextItem(text),)) for text in meta["prompts"]]
+    batch = Batch.pad(prompts, [True] * len(prompts), model.manifest.pad_token_id)
+    layers = range(model.manifest.num_layers + 1)
+    states = model.session.run(batch, layers)
     for index, prompt in enumerate(prompts):
-        reference = ARRAYS[f"hidden_{index}"]
-        for layer in range(reference.shape[0]):
-            assert_layer_matches(
-                states[layer][index, : prompt.length], reference[layer], f"batched {index}/{layer}"
-            )
+        reference = arrays[f"hidden_{index}"]
+        for layer in layers:
+            ours = states[layer][index, : prompt.length]
+            assert_layer_matches(ours, reference[layer], f"batched {index}/{layer}")
 
 
-def test_served_pooling_matches_pooled_reference(minilm: LoadedModel) -> None:
-    """The whole path (prompt, batch, pooling) against pooling the transformers states."""
-    from lamina.server.scheduling.inference import run_batch
-    from lamina.server.scheduling.job import Job
-
+@pytest.mark.parametrize("model", MODELS, indirect=True)
+def test_served_pooling_matches_pooled_reference(model: LoadedModel) -> None:
+    """The whole path (prompt, batch, depth, pooling) against pooling the transformers states."""
+    meta, arrays = FIXTURE[model.name]
+    last = model.manifest.num_layers
+    middle = last // 2
     loop = asyncio.new_event_loop()
     try:
-        prompt = minilm.prompts.encode((TextItem(PROMPTS[2]),))
-        job = Job(
-            prompt,
-            (0, 3, 6),
-            (Pooling.MEAN, Pooling.LAST_TOKEN),
-            False,
-            True,
-            loop.create_future(),
-            0.0,
-        )
-        result = run_batch(minilm, [job])[0]
+        prompt = model.prompts.encode((TextItem(meta["prompts"][2]),))
+        poolings = (Pooling.MEAN, Pooling.LAST_TOKEN)
+        job = Job(prompt, (0, middle, last), poolings, False, True, loop.create_future(), 0.0)
+        result = run_batch(model, [job])[0]
     finally:
         loop.close()
-    reference = ARRAYS["hidden_2"]
-    for layer in (0, 3, 6):
-        np.testing.assert_allclose(
-            result[layer][Pooling.MEAN], reference[layer].mean(axis=0), atol=1e-4
-        )
-        np.testing.assert_allclose(
-            result[layer][Pooling.LAST_TOKEN], reference[layer][-1], atol=1e-4
-        )
+    reference = arrays["hidden_2"]
+    for layer in (0, middle, last):
+        scale = float(np.abs(reference[layer]).max())
+        mean, last_token = reference[layer].mean(axis=0), reference[layer][-1]
+        np.testing.assert_allclose(result[layer][Pooling.MEAN], mean, atol=1e-4 * scale)
+        np.testing.assert_allclose(result[layer][Pooling.LAST_TOKEN], last_token, atol=1e-4 * scale)
+
+
+def test_smollm2_tokenizer_matches_transformers_gguf_tokenizer(smollm2: LoadedModel) -> None:
+    meta, _ = FIXTURE["smollm2-135m-instruct"]
+    for text, ids, decoded in zip(
+        meta["tokenizer_corpus"], meta["tokenizer_ids"], meta["tokens_decoded"], strict=True
+    ):
+        encoded = smollm2.prompts.tokenizer.encode(text)
+        assert encoded.ids == ids, repr(text)
+        assert list(smollm2.prompts.token_strings(np.asarray(ids))) == decoded, repr(text)

@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from lamina.server.convert.hf_folder import convert_hf_folder
+from lamina.server.convert.pipeline import convert_checkpoint
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.store import VersionDir
 from lamina.server.prompt import EncodedPrompt
@@ -160,7 +160,7 @@ def converted(
     root = tmp_path_factory.mktemp("bert")
     weights = random_bert_weights()
     folder = write_checkpoint(root / "checkpoint", weights)
-    path = convert_hf_folder(folder, root / "repo", "tiny-bert", progress=lambda _: None)
+    path = convert_checkpoint(folder, root / "repo", "tiny-bert", progress=lambda _: None)
     entry = VersionDir("tiny-bert", int(path.name), path)
     return LoadedModel.load(entry, threads=1, providers=["CPUExecutionProvider"]), weights
 
@@ -231,17 +231,17 @@ def test_missing_tensors_are_listed(tmp_path: Path) -> None:
         ValueError,
         match=r"1 expected tensors are missing: encoder\.layer\.1\.output\.dense\.weight",
     ):
-        convert_hf_folder(folder, tmp_path / "repo", "broken", progress=lambda _: None)
+        convert_checkpoint(folder, tmp_path / "repo", "broken", progress=lambda _: None)
 
 
 def test_unsupported_architecture_names_what_is_supported(tmp_path: Path) -> None:
     folder = write_checkpoint(tmp_path / "checkpoint", random_bert_weights())
     (folder / "config.json").write_text(json.dumps({**CONFIG, "architectures": ["GPT2Model"]}))
     with pytest.raises(ValueError, match="'GPT2Model' is not supported; supported: BertModel"):
-        convert_hf_folder(folder, tmp_path / "repo", "gpt2", progress=lambda _: None)
+        convert_checkpoint(folder, tmp_path / "repo", "gpt2", progress=lambda _: None)
 
 
 def test_checkpoints_without_a_model_prefix_convert_too(tmp_path: Path) -> None:
     folder = write_checkpoint(tmp_path / "checkpoint", random_bert_weights(), prefix="")
-    path = convert_hf_folder(folder, tmp_path / "repo", "bare", progress=lambda _: None)
+    path = convert_checkpoint(folder, tmp_path / "repo", "bare", progress=lambda _: None)
     assert (path / "model.onnx").is_file() and path.name == "1"

@@ -72,6 +72,47 @@ def _causal_bias(g: GraphBuilder) -> str:
     return g.op("Unsqueeze", [bias, g.const("axes_0_1", [0, 1])])
 
 
+@dataclass(frozen=True)
+class Rotary:
+    """Rotary position embedding tables for the run's positions: cos, sin [1, 1, sequence, d]."""
+
+    cos: str
+    sin: str
+    half: int
+
+    @staticmethod
+    def build(g: GraphBuilder, *, head_dim: int, theta: float, max_positions: int) -> Rotary:
+        # float32 throughout, as Hugging Face computes them, so long positions round alike.
+        exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(
+            head_dim
+        )
+        inv_freq = (np.float32(1.0) / np.power(np.float32(theta), exponents)).astype(np.float32)
+        angles = np.arange(max_positions, dtype=np.float32)[:, None] * inv_freq[None, :]
+        table = np.concatenate([angles, angles], axis=-1)
+        positions = g.positions(signature.INPUT_IDS)
+
+        def lookup(values: np.ndarray, hint: str) -> str:
+            rows = g.op("Gather", [g.const(hint, values.astype(np.float32)), positions], axis=0)
+            return g.op("Unsqueeze", [rows, g.const("axes_0_1", [0, 1])])
+
+        return Rotary(
+            lookup(np.cos(table), "rope_cos"), lookup(np.sin(table), "rope_sin"), head_dim // 2
+        )
+
+    def apply(self, g: GraphBuilder, x: str) -> str:
+        """x cos + rotate_half(x) sin, with rotate_half([a, b]) = [-b, a] over the head dim."""
+        first = g.op(
+            "Slice",
+            [x, g.const("zero_l", [0]), g.const("half", [self.half]), g.const("last_axis", [-1])],
+        )
+        second = g.op(
+            "Slice",
+            [x, g.const("half", [self.half]), g.const("end", [2**62]), g.const("last_axis", [-1])],
+        )
+        rotated = g.op("Concat", [g.op("Neg", [second]), first], axis=-1)
+        return g.op("Add", [g.op("Mul", [x, self.cos]), g.op("Mul", [rotated, self.sin])])
+
+
 def multi_head_attention(
     g: GraphBuilder,
     query: str,
@@ -82,6 +123,7 @@ def multi_head_attention(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
+    rotary: Rotary | None = None,
 ) -> str:
     """softmax(Q K^T / sqrt(d) + controls) V over [batch, sequence, heads * head_dim] projections.
 
@@ -90,6 +132,8 @@ def multi_head_attention(
     q = _split_heads(g, query, num_heads, head_dim)  # [b, h, s, d]
     k = _split_heads(g, key, num_kv_heads, head_dim)
     v = _split_heads(g, value, num_kv_heads, head_dim)
+    if rotary is not None:
+        q, k = rotary.apply(g, q), rotary.apply(g, k)
     if num_kv_heads != num_heads:
         k = _repeat_kv(g, k, num_heads // num_kv_heads, num_kv_heads, head_dim)
         v = _repeat_kv(g, v, num_heads // num_kv_heads, num_kv_heads, head_dim)

@@ -1,68 +1,68 @@
-"""Hugging Face-style folder (config.json + safetensors + tokenizer.json) to a repository entry."""
+"""Hugging Face-style folders: config.json + safetensors + tokenizer.json."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 from tokenizers import Tokenizer
 
-from lamina.server.convert import bert
+from lamina.server.convert import bert, llama
 from lamina.server.convert.checkpoint import SafetensorsWeights, read_config
-from lamina.server.models.manifest import Manifest
-from lamina.server.models.store import write_version
+from lamina.server.convert.converted import ConvertedModel, Progress
 
-log = logging.getLogger(__name__)
-
-Progress = Callable[[str], None]
-
-SUPPORTED_ARCHITECTURES = {"BertModel": "bert"}
+SUPPORTED_ARCHITECTURES = ("BertModel", *llama.HF_ARCHITECTURES)
 
 
-def convert_hf_folder(
-    folder: Path,
-    repository: Path,
-    name: str,
-    *,
-    description: str = "",
-    source: str = "",
-    progress: Progress = log.info,
-) -> Path:
-    """Convert and write a new version of `name`; returns the version directory."""
+def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
     config = read_config(folder)
-    architectures = config.get("architectures") or [config.get("model_type", "?")]
-    family = SUPPORTED_ARCHITECTURES.get(str(architectures[0]))
-    if family is None:
+    architecture = str((config.get("architectures") or [config.get("model_type", "?")])[0])
+    if architecture not in SUPPORTED_ARCHITECTURES:
         raise ValueError(
-            f"architecture {architectures[0]!r} is not supported; "
+            f"architecture {architecture!r} is not supported; "
             f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
         )
     tokenizer = load_plain_tokenizer(folder / "tokenizer.json")
-
-    progress(f"reading {family} weights from {folder}")
-    bert_config = bert.BertConfig.from_hf(config)
-    weights = SafetensorsWeights.open(folder, prefixes=("bert.",))
-    weights.require(bert.expected_tensors(bert_config), f"{folder} ({architectures[0]})")
+    pad_token_id = int(config.get("pad_token_id") or 0)
+    what = f"{folder} ({architecture})"
+    graph: onnx.ModelProto
+    if architecture == "BertModel":
+        bert_config = bert.BertConfig.from_hf(config)
+        weights = SafetensorsWeights.open(folder, prefixes=("bert.",))
+        weights.require(bert.expected_tensors(bert_config), what)
+        progress(
+            f"building the BERT graph: {bert_config.num_layers} blocks, "
+            f"hidden {bert_config.hidden_size}"
+        )
+        graph = bert.build_bert_graph(bert_config, weights)
+        return ConvertedModel(
+            graph=graph,
+            tokenizer=tokenizer,
+            family="bert",
+            num_layers=bert_config.num_layers,
+            hidden_size=bert_config.hidden_size,
+            max_context_size=bert_config.max_positions,
+            vocab_size=bert_config.vocab_size,
+            pad_token_id=pad_token_id,
+        )
+    family = llama.HF_ARCHITECTURES[architecture]
+    llama_config = llama.LlamaConfig.from_hf(config, family)
+    weights = SafetensorsWeights.open(folder, prefixes=("model.",))
+    weights.require(llama.expected_tensors(llama_config), what)
     progress(
-        f"building the ONNX graph: {bert_config.num_layers} blocks, "
-        f"hidden {bert_config.hidden_size}"
+        f"building the {family} graph: {llama_config.num_layers} blocks, "
+        f"hidden {llama_config.hidden_size}"
     )
-    graph = bert.build_bert_graph(bert_config, weights)
-    onnx.checker.check_model(graph, full_check=True)
-
-    manifest = Manifest(
-        architecture=family,
-        num_layers=bert_config.num_layers,
-        hidden_size=bert_config.hidden_size,
-        max_context_size=bert_config.max_positions,
-        vocab_size=bert_config.vocab_size,
-        pad_token_id=int(config.get("pad_token_id", 0) or 0),
-        description=description,
-        source=source,
+    return ConvertedModel(
+        graph=llama.build_llama_graph(llama_config, weights),
+        tokenizer=tokenizer,
+        family="llama",
+        num_layers=llama_config.num_layers,
+        hidden_size=llama_config.hidden_size,
+        max_context_size=llama_config.max_positions,
+        vocab_size=llama_config.vocab_size,
+        pad_token_id=pad_token_id,
     )
-    return write_version(repository, name, graph, tokenizer, manifest, progress=progress)
 
 
 def load_plain_tokenizer(path: Path) -> Tokenizer:

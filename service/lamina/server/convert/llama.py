@@ -1,0 +1,174 @@
+"""Llama-family decoders (Llama, Mistral, Qwen2, SmolLM2) to an ONNX graph.
+
+RoPE, grouped-query attention, RMSNorm and a SwiGLU MLP; causal and padding masks. Tied or untied
+embeddings make no difference here: the LM head is not part of any hidden state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lamina.server.convert import signature
+from lamina.server.convert.attention import KeyControls, Rotary, multi_head_attention
+from lamina.server.convert.graph import GraphBuilder
+from lamina.server.convert.layered import layered_graph
+
+HF_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "LlamaModel": "llama",
+    "MistralForCausalLM": "mistral",
+    "MistralModel": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen2Model": "qwen2",
+}
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_positions: int
+    vocab_size: int
+    attention_bias: bool  # bias on q, k, v (Qwen2 always; Llama when configured)
+    output_bias: bool  # bias on o_proj (Llama's attention_bias covers it too)
+    mlp_bias: bool
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_kv_heads}"
+            )
+
+    @staticmethod
+    def from_hf(config: Mapping[str, Any], family: str) -> LlamaConfig:
+        scaling = config.get("rope_scaling")
+        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+            raise ValueError(f"rope_scaling {scaling!r} is not supported; only plain RoPE is")
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        positions = int(config.get("max_position_embeddings", 2048))
+        window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
+        if family == "mistral" and window:
+            # Beyond the window full attention would differ from the model's: cap the context.
+            positions = min(positions, int(window))
+        qwen = family == "qwen2"
+        llama_bias = bool(config.get("attention_bias", False))
+        return LlamaConfig(
+            num_layers=int(config["num_hidden_layers"]),
+            hidden_size=hidden,
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            intermediate_size=int(config["intermediate_size"]),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(config.get("rope_theta", 10000.0)),
+            max_positions=positions,
+            vocab_size=int(config["vocab_size"]),
+            attention_bias=qwen or llama_bias,
+            output_bias=llama_bias,
+            mlp_bias=bool(config.get("mlp_bias", False)),
+        )
+
+
+def expected_tensors(config: LlamaConfig) -> list[str]:
+    names = ["embed_tokens.weight", "norm.weight"]
+    for i in range(config.num_layers):
+        p = f"layers.{i}"
+        names += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            names.append(f"{p}.self_attn.{proj}.weight")
+            if config.attention_bias:
+                names.append(f"{p}.self_attn.{proj}.bias")
+        names.append(f"{p}.self_attn.o_proj.weight")
+        if config.output_bias:
+            names.append(f"{p}.self_attn.o_proj.bias")
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            names.append(f"{p}.mlp.{proj}.weight")
+            if config.mlp_bias:
+                names.append(f"{p}.mlp.{proj}.bias")
+    return names
+
+
+def build_llama_graph(config: LlamaConfig, weights: Callable[[str], np.ndarray]) -> onnx.ModelProto:
+    """hidden_state_0 (token embeddings) .. hidden_state_N (final norm applied), as transformers'
+    output_hidden_states. `weights(name)` takes bare names (`layers.0.mlp.up_proj.weight`)."""
+    rotary: Rotary | None = None
+
+    def embed(g: GraphBuilder) -> str:
+        nonlocal rotary
+        rotary = Rotary.build(
+            g, head_dim=config.head_dim, theta=config.rope_theta, max_positions=config.max_positions
+        )
+        table = g.const("embed_tokens", weights("embed_tokens.weight"))
+        return g.op("Gather", [table, signature.INPUT_IDS], axis=0)
+
+    def block(g: GraphBuilder, index: int, hidden: str, controls: KeyControls) -> str:
+        p = f"layers.{index}"
+
+        def w(suffix: str) -> np.ndarray:
+            return weights(f"{p}.{suffix}")
+
+        def b(suffix: str, present: bool) -> np.ndarray | None:
+            return weights(f"{p}.{suffix}") if present else None
+
+        eps = config.rms_norm_eps
+        x = g.rms_norm(hidden, w("input_layernorm.weight"), eps, "attn_norm")
+        bias = config.attention_bias
+        q = g.linear(x, w("self_attn.q_proj.weight"), b("self_attn.q_proj.bias", bias), "q")
+        k = g.linear(x, w("self_attn.k_proj.weight"), b("self_attn.k_proj.bias", bias), "k")
+        v = g.linear(x, w("self_attn.v_proj.weight"), b("self_attn.v_proj.bias", bias), "v")
+        context = multi_head_attention(
+            g,
+            q,
+            k,
+            v,
+            controls,
+            num_heads=config.num_heads,
+            num_kv_heads=config.num_kv_heads,
+            head_dim=config.head_dim,
+            rotary=rotary,
+        )
+        attn = g.linear(
+            context,
+            w("self_attn.o_proj.weight"),
+            b("self_attn.o_proj.bias", config.output_bias),
+            "o",
+        )
+        hidden = g.op("Add", [hidden, attn])
+        x = g.rms_norm(hidden, w("post_attention_layernorm.weight"), eps, "ffn_norm")
+        mlp_bias = config.mlp_bias
+        gate = g.linear(x, w("mlp.gate_proj.weight"), b("mlp.gate_proj.bias", mlp_bias), "gate")
+        up = g.linear(x, w("mlp.up_proj.weight"), b("mlp.up_proj.bias", mlp_bias), "up")
+        swish = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
+        down = g.linear(
+            g.op("Mul", [swish, up]),
+            w("mlp.down_proj.weight"),
+            b("mlp.down_proj.bias", mlp_bias),
+            "down",
+        )
+        return g.op("Add", [hidden, down])
+
+    def final(g: GraphBuilder, hidden: str) -> str:
+        return g.rms_norm(hidden, weights("norm.weight"), config.rms_norm_eps, "final_norm")
+
+    return layered_graph(
+        "llama",
+        num_layers=config.num_layers,
+        hidden_size=config.hidden_size,
+        causal=True,
+        embed=embed,
+        block=block,
+        final=final,
+    )
