@@ -29,7 +29,7 @@ async def test_async_client_embeds_with_numpy_vectors(server: RunningServer) -> 
     assert sorted(result.embeddings) == [0, 6]
     assert result.vector(6, "mean").shape == (384,)
     assert result.tokens == ["[CLS]", "hello", "world", "[SEP]"]
-    assert [m.name for m in models] == [MODEL] and models[0].num_layers == 6
+    assert {m.name: m.num_layers for m in models}[MODEL] == 6
     assert tokens.token_ids == [7592, 2088] and tokens.tokens == ["hello", "world"]
     assert text == "hello world"
 
@@ -104,7 +104,8 @@ async def test_cli_embed_prints_the_api_json(server: RunningServer) -> None:
 
 async def test_cli_models_and_errors(server: RunningServer) -> None:
     code, out, _ = await _cli(server, "models")
-    assert code == 0 and json.loads(out)[0]["hidden_size"] == 384
+    assert code == 0
+    assert {m["name"]: m["hidden_size"] for m in json.loads(out)}[MODEL] == 384
     code, out, err = await _cli(
         server, "embed", "--model", MODEL, "--prompt", "x", "--pooling", "median"
     )

@@ -1,0 +1,343 @@
+"""The Llama-family converter on random checkpoints, against a numpy forward pass written here.
+
+Covers grouped-query ratios (2 and 6, and plain multi-head), odd head sizes, untied embeddings,
+Qwen2's q/k/v biases, Mistral's sliding-window context cap, and the GGUF route: llama.cpp's
+permuted Q/K rows, Q8_0 dequantization and a byte-level BPE tokenizer from GGUF metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from tokenizers import Tokenizer, models
+
+from lamina.server.convert.gguf_checkpoint import unpermute_rope_rows
+from lamina.server.convert.pipeline import convert_checkpoint
+from lamina.server.domain import TextItem
+from lamina.server.models.loaded import LoadedModel
+from lamina.server.models.store import VersionDir
+from lamina.server.prompt import EncodedPrompt
+from lamina.server.runtime.batch import Batch
+
+
+@dataclass(frozen=True)
+class Shape:
+    architecture: str
+    hidden: int
+    heads: int
+    kv_heads: int
+    layers: int = 2
+    ffn: int = 44
+    vocab: int = 300
+    positions: int = 64
+    theta: float = 10000.0
+    eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.architecture == "Qwen2ForCausalLM"
+
+
+SHAPES = [
+    Shape("LlamaForCausalLM", hidden=40, heads=4, kv_heads=2),  # GQA 2, head_dim 10
+    Shape("Qwen2ForCausalLM", hidden=36, heads=6, kv_heads=1, theta=1e6),  # MQA, head_dim 6, biases
+    Shape("MistralForCausalLM", hidden=30, heads=3, kv_heads=3),  # plain MHA, head_dim 10
+]
+
+
+def random_weights(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    h, d = shape.hidden, shape.head_dim
+
+    def r(*dims: int) -> np.ndarray:
+        return (rng.standard_normal(dims) * 0.3).astype(np.float32)
+
+    w = {
+        "embed_tokens.weight": r(shape.vocab, h),
+        "norm.weight": 1 + r(h),
+        "lm_head.weight": r(shape.vocab, h),
+    }
+    for i in range(shape.layers):
+        p = f"layers.{i}"
+        w[f"{p}.input_layernorm.weight"] = 1 + r(h)
+        w[f"{p}.post_attention_layernorm.weight"] = 1 + r(h)
+        w[f"{p}.self_attn.q_proj.weight"] = r(shape.heads * d, h)
+        w[f"{p}.self_attn.k_proj.weight"] = r(shape.kv_heads * d, h)
+        w[f"{p}.self_attn.v_proj.weight"] = r(shape.kv_heads * d, h)
+        w[f"{p}.self_attn.o_proj.weight"] = r(h, shape.heads * d)
+        if shape.qkv_bias:
+            for proj, out in (
+                ("q", shape.heads * d),
+                ("k", shape.kv_heads * d),
+                ("v", shape.kv_heads * d),
+            ):
+                w[f"{p}.self_attn.{proj}_proj.bias"] = r(out)
+        w[f"{p}.mlp.gate_proj.weight"] = r(shape.ffn, h)
+        w[f"{p}.mlp.up_proj.weight"] = r(shape.ffn, h)
+        w[f"{p}.mlp.down_proj.weight"] = r(h, shape.ffn)
+    return w
+
+
+def numpy_llama(shape: Shape, w: dict[str, np.ndarray], ids: list[int]) -> list[np.ndarray]:
+    """transformers' LlamaModel hidden states, from the equations."""
+    n, d = len(ids), shape.head_dim
+    group = shape.heads // shape.kv_heads
+
+    def rms(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        return x / np.sqrt((x**2).mean(-1, keepdims=True) + shape.eps) * weight
+
+    inv_freq = 1.0 / shape.theta ** (np.arange(0, d, 2) / d)
+    angles = np.arange(n)[:, None] * inv_freq[None, :]
+    cos, sin = np.cos(np.concatenate([angles] * 2, -1)), np.sin(np.concatenate([angles] * 2, -1))
+
+    def rope(x: np.ndarray) -> np.ndarray:  # [heads, n, d]
+        rotated = np.concatenate([-x[..., d // 2 :], x[..., : d // 2]], -1)
+        return x * cos + rotated * sin
+
+    x = w["embed_tokens.weight"][ids].astype(np.float64)
+    states = [x]
+    causal = np.triu(np.full((n, n), -np.inf), 1)
+    for i in range(shape.layers):
+        p = f"layers.{i}"
+
+        def lin(v: np.ndarray, name: str, prefix: str = p) -> np.ndarray:
+            out = v @ w[f"{prefix}.{name}.weight"].T.astype(np.float64)
+            bias = w.get(f"{prefix}.{name}.bias")
+            return out if bias is None else out + bias
+
+        a = rms(x, w[f"{p}.input_layernorm.weight"])
+        q = rope(lin(a, "self_attn.q_proj").reshape(n, shape.heads, d).transpose(1, 0, 2))
+        k = rope(lin(a, "self_attn.k_proj").reshape(n, shape.kv_heads, d).transpose(1, 0, 2))
+        v = lin(a, "self_attn.v_proj").reshape(n, shape.kv_heads, d).transpose(1, 0, 2)
+        k, v = np.repeat(k, group, axis=0), np.repeat(v, group, axis=0)
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(d) + causal
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        context = (probs @ v).transpose(1, 0, 2).reshape(n, shape.heads * d)
+        x = x + lin(context, "self_attn.o_proj")
+        m = rms(x, w[f"{p}.post_attention_layernorm.weight"])
+        gate = lin(m, "mlp.gate_proj")
+        x = x + lin(gate / (1 + np.exp(-gate)) * lin(m, "mlp.up_proj"), "mlp.down_proj")
+        states.append(x)
+    states[-1] = rms(x, w["norm.weight"])
+    return states
+
+
+def byte_level_vocab() -> list[str]:
+    """GPT-2's byte alphabet as tokens 0..255, plus two merged pieces and a control token."""
+    from lamina.server.convert.gguf_tokenizer import _byte_alphabet
+
+    return [*_byte_alphabet().values(), "he", "hel", "<|endoftext|>"]
+
+
+def write_hf_folder(folder: Path, shape: Shape, weights: dict[str, np.ndarray]) -> Path:
+    folder.mkdir(parents=True)
+    config = {
+        "architectures": [shape.architecture],
+        "hidden_size": shape.hidden,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "num_hidden_layers": shape.layers,
+        "intermediate_size": shape.ffn,
+        "max_position_embeddings": shape.positions,
+        "vocab_size": shape.vocab,
+        "rms_norm_eps": shape.eps,
+        "rope_theta": shape.theta,
+        "tie_word_embeddings": False,
+        "sliding_window": 16 if shape.architecture == "MistralForCausalLM" else None,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(
+        {f"model.{k}" if k != "lm_head.weight" else k: v for k, v in weights.items()},
+        str(folder / "model.safetensors"),
+    )
+    vocab = {token: i for i, token in enumerate(byte_level_vocab())}
+    Tokenizer(models.BPE(vocab=vocab, merges=[("h", "e"), ("he", "l")])).save(
+        str(folder / "tokenizer.json")
+    )
+    return folder
+
+
+def load(path: Path) -> LoadedModel:
+    return LoadedModel.load(
+        VersionDir(path.parent.name, int(path.name), path),
+        threads=1,
+        providers=["CPUExecutionProvider"],
+    )
+
+
+def run(model: LoadedModel, ids_rows: list[list[int]]) -> dict[int, np.ndarray]:
+    prompts = [
+        EncodedPrompt(np.asarray(ids, np.int64), np.ones(len(ids), np.float32)) for ids in ids_rows
+    ]
+    batch = Batch.pad(prompts, [True] * len(prompts), 0)
+    return model.session.run(batch, range(model.manifest.num_layers + 1))
+
+
+IDS = [5, 77, 3, 250, 19, 104, 42, 7, 8]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.architecture)
+def test_hf_checkpoints_match_numpy(tmp_path: Path, shape: Shape) -> None:
+    weights = random_weights(shape)
+    folder = write_hf_folder(tmp_path / "checkpoint", shape, weights)
+    model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
+    assert model.manifest.architecture == "llama"
+    states = run(model, [IDS, IDS[:4]])  # the second row pads the batch
+    expected, expected_short = (
+        numpy_llama(shape, weights, IDS),
+        numpy_llama(shape, weights, IDS[:4]),
+    )
+    for layer in range(shape.layers + 1):
+        np.testing.assert_allclose(
+            states[layer][0], expected[layer], atol=1e-4, err_msg=f"layer {layer}"
+        )
+        np.testing.assert_allclose(states[layer][1, :4], expected_short[layer], atol=1e-4)
+
+
+def test_sliding_window_caps_the_context(tmp_path: Path) -> None:
+    shape = SHAPES[2]
+    folder = write_hf_folder(tmp_path / "checkpoint", shape, random_weights(shape))
+    model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
+    assert model.manifest.max_context_size == 16
+
+
+def test_missing_llama_tensors_are_listed(tmp_path: Path) -> None:
+    shape = SHAPES[0]
+    weights = random_weights(shape)
+    del weights["layers.1.mlp.up_proj.weight"]
+    folder = write_hf_folder(tmp_path / "checkpoint", shape, weights)
+    with pytest.raises(ValueError, match=r"missing: layers\.1\.mlp\.up_proj\.weight"):
+        convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None)
+
+
+def test_rope_scaling_is_refused_not_ignored(tmp_path: Path) -> None:
+    shape = SHAPES[0]
+    folder = write_hf_folder(tmp_path / "checkpoint", shape, random_weights(shape))
+    config = json.loads((folder / "config.json").read_text())
+    config["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"rope_scaling .* is not supported"):
+        convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None)
+
+
+# --- GGUF ---------------------------------------------------------------------------------------
+
+
+def permute_like_llama_cpp(weight: np.ndarray, heads: int) -> np.ndarray:
+    half = weight.shape[0] // heads // 2
+    return weight.reshape(heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_gguf(path: Path, shape: Shape, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Write a llama-arch GGUF as llama.cpp's converter would; returns the weights as stored
+    (Q8_0 embeddings round-trip through quantization)."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(shape.layers)
+    writer.add_context_length(shape.positions)
+    writer.add_embedding_length(shape.hidden)
+    writer.add_feed_forward_length(shape.ffn)
+    writer.add_head_count(shape.heads)
+    writer.add_head_count_kv(shape.kv_heads)
+    writer.add_rope_freq_base(shape.theta)
+    writer.add_layer_norm_rms_eps(shape.eps)
+    tokens = byte_level_vocab()
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(["h e", "he l"])
+    writer.add_token_types([1] * (len(tokens) - 1) + [3])
+    writer.add_eos_token_id(len(tokens) - 1)
+    stored = dict(weights)
+    embeddings = weights["embed_tokens.weight"]
+    quantized = gguf.quants.quantize(embeddings, gguf.GGMLQuantizationType.Q8_0)
+    stored["embed_tokens.weight"] = gguf.quants.dequantize(
+        quantized, gguf.GGMLQuantizationType.Q8_0
+    )
+    writer.add_tensor("token_embd.weight", quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("output_norm.weight", weights["norm.weight"])
+    names = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for i in range(shape.layers):
+        for hf, cpp in names.items():
+            tensor = weights[f"layers.{i}.{hf}.weight"]
+            if hf == "self_attn.q_proj":
+                tensor = permute_like_llama_cpp(tensor, shape.heads)
+            elif hf == "self_attn.k_proj":
+                tensor = permute_like_llama_cpp(tensor, shape.kv_heads)
+            writer.add_tensor(f"blk.{i}.{cpp}.weight", np.ascontiguousarray(tensor))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return stored
+
+
+# Q8_0 quantizes rows in blocks of 32, so the GGUF model's hidden size is a multiple of 32.
+GGUF_SHAPE = Shape("LlamaForCausalLM", hidden=64, heads=4, kv_heads=2)
+
+
+def test_unpermute_inverts_llama_cpp_row_order() -> None:
+    weight = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+    np.testing.assert_array_equal(unpermute_rope_rows(permute_like_llama_cpp(weight, 2), 2), weight)
+
+
+def test_gguf_checkpoint_matches_numpy(tmp_path: Path) -> None:
+    shape = GGUF_SHAPE
+    stored = write_gguf(tmp_path / "tiny.gguf", shape, random_weights(shape))
+    model = load(
+        convert_checkpoint(
+            tmp_path / "tiny.gguf", tmp_path / "repo", "tiny", progress=lambda _: None
+        )
+    )
+    states = run(model, [IDS])
+    expected = numpy_llama(shape, stored, IDS)
+    for layer in range(shape.layers + 1):
+        np.testing.assert_allclose(
+            states[layer][0], expected[layer], atol=1e-4, err_msg=f"layer {layer}"
+        )
+
+
+def test_gguf_tokenizer_is_byte_level_bpe_with_control_tokens(tmp_path: Path) -> None:
+    shape = GGUF_SHAPE
+    write_gguf(tmp_path / "tiny.gguf", shape, random_weights(shape))
+    model = load(
+        convert_checkpoint(
+            tmp_path / "tiny.gguf", tmp_path / "repo", "tiny", progress=lambda _: None
+        )
+    )
+    encoded = model.prompts.encode((TextItem("hello<|endoftext|>"),))
+    pieces = model.prompts.token_strings(encoded.ids)
+    assert pieces == ("hel", "l", "o", "<|endoftext|>")
+    assert model.prompts.template.prefix == () and model.prompts.template.suffix == ()
+
+
+def test_unsupported_gguf_architecture_is_named(tmp_path: Path) -> None:
+    writer = gguf.GGUFWriter(str(tmp_path / "other.gguf"), "rwkv6")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(
+        ValueError, match="GGUF architecture 'rwkv6' is not supported; supported: llama, qwen2"
+    ):
+        convert_checkpoint(tmp_path / "other.gguf", tmp_path / "repo", "x", progress=lambda _: None)
