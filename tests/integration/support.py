@@ -36,6 +36,7 @@ def settings_for(
         max_batch_rows=64,
         max_batch_wait_ms=5,
         drain_seconds=5,
+        repository_poll_seconds=0.2,
         max_message_bytes=64 * 1024 * 1024,
         log_level="INFO",
     )

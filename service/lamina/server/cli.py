@@ -33,6 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         help="where downloaded model packages are kept (default %(default)s)",
     )
 
+    convert = commands.add_parser(
+        "convert",
+        help="convert a checkpoint (Hugging Face folder or .gguf file) into the next version of a "
+        "model in the repository; a running server picks it up without a restart",
+    )
+    convert.add_argument("source", type=Path, help="checkpoint folder or .gguf file")
+    convert.add_argument("--name", required=True, help="the model name it is served as")
+    convert.add_argument("--description", default="", help="shown by ModelsAvailable")
+    add_repository_argument(convert)
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         settings = Settings.from_args(args)
@@ -48,6 +58,22 @@ def main(argv: list[str] | None = None) -> int:
 
         prepare_defaults(Path(args.model_repository), Path(args.cache), progress=_progress)
         return 0
+    if args.command == "convert":
+        from lamina.server.convert.pipeline import convert_checkpoint
+
+        try:
+            path = convert_checkpoint(
+                args.source,
+                Path(args.model_repository),
+                args.name,
+                description=args.description,
+                progress=_progress,
+            )
+        except (ValueError, FileNotFoundError) as error:
+            print(f"lamina convert: error: {error}", file=sys.stderr)
+            return 1
+        print(path)
+        return 0
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -59,7 +85,7 @@ async def _serve(settings: Settings) -> None:
 
 
 def _progress(message: str) -> None:
-    print(f"lamina prepare: {message}", flush=True)
+    print(f"lamina: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class Settings:
     max_batch_rows: int
     max_batch_wait_ms: float
     drain_seconds: float
+    repository_poll_seconds: float
     max_message_bytes: int
     log_level: str
 
@@ -42,6 +43,7 @@ class Settings:
             max_batch_rows=args.max_batch_rows,
             max_batch_wait_ms=args.max_batch_wait_ms,
             drain_seconds=args.drain_seconds,
+            repository_poll_seconds=args.repository_poll_seconds,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
             log_level=args.log_level,
         )
@@ -118,6 +120,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=float(_env("LAMINA_DRAIN_SECONDS", "25")),
         help="on SIGTERM, how long in-flight requests may take to finish; keep it below "
         "terminationGracePeriodSeconds (env LAMINA_DRAIN_SECONDS; default %(default)s)",
+    )
+    a(
+        "--repository-poll-seconds",
+        type=float,
+        default=float(_env("LAMINA_REPOSITORY_POLL_SECONDS", "10")),
+        help="how often the model repository is scanned for new versions, which then serve "
+        "without a restart; 0 scans only at start-up "
+        "(env LAMINA_REPOSITORY_POLL_SECONDS; default %(default)s)",
     )
     a(
         "--max-message-mb",

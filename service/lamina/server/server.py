@@ -51,6 +51,7 @@ class LaminaServer:
             self.metrics,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._watcher: asyncio.Task[None] | None = None
         self.port = 0
         limits = settings.max_message_bytes
         self._server = grpc.aio.server(
@@ -88,16 +89,28 @@ class LaminaServer:
         return self.port
 
     async def load_models(self) -> None:
-        await asyncio.to_thread(self.registry.load_all)
-        self.engine.start()
+        """Serve what the repository holds, then keep watching it for new versions."""
+        await self.engine.refresh()
         self.state.reason = None
         self.metrics.ready.set(1)
         await self._set_health(SERVING)
-        names = ", ".join(m.model_version for m in self.registry.all()) or "none"
+        names = ", ".join(m.model_version for m in self.engine.models()) or "none"
         log.info("serving: %s", names)
+        if self.settings.repository_poll_seconds > 0:
+            self._watcher = asyncio.create_task(self._watch_repository(), name="repository-watch")
+
+    async def _watch_repository(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_seconds)
+            try:
+                await self.engine.refresh()
+            except Exception:  # a broken repository must not stop serving what already loaded
+                log.exception("scanning %s failed", self.settings.model_repository)
 
     async def stop(self, grace_seconds: float) -> None:
         """Drain: report NOT_SERVING, refuse new RPCs, let in-flight ones finish, then close."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         self.state.reason = "draining: the server is shutting down"
         self.metrics.ready.set(0)
         await self._set_health(NOT_SERVING)

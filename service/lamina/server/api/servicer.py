@@ -115,6 +115,6 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         finally:
             self.state.in_flight -= 1
             # Label only served model names: arbitrary client strings would explode the series.
-            known = model if model in self.engine.registry else ""
+            known = model if model in self.engine else ""
             self.metrics.observe_rpc(method, known, code.name, time.monotonic() - started)
         raise AssertionError("unreachable: context.abort raises")

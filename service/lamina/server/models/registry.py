@@ -1,16 +1,32 @@
-"""Which model versions serve: the newest version of each model that loads."""
+"""Which model versions serve: the newest version of each model that loads.
+
+`refresh` is called at start-up and then periodically: a version newer than the serving one is
+loaded beside it and, once loaded, takes over; one that fails to load is logged with its reason
+and not tried again until its files change, while the older version keeps serving.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from lamina.server.domain import ModelDescription
-from lamina.server.errors import ModelNotFound
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.store import list_versions
 
 log = logging.getLogger(__name__)
+
+FileStamp = tuple[tuple[str, int, int], ...]
+
+
+def _stamp(directory: Path) -> FileStamp:
+    """Names, sizes and modification times of a version's files: changes when it is rewritten."""
+    return tuple(
+        sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in directory.iterdir()
+            if p.is_file()
+        )
+    )
 
 
 class ModelRegistry:
@@ -22,49 +38,32 @@ class ModelRegistry:
         self.providers = providers
         self.hostings = hostings
         self._models: dict[str, LoadedModel] = {}
+        self._rejected: dict[Path, FileStamp] = {}
 
-    def load_all(self) -> None:
-        """Load the newest version of every model that loads; a broken one is logged and skipped
-        in favour of the next older version."""
+    def refresh(self) -> list[LoadedModel]:
+        """Load what is newer than what serves; returns the models that now serve anew.
+
+        Blocking (loading builds ONNX Runtime sessions): call it off the event loop.
+        """
+        changed = []
         for name, versions in list_versions(self.repository).items():
+            serving = self._models.get(name)
             for entry in reversed(versions):
+                if serving is not None and entry.version <= serving.version:
+                    break
+                stamp = _stamp(entry.path)
+                if self._rejected.get(entry.path) == stamp:
+                    continue
                 try:
                     model = LoadedModel.load(entry, threads=self.threads, providers=self.providers)
                 except Exception as error:  # any failure means: not servable
-                    log.error("rejected %s version %d: %s", name, entry.version, error)
+                    log.error(
+                        "rejected %s version %d (%s): %s", name, entry.version, entry.path, error
+                    )
+                    self._rejected[entry.path] = stamp
                     continue
                 self._models[name] = model
-                log.info("serving %s from %s", model.model_version, entry.path)
+                changed.append(model)
+                log.info("loaded %s from %s", model.model_version, entry.path)
                 break
-        if not self._models:
-            log.warning("no servable model in %s", self.repository)
-
-    def get(self, name: str) -> LoadedModel:
-        model = self._models.get(name)
-        if model is None:
-            raise ModelNotFound(name, sorted(self._models))
-        return model
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._models
-
-    def all(self) -> list[LoadedModel]:
-        return [self._models[name] for name in sorted(self._models)]
-
-    def describe(self) -> list[ModelDescription]:
-        return [
-            ModelDescription(
-                name=m.name,
-                version=m.version,
-                model_version=m.model_version,
-                description=m.manifest.description,
-                architecture=m.manifest.architecture,
-                num_layers=m.manifest.num_layers,
-                hidden_size=m.manifest.hidden_size,
-                max_context_size=m.manifest.max_context_size,
-                image_support=m.manifest.image_support,
-                embedding_types=m.manifest.embedding_types,
-                hostings=self.hostings,
-            )
-            for m in self.all()
-        ]
+        return changed

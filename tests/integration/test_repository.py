@@ -1,0 +1,157 @@
+"""The versioned model repository with a real running server: hot add, hot replace (in-flight
+requests finish on the old version), broken versions rejected, and `lamina convert`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from lamina.server.convert.pipeline import convert_checkpoint
+from lamina.server.server import LaminaServer
+from lamina.v1 import embed_pb2 as pb
+from lamina.v1 import embed_pb2_grpc as pb_grpc
+from tests.integration.support import settings_for
+from tests.server.test_convert_bert import random_bert_weights, write_checkpoint
+
+
+def add_version(repository: Path, name: str, seed: int, tmp: Path) -> Path:
+    folder = write_checkpoint(tmp / f"checkpoint-{name}-{seed}", random_bert_weights(seed))
+    return convert_checkpoint(folder, repository, name, progress=lambda _: None)
+
+
+def request(model: str) -> pb.EmbedRequest:
+    item = pb.PromptItem(token_ids=pb.TokenIdsItem(data=[5, 6, 7]))
+    return pb.EmbedRequest(
+        model=model, prompt=pb.Prompt(items=[item]), layers=[-1], pooling=["mean"]
+    )
+
+
+async def eventually(check: object, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "the server did not pick the change up in time"
+        await asyncio.sleep(0.05)
+
+
+class Running:
+    def __init__(self, server: LaminaServer, stub: pb_grpc.EmbedServiceStub) -> None:
+        self.server, self.stub = server, stub
+
+    async def versions(self) -> dict[str, str]:
+        reply = await self.stub.ModelsAvailable(pb.ModelsAvailableRequest())
+        return {m.name: m.version for m in reply.models}
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    repository = tmp_path / "repo"
+    add_version(repository, "tiny", seed=1, tmp=tmp_path)
+    server = LaminaServer(settings_for(repository))
+    port = await server.start()
+    await server.load_models()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield Running(server, pb_grpc.EmbedServiceStub(channel))
+    await server.stop(grace_seconds=1)
+
+
+async def test_a_new_model_is_served_without_a_restart(running: Running, tmp_path: Path) -> None:
+    assert await running.versions() == {"tiny": "1"}
+    add_version(running.server.settings.model_repository, "tiny-two", seed=2, tmp=tmp_path)
+
+    async def listed() -> bool:
+        return "tiny-two" in await running.versions()
+
+    await eventually(listed)
+    reply = await running.stub.Embed(request("tiny-two"))
+    assert reply.model_version == "tiny-two@1"
+
+
+async def test_a_new_version_replaces_the_old_and_in_flight_requests_finish_on_it(
+    running: Running, tmp_path: Path
+) -> None:
+    before = await running.stub.Embed(request("tiny"))
+    # Hold version 1's inference thread so a request stays in flight on it across the swap.
+    old = running.server.engine._serving["tiny"]  # test-only peek at the serving version
+    release = threading.Event()
+    old.inference_thread.submit(release.wait)
+    in_flight = asyncio.ensure_future(running.stub.Embed(request("tiny")))
+    await asyncio.sleep(0.1)
+
+    add_version(running.server.settings.model_repository, "tiny", seed=3, tmp=tmp_path)
+
+    async def replaced() -> bool:
+        return (await running.versions())["tiny"] == "2"
+
+    await eventually(replaced)
+    after = await running.stub.Embed(request("tiny"))
+    assert after.model_version == "tiny@2"
+    assert not in_flight.done() and old.retired
+    release.set()
+    finished = await in_flight
+    assert finished.model_version == "tiny@1"
+    np.testing.assert_allclose(
+        finished.embeddings["layer_3"].pooling["mean"].values,
+        before.embeddings["layer_3"].pooling["mean"].values,
+        rtol=1e-6,
+    )
+    assert not np.allclose(
+        after.embeddings["layer_3"].pooling["mean"].values,
+        before.embeddings["layer_3"].pooling["mean"].values,
+    )
+
+
+async def test_a_broken_version_is_rejected_and_the_old_keeps_serving(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    repository = running.server.settings.model_repository
+    good = repository / "tiny" / "1"
+    broken = repository / "tiny" / "2"
+    broken.mkdir()
+    (broken / "manifest.json").write_text((good / "manifest.json").read_text())
+    (broken / "tokenizer.json").write_text((good / "tokenizer.json").read_text())
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    with caplog.at_level(logging.ERROR):
+
+        async def rejected() -> bool:
+            return any("rejected tiny version 2" in r.getMessage() for r in caplog.records)
+
+        await eventually(rejected)
+    assert (await running.versions())["tiny"] == "1"
+    assert (await running.stub.Embed(request("tiny"))).model_version == "tiny@1"
+    await asyncio.sleep(0.5)  # several scans later it is still not retried
+    assert sum("rejected tiny version 2" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_lamina_convert_writes_the_next_version(tmp_path: Path) -> None:
+    folder = write_checkpoint(tmp_path / "checkpoint", random_bert_weights(4))
+    repository = tmp_path / "repo"
+    command = [
+        sys.executable,
+        "-m",
+        "lamina.server",
+        "convert",
+        str(folder),
+        "--name",
+        "mine",
+        "--model-repository",
+        str(repository),
+    ]
+    first = subprocess.run(command, capture_output=True, text=True, check=True)
+    second = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert first.stdout.strip().endswith("mine/1") and second.stdout.strip().endswith("mine/2")
+    assert "building the BERT graph" in first.stderr  # progress is shown
+    assert (repository / "mine" / "2" / "model.onnx").is_file()
+    bad = subprocess.run(
+        [*command[:4], str(tmp_path / "nowhere"), *command[5:]], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "neither a checkpoint folder nor a .gguf file" in bad.stderr
