@@ -1,7 +1,9 @@
-"""`make bench`: Lamina over gRPC against a bare ONNX Runtime session on the same graph.
+"""`make bench`: side-by-side measurements in one run, reported as ratios (never asserted).
 
-Both run in one invocation on the same machine, so the ratio is meaningful even where absolute
-numbers are noisy. Reported, never asserted.
+1. Throughput: Lamina over gRPC against a bare ONNX Runtime session on the same graph
+   (all-minilm-l6-v2, 32 requests x 128 tokens, last layer).
+2. Cost that follows depth: on smollm2-135m-instruct (30 blocks), a batch asking for
+   `layers=[1]` against the same batch asking for `layers=[-1]`, bare and over gRPC.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -27,70 +30,88 @@ from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.integration.support import wait_until_serving
 
+MINILM = "all-minilm-l6-v2"
+SMOLLM2 = "smollm2-135m-instruct"
 
-def bare_tokens_per_second(model: LoadedModel, rows: int, length: int, repeats: int) -> float:
-    rng = np.random.default_rng(0)
-    prompts = [
-        EncodedPrompt(rng.integers(1000, 20000, length), np.ones(length, np.float32))
-        for _ in range(rows)
-    ]
-    batch = Batch.pad(prompts, [True] * rows, 0)
-    last = model.manifest.num_layers
-    model.session.run(batch, [last])  # warm-up
+
+def median_seconds(label: str, run: Callable[[], object], repeats: int) -> float:
+    run()  # warm-up
     times = []
     for i in range(repeats):
         started = time.perf_counter()
-        model.session.run(batch, [last])
+        run()
         times.append(time.perf_counter() - started)
-        print(f"  bare ONNX Runtime run {i + 1}/{repeats}: {times[-1] * 1000:.0f} ms", flush=True)
-    return rows * length / statistics.median(times)
+        print(f"  {label} {i + 1}/{repeats}: {times[-1] * 1000:.0f} ms", flush=True)
+    return statistics.median(times)
 
 
-async def lamina_tokens_per_second(
-    target: str, model: str, rows: int, length: int, repeats: int
+def random_ids(rng: np.random.Generator, length: int) -> list[int]:
+    return rng.integers(1000, 20000, length).tolist()
+
+
+def bare_seconds(model: LoadedModel, rows: int, length: int, layer: int, repeats: int) -> float:
+    rng = np.random.default_rng(0)
+    prompts = [
+        EncodedPrompt(np.asarray(random_ids(rng, length)), np.ones(length, np.float32))
+        for _ in range(rows)
+    ]
+    batch = Batch.pad(prompts, [True] * rows, model.manifest.pad_token_id)
+    label = f"bare {model.name} layers=[{layer}]"
+    return median_seconds(label, lambda: model.session.run(batch, [layer]), repeats)
+
+
+def served_seconds(
+    target: str, model: str, rows: int, length: int, layer: int, repeats: int
 ) -> float:
     rng = np.random.default_rng(1)
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.EmbedServiceStub(channel)
 
-        def request() -> pb.EmbedRequest:
-            ids = rng.integers(1000, 20000, length - 2).tolist()
-            item = pb.PromptItem(token_ids=pb.TokenIdsItem(data=ids))
-            return pb.EmbedRequest(
-                model=model, prompt=pb.Prompt(items=[item]), layers=[-1], pooling=["mean"]
-            )
+    async def round_trip() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.EmbedServiceStub(channel)
+            requests = [
+                pb.EmbedRequest(
+                    model=model,
+                    prompt=pb.Prompt(
+                        items=[
+                            pb.PromptItem(token_ids=pb.TokenIdsItem(data=random_ids(rng, length)))
+                        ]
+                    ),
+                    layers=[layer],
+                    pooling=["mean"],
+                )
+                for _ in range(rows)
+            ]
+            await asyncio.gather(*(stub.Embed(r) for r in requests))
 
-        await asyncio.gather(*(stub.Embed(request()) for _ in range(rows)))  # warm-up
-        times = []
-        for i in range(repeats):
-            started = time.perf_counter()
-            await asyncio.gather(*(stub.Embed(request()) for _ in range(rows)))
-            times.append(time.perf_counter() - started)
-            print(
-                f"  Lamina round {i + 1}/{repeats}: {rows} concurrent requests in "
-                f"{times[-1] * 1000:.0f} ms",
-                flush=True,
-            )
-    return rows * length / statistics.median(times)
+    label = f"Lamina {model} layers=[{layer}], {rows} concurrent requests"
+    return median_seconds(label, lambda: asyncio.run(round_trip()), repeats)
+
+
+def load(repository: Path, name: str) -> LoadedModel:
+    entry = list_versions(repository)[name][-1]
+    return LoadedModel.load(entry, threads=os.cpu_count() or 1, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="all-minilm-l6-v2")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--model-repository", type=Path, default=default_home() / "models")
-    parser.add_argument("--rows", type=int, default=32)
-    parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--port", type=int, default=50071)
     args = parser.parse_args()
+    repo, repeats = args.model_repository, args.repeats
 
-    entry = list_versions(args.model_repository)[args.model][-1]
-    print(f"[1/2] bare ONNX Runtime session, {args.rows} x {args.length} tokens, last layer")
-    model = LoadedModel.load(entry, threads=os.cpu_count() or 1, providers=["CPUExecutionProvider"])
-    bare = bare_tokens_per_second(model, args.rows, args.length, args.repeats)
-    del model
+    print(f"[1/4] bare ONNX Runtime, {MINILM}, 32 x 128 tokens", flush=True)
+    minilm = load(repo, MINILM)
+    bare_minilm = bare_seconds(minilm, 32, 128, 6, repeats)
+    del minilm
+    print(f"[2/4] bare ONNX Runtime, {SMOLLM2}, 8 x 128 tokens, layers [1] and [-1]", flush=True)
+    smollm2 = load(repo, SMOLLM2)
+    bare_shallow = bare_seconds(smollm2, 8, 128, 1, repeats)
+    bare_deep = bare_seconds(smollm2, 8, 128, 30, repeats)
+    del smollm2
 
-    print(f"[2/2] Lamina over gRPC, {args.rows} concurrent requests of {args.length} tokens")
     target = f"127.0.0.1:{args.port}"
     server = subprocess.Popen(
         [
@@ -105,24 +126,31 @@ def main() -> None:
             "--metrics-port",
             "0",
             "--model-repository",
-            str(args.model_repository),
+            str(repo),
             "--log-level",
             "WARNING",
         ],
     )
     try:
-        asyncio.run(wait_until_serving(target, timeout=120))
-        served = asyncio.run(
-            lamina_tokens_per_second(target, args.model, args.rows, args.length, args.repeats)
-        )
+        asyncio.run(wait_until_serving(target, timeout=300))
+        print(f"[3/4] Lamina over gRPC, {MINILM}, 32 concurrent requests of 128 tokens", flush=True)
+        served_minilm = served_seconds(target, MINILM, 32, 128, -1, repeats)
+        print(f"[4/4] Lamina over gRPC, {SMOLLM2}, 8 concurrent requests of 128 tokens", flush=True)
+        served_shallow = served_seconds(target, SMOLLM2, 8, 128, 1, repeats)
+        served_deep = served_seconds(target, SMOLLM2, 8, 128, -1, repeats)
     finally:
         server.terminate()
         server.wait(30)
 
+    tokens = 32 * 128
     print()
-    print(f"bare ONNX Runtime : {bare:9.0f} tokens/s")
-    print(f"Lamina over gRPC  : {served:9.0f} tokens/s")
-    print(f"ratio Lamina/bare : {served / bare:9.2f}")
+    print(f"throughput, {MINILM} 32 x 128 tokens, last layer")
+    print(f"  bare ONNX Runtime       {tokens / bare_minilm:9.0f} tokens/s")
+    print(f"  Lamina over gRPC        {tokens / served_minilm:9.0f} tokens/s")
+    print(f"  ratio Lamina / bare     {bare_minilm / served_minilm:9.2f}")
+    print(f"layer-depth cost, {SMOLLM2} 8 x 128 tokens (target: layers=[1] <= 0.15 x layers=[-1])")
+    print(f"  bare   [1] / [-1]       {bare_shallow / bare_deep:9.3f}")
+    print(f"  Lamina [1] / [-1]       {served_shallow / served_deep:9.3f}")
 
 
 if __name__ == "__main__":

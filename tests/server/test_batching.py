@@ -131,3 +131,22 @@ def test_padding_in_a_batch_never_counts(minilm: LoadedModel) -> None:
                 atol=1e-5,
                 err_msg=f"layer {layer} {pooling}",
             )
+
+
+def test_a_batch_mixing_depths_runs_to_the_deepest_and_answers_each(minilm: LoadedModel) -> None:
+    shallow_prompt = _encode(minilm, "only the first block")
+    deep_prompt = _encode(minilm, "every block, please")
+    loop = asyncio.new_event_loop()
+    try:
+
+        def job(prompt: EncodedPrompt, layers: tuple[int, ...]) -> Job:
+            return Job(prompt, layers, (Pooling.MEAN,), False, True, loop.create_future(), 0.0)
+
+        alone = run_batch(minilm, [job(shallow_prompt, (1,))])[0]
+        shallow, deep = run_batch(minilm, [job(shallow_prompt, (1,)), job(deep_prompt, (6,))])
+        deep_alone = run_batch(minilm, [job(deep_prompt, (6,))])[0]
+    finally:
+        loop.close()
+    assert list(shallow) == [1] and list(deep) == [6]
+    np.testing.assert_allclose(shallow[1][Pooling.MEAN], alone[1][Pooling.MEAN], atol=1e-5)
+    np.testing.assert_allclose(deep[6][Pooling.MEAN], deep_alone[6][Pooling.MEAN], atol=1e-5)
