@@ -39,10 +39,11 @@ class Shape:
     positions: int = 64
     theta: float = 10000.0
     eps: float = 1e-5
+    explicit_head_dim: int | None = None  # config.json `head_dim`, when not hidden / heads
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.explicit_head_dim or self.hidden // self.heads
 
     @property
     def qkv_bias(self) -> bool:
@@ -53,6 +54,8 @@ SHAPES = [
     Shape("LlamaForCausalLM", hidden=40, heads=4, kv_heads=2),  # GQA 2, head_dim 10
     Shape("Qwen2ForCausalLM", hidden=36, heads=6, kv_heads=1, theta=1e6),  # MQA, head_dim 6, biases
     Shape("MistralForCausalLM", hidden=30, heads=3, kv_heads=3),  # plain MHA, head_dim 10
+    # An odd hidden size with its own head_dim (q_proj 40 x 45, o_proj 45 x 40).
+    Shape("LlamaForCausalLM", hidden=45, heads=4, kv_heads=2, explicit_head_dim=10),
 ]
 
 
@@ -157,6 +160,8 @@ def write_hf_folder(folder: Path, shape: Shape, weights: dict[str, np.ndarray]) 
         "tie_word_embeddings": False,
         "sliding_window": 16 if shape.architecture == "MistralForCausalLM" else None,
     }
+    if shape.explicit_head_dim:
+        config["head_dim"] = shape.explicit_head_dim
     (folder / "config.json").write_text(json.dumps(config))
     save_file(
         {f"model.{k}" if k != "lm_head.weight" else k: v for k, v in weights.items()},
@@ -188,7 +193,7 @@ def run(model: LoadedModel, ids_rows: list[list[int]]) -> dict[int, np.ndarray]:
 IDS = [5, 77, 3, 250, 19, 104, 42, 7, 8]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.architecture)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s.architecture}-{s.hidden}")
 def test_hf_checkpoints_match_numpy(tmp_path: Path, shape: Shape) -> None:
     weights = random_weights(shape)
     folder = write_hf_folder(tmp_path / "checkpoint", shape, weights)
