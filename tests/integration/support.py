@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.server.config import Settings
+from lamina.server.scheduling.policy import SchedulingPolicy
+from lamina.server.scheduling.pool import PoolSpec
 from lamina.server.server import LaminaServer
 
 
@@ -22,19 +25,19 @@ class RunningServer:
 
 
 def settings_for(
-    repository: Path, *, metrics_port: int = 0, hostings: tuple[str, ...] = ()
+    repository: Path,
+    *,
+    metrics_port: int = 0,
+    pools: tuple[PoolSpec, ...] = (PoolSpec("default", "cpu", 2, frozenset()),),
+    scheduling: SchedulingPolicy | None = None,
 ) -> Settings:
     return Settings(
         host="127.0.0.1",
         port=0,
         metrics_port=metrics_port,
         model_repository=repository,
-        threads=2,
-        providers=("CPUExecutionProvider",),
-        hostings=hostings,
-        max_batch_tokens=16384,
-        max_batch_rows=64,
-        max_batch_wait_ms=5,
+        pools=pools,
+        scheduling=scheduling or SchedulingPolicy(max_wait_seconds=0.005),
         drain_seconds=5,
         repository_poll_seconds=0.2,
         max_message_bytes=64 * 1024 * 1024,
@@ -56,3 +59,29 @@ async def wait_until_serving(target: str, timeout: float) -> None:
                 pass  # not listening yet
             await asyncio.sleep(0.1)
     raise TimeoutError(f"the server at {target} was not serving within {timeout} s")
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(metrics_port: int) -> Samples:
+    """GET /metrics and parse the Prometheus text exposition into name+labels -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def fetch() -> str:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body: bytes = response.read()
+        return body.decode()
+
+    text = await asyncio.to_thread(fetch)
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """The value of one series; 0 when the series does not exist (yet)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
-from tests.integration.support import RunningServer
+from tests.integration.support import RunningServer, sample, scrape
 
 MODEL = "all-minilm-l6-v2"
 FIXTURES = Path(__file__).parents[1] / "parity" / "fixtures"
@@ -291,9 +290,18 @@ async def test_reflection_lists_the_service(channel: grpc.aio.Channel) -> None:
 
 
 async def test_prometheus_exposition(server: RunningServer, stub: pb_grpc.EmbedServiceStub) -> None:
-    await stub.Embed(embed_request())
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
-    assert f'lamina_requests_total{{code="OK",method="Embed",model="{MODEL}"}}' in body
-    assert "lamina_queue_depth 0.0" in body
-    assert "lamina_batch_rows_bucket" in body and "lamina_ready 1.0" in body
+    before = await scrape(server.metrics_port)
+    await stub.Embed(embed_request(nice=True))
+    after = await scrape(server.metrics_port)
+    labels = {"method": "Embed", "model": MODEL, "code": "OK", "nice": "true", "hosting": "any"}
+    assert (
+        sample(after, "lamina_requests_total", **labels)
+        == sample(before, "lamina_requests_total", **labels) + 1
+    )
+    assert sample(after, "lamina_queue_depth_requests", tier="nice", hosting="any") == 0
+    assert sample(after, "lamina_ready") == 1
+    assert sample(after, "lamina_model_version", model=MODEL) >= 1
+    assert sample(after, "lamina_tokens_processed_total", pool="default", model=MODEL) >= 4
+    assert sample(after, "lamina_pool_busy_seconds_total", pool="default") > 0
+    assert sample(after, "lamina_batch_padding_ratio_count", pool="default", model=MODEL) >= 1
+    assert sample(after, "lamina_queue_duration_seconds_count", model=MODEL, nice="true") >= 1

@@ -80,10 +80,9 @@ async def test_a_new_version_replaces_the_old_and_in_flight_requests_finish_on_i
     running: Running, tmp_path: Path
 ) -> None:
     before = await running.stub.Embed(request("tiny"))
-    # Hold version 1's inference thread so a request stays in flight on it across the swap.
-    old = running.server.engine._serving["tiny"]  # test-only peek at the serving version
+    # Hold the pool's inference thread so a request stays queued on version 1 across the swap.
     release = threading.Event()
-    old.inference_thread.submit(release.wait)
+    running.server.engine.runners[0]._executor.submit(release.wait)  # test-only hold
     in_flight = asyncio.ensure_future(running.stub.Embed(request("tiny")))
     await asyncio.sleep(0.1)
 
@@ -93,10 +92,10 @@ async def test_a_new_version_replaces_the_old_and_in_flight_requests_finish_on_i
         return (await running.versions())["tiny"] == "2"
 
     await eventually(replaced)
+    assert not in_flight.done()
+    release.set()
     after = await running.stub.Embed(request("tiny"))
     assert after.model_version == "tiny@2"
-    assert not in_flight.done() and old.retired
-    release.set()
     finished = await in_flight
     assert finished.model_version == "tiny@1"
     np.testing.assert_allclose(

@@ -19,7 +19,7 @@ from lamina.server.domain import Pooling, TextItem
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.runtime.batch import Batch
 from lamina.server.scheduling.inference import run_batch
-from lamina.server.scheduling.job import Job
+from tests.jobs import make_job
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")
@@ -102,7 +102,7 @@ def test_served_pooling_matches_pooled_reference(model: LoadedModel) -> None:
     try:
         prompt = model.prompts.encode((TextItem(meta["prompts"][2]),))
         poolings = (Pooling.MEAN, Pooling.LAST_TOKEN)
-        job = Job(prompt, (0, middle, last), poolings, False, True, loop.create_future(), 0.0)
+        job = make_job(loop, prompt=prompt, layers=(0, middle, last), pooling=poolings)
         result = run_batch(model, [job])[0]
     finally:
         loop.close()

@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
 
 class LaminaError(Exception):
     code = ErrorCode.INTERNAL
+    retry_after_seconds: float | None = None  # set where retrying later can succeed
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -52,3 +53,23 @@ class HostingUnavailable(LaminaError):
             f"hosting: no worker pool may process a request with hosting {hosting!r} "
             f"(this server's pool hostings: {labels})"
         )
+
+
+class DeadlineExceeded(LaminaError):
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+    def __init__(self, waited_seconds: float) -> None:
+        super().__init__(
+            f"the deadline passed after {waited_seconds:.3f} s in the queue, before the request ran"
+        )
+
+
+class QueueFull(LaminaError):
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, requests: int, tokens: int, limits: str, retry_after_seconds: float) -> None:
+        super().__init__(
+            f"queue full: {requests} requests / {tokens} tokens waiting ({limits}); "
+            f"retry after {retry_after_seconds:.1f} s"
+        )
+        self.retry_after_seconds = retry_after_seconds

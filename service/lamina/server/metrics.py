@@ -2,30 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from lamina.server.scheduling.job import Job
+from lamina.server.scheduling.queue import RequestQueue
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-_TOKENS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+_TOKENS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
+_RATIO = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class _QueueCollector(Collector):
+    """Queue depth by tier and hosting, read from the queue at scrape time."""
+
+    def __init__(self, queue: Callable[[], RequestQueue | None]) -> None:
+        self._queue = queue
+
+    def collect(self) -> Iterable[Metric]:
+        requests = GaugeMetricFamily(
+            "lamina_queue_depth_requests",
+            "Requests waiting for a batch, by tier (normal/nice) and hosting (autoscaling signal).",
+            labels=["tier", "hosting"],
+        )
+        tokens = GaugeMetricFamily(
+            "lamina_queue_depth_tokens",
+            "Prompt tokens waiting for a batch, by tier and hosting.",
+            labels=["tier", "hosting"],
+        )
+        queue = self._queue()
+        depth = queue.depth(time.monotonic()) if queue is not None else {}
+        for tier in ("normal", "nice"):
+            for hosting in sorted({h for _, h in depth} | {"any"}):
+                seen = depth.get((tier, hosting))
+                requests.add_metric([tier, hosting], seen.requests if seen else 0)
+                tokens.add_metric([tier, hosting], seen.tokens if seen else 0)
+        yield requests
+        yield tokens
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._queue: RequestQueue | None = None
+        r.register(_QueueCollector(lambda: self._queue))
         self.requests = Counter(
             "lamina_requests",
-            "RPCs answered, by method, model and gRPC status code.",
-            ["method", "model", "code"],
+            "RPCs answered, by method, model, gRPC status code, nice and hosting.",
+            ["method", "model", "code", "nice", "hosting"],
             registry=r,
         )
         self.request_seconds = Histogram(
             "lamina_request_duration_seconds",
-            "Time from receiving an RPC to answering it.",
+            "End to end: receiving an RPC to answering it.",
             ["method", "model"],
             buckets=_SECONDS,
             registry=r,
@@ -33,6 +68,13 @@ class Metrics:
         self.queue_seconds = Histogram(
             "lamina_queue_duration_seconds",
             "Time a request waited before its batch ran.",
+            ["model", "nice"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.tokenization_seconds = Histogram(
+            "lamina_tokenization_duration_seconds",
+            "Time to build a request's token sequence.",
             ["model"],
             buckets=_SECONDS,
             registry=r,
@@ -47,44 +89,93 @@ class Metrics:
         self.batch_seconds = Histogram(
             "lamina_batch_duration_seconds",
             "Inference and pooling time of one batch.",
-            ["model"],
+            ["pool", "model"],
             buckets=_SECONDS,
             registry=r,
         )
         self.batch_rows = Histogram(
-            "lamina_batch_rows", "Requests per batch.", ["model"], buckets=_ROWS, registry=r
+            "lamina_batch_rows", "Requests per batch.", ["pool", "model"], buckets=_ROWS, registry=r
         )
         self.batch_tokens = Histogram(
             "lamina_batch_padded_tokens",
             "Rows x padded length per batch.",
-            ["model"],
+            ["pool", "model"],
             buckets=_TOKENS,
             registry=r,
         )
-        self.queue_depth = Gauge(
-            "lamina_queue_depth",
-            "Requests waiting for a batch, all models (autoscaling signal).",
+        self.padding_ratio = Histogram(
+            "lamina_batch_padding_ratio",
+            "Share of a batch's positions that are padding.",
+            ["pool", "model"],
+            buckets=_RATIO,
+            registry=r,
+        )
+        self.tokens_processed = Counter(
+            "lamina_tokens_processed",
+            "Prompt tokens run through a model (padding excluded).",
+            ["pool", "model"],
+            registry=r,
+        )
+        self.pool_requests = Counter(
+            "lamina_pool_requests",
+            "Requests run by each pool, by the hosting they asked for.",
+            ["pool", "hosting"],
+            registry=r,
+        )
+        self.pool_busy_seconds = Counter(
+            "lamina_pool_busy_seconds",
+            "Time each pool spent running batches.",
+            ["pool"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "lamina_model_version",
+            "The version of each model that serves (0: none loaded).",
+            ["model"],
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "lamina_model_load_failures",
+            "Model versions rejected because they failed to load.",
+            ["model"],
             registry=r,
         )
         self.ready = Gauge("lamina_ready", "1 while the server is serving.", registry=r)
         self.in_flight = Gauge("lamina_in_flight_requests", "RPCs being answered now.", registry=r)
 
-    def track(self, queue_depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
-        self.queue_depth.set_function(lambda: float(queue_depth()))
+    def track(self, queue: RequestQueue, in_flight: Callable[[], int]) -> None:
+        self._queue = queue
         self.in_flight.set_function(lambda: float(in_flight()))
 
-    def observe_request(self, model: str, prompt_tokens: int, queue_seconds: float) -> None:
+    def model_loaded(self, model: str, version: int) -> None:
+        self.model_version.labels(model).set(version)
+
+    def model_rejected(self, model: str) -> None:
+        self.model_load_failures.labels(model).inc()
+
+    def observe_request(
+        self, model: str, prompt_tokens: int, queue_seconds: float, nice: bool
+    ) -> None:
         self.prompt_tokens.labels(model).observe(prompt_tokens)
-        self.queue_seconds.labels(model).observe(queue_seconds)
+        self.queue_seconds.labels(model, str(nice).lower()).observe(queue_seconds)
 
-    def observe_batch(self, model: str, jobs: Sequence[Job], seconds: float) -> None:
-        longest = max(job.prompt.length for job in jobs)
-        self.batch_seconds.labels(model).observe(seconds)
-        self.batch_rows.labels(model).observe(len(jobs))
-        self.batch_tokens.labels(model).observe(longest * len(jobs))
+    def observe_batch(self, pool: str, jobs: Sequence[Job], seconds: float) -> None:
+        model = str(getattr(jobs[0].model, "name", "?"))
+        real = sum(job.tokens for job in jobs)
+        padded = max(job.tokens for job in jobs) * len(jobs)
+        self.batch_seconds.labels(pool, model).observe(seconds)
+        self.batch_rows.labels(pool, model).observe(len(jobs))
+        self.batch_tokens.labels(pool, model).observe(padded)
+        self.padding_ratio.labels(pool, model).observe(1 - real / padded)
+        self.tokens_processed.labels(pool, model).inc(real)
+        self.pool_busy_seconds.labels(pool).inc(seconds)
+        for job in jobs:
+            self.pool_requests.labels(pool, job.hosting or "any").inc()
 
-    def observe_rpc(self, method: str, model: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, model, code).inc()
+    def observe_rpc(
+        self, method: str, model: str, code: str, seconds: float, nice: bool, hosting: str | None
+    ) -> None:
+        self.requests.labels(method, model, code, str(nice).lower(), hosting or "any").inc()
         self.request_seconds.labels(method, model).observe(seconds)
 
     def serve(self, host: str, port: int) -> None:

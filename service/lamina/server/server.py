@@ -15,7 +15,6 @@ from lamina.server.config import Settings
 from lamina.server.engine import Engine
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry
-from lamina.server.scheduling.batcher import BatchPolicy
 from lamina.v1 import embed_pb2, embed_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -36,20 +35,9 @@ class LaminaServer:
         self.metrics = Metrics()
         self.state = ServingState()
         self.registry = ModelRegistry(
-            settings.model_repository,
-            threads=settings.threads,
-            providers=list(settings.providers),
-            hostings=settings.hostings,
+            settings.model_repository, settings.pools, on_reject=self.metrics.model_rejected
         )
-        self.engine = Engine(
-            self.registry,
-            BatchPolicy(
-                max_batch_tokens=settings.max_batch_tokens,
-                max_batch_rows=settings.max_batch_rows,
-                max_wait_seconds=settings.max_batch_wait_ms / 1000,
-            ),
-            self.metrics,
-        )
+        self.engine = Engine(self.registry, settings.scheduling, self.metrics)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._watcher: asyncio.Task[None] | None = None
         self.port = 0
@@ -80,7 +68,7 @@ class LaminaServer:
         await self._server.start()
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
-        self.metrics.track(self.engine.queue_depth, lambda: self.state.in_flight)
+        self.metrics.track(self.engine.queue, lambda: self.state.in_flight)
         log.info(
             "listening on %s:%d (not serving until models are loaded)",
             self.settings.host,
@@ -91,6 +79,7 @@ class LaminaServer:
     async def load_models(self) -> None:
         """Serve what the repository holds, then keep watching it for new versions."""
         await self.engine.refresh()
+        self.engine.start()
         self.state.reason = None
         self.metrics.ready.set(1)
         await self._set_health(SERVING)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -45,10 +46,14 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
         async def answer() -> pb.EmbedResponse:
-            result = await self.engine.embed(convert.embed_request(request))
+            result = await self.engine.embed(
+                convert.embed_request(request), timeout=context.time_remaining()
+            )
             return convert.embed_response(result)
 
-        return await self._serve("Embed", request.model, context, answer)
+        # Labels only: a hosting value outside the API's set is rejected before it counts.
+        hosting = request.hosting if request.hosting in convert.HOSTINGS else None
+        return await self._serve("Embed", request.model, context, answer, request.nice, hosting)
 
     async def ModelsAvailable(
         self,
@@ -98,6 +103,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         model: str,
         context: grpc.aio.ServicerContext[Any, Any],
         answer: Callable[[], Awaitable[Reply]],
+        nice: bool = False,
+        hosting: str | None = None,
     ) -> Reply:
         started = time.monotonic()
         code = grpc.StatusCode.OK
@@ -107,7 +114,13 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             return await answer()
         except LaminaError as error:
             code = grpc.StatusCode[error.code.value]
-            await context.abort(code, error.message)
+            retry = error.retry_after_seconds
+            # Clients and proxies read the hint from trailing metadata as well as from the text.
+            trailers = () if retry is None else (("retry-after", str(max(1, round(retry)))),)
+            await context.abort(code, error.message, trailing_metadata=trailers)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the caller went away: nothing to answer or log
+            raise
         except Exception:
             log.exception("%s failed", method)
             code = grpc.StatusCode.INTERNAL
@@ -116,5 +129,6 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             self.state.in_flight -= 1
             # Label only served model names: arbitrary client strings would explode the series.
             known = model if model in self.engine else ""
-            self.metrics.observe_rpc(method, known, code.name, time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            self.metrics.observe_rpc(method, known, code.name, elapsed, nice, hosting)
         raise AssertionError("unreachable: context.abort raises")

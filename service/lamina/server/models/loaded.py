@@ -9,7 +9,7 @@ from lamina.server.errors import InvalidArgument
 from lamina.server.models.manifest import Manifest
 from lamina.server.models.store import VersionDir
 from lamina.server.prompt import PromptEncoder
-from lamina.server.runtime.session import HiddenStateSession
+from lamina.server.runtime.session import HiddenStateSession, Providers
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class LoadedModel:
     session: HiddenStateSession
 
     @staticmethod
-    def load(entry: VersionDir, *, threads: int, providers: list[str]) -> LoadedModel:
+    def load(entry: VersionDir, *, threads: int, providers: Providers) -> LoadedModel:
         manifest = Manifest.read(entry.path)
         tokenizer = load_plain_tokenizer(entry.path / manifest.tokenizer)
         prompts = PromptEncoder(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +10,9 @@ import onnxruntime as ort
 
 from lamina.server.convert import signature
 from lamina.server.runtime.batch import Batch
+
+# Execution providers in order of preference, each a name or (name, options).
+Providers = Sequence[str | tuple[str, dict[str, str]]]
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -23,10 +26,10 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 
 class HiddenStateSession:
-    def __init__(self, graph: Path, *, num_layers: int, threads: int, providers: list[str]):
+    def __init__(self, graph: Path, *, num_layers: int, threads: int, providers: Providers):
         self.num_layers = num_layers
         self._session = ort.InferenceSession(
-            str(graph), sess_options=session_options(threads), providers=providers
+            str(graph), sess_options=session_options(threads), providers=list(providers)
         )
         outputs = {o.name for o in self._session.get_outputs()}
         expected = [signature.hidden_state_output(i) for i in range(num_layers + 1)]

@@ -19,19 +19,28 @@ class JobResult:
     queue_seconds: float
     inference_seconds: float
     batch_rows: int
+    pool: str
 
 
 @dataclass(eq=False)
 class Job:
+    model: object  # the model version it runs on; the queue only compares identities
     prompt: EncodedPrompt
     layers: tuple[int, ...]  # absolute indices
     pooling: tuple[Pooling, ...]
     normalize: bool
     control_log_additive: bool
-    future: asyncio.Future[JobResult]
+    nice: bool
+    hosting: str | None  # None: any pool; else only pools carrying this label
     enqueued_at: float
+    deadline: float | None  # on the scheduler's clock
+    future: asyncio.Future[JobResult]
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt.length
 
     @property
     def abandoned(self) -> bool:
-        """The caller went away (cancelled) before the job ran: it costs no compute."""
+        """The caller went away (cancelled, or answered) before the job ran: it costs no compute."""
         return self.future.done()

@@ -1,0 +1,16 @@
+"""The knobs of scheduling and batching, with the defaults the server documents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SchedulingPolicy:
+    max_batch_tokens: int = 16384  # rows x padded length of one graph run
+    max_batch_rows: int = 64
+    max_wait_seconds: float = 0.002  # how long a partial batch waits for company
+    nice_max_wait_seconds: float = 5.0  # a nice request waiting this long is served as non-nice
+    max_queue_requests: int = 1024  # admission: beyond either bound, RESOURCE_EXHAUSTED at once
+    max_queue_tokens: int = 262144
+    length_grouping: bool = True  # batch similar lengths together to limit padding

@@ -1,0 +1,144 @@
+"""The request queue: admission, priority tiers, hosting eligibility and batch selection.
+
+Pure bookkeeping over an injected clock (`now` arguments): no threads, no event loop, so the rules
+are unit-tested with a fake clock. The pools' async loops (pool.py) drive it.
+
+Urgency: non-nice before nice, first come first served within a tier; a nice request that has
+waited `nice_max_wait_seconds` counts as non-nice from then on, so nice work never starves.
+A pool takes the most urgent request it is eligible for (a pinned request only goes to a pool
+carrying its hosting label) and fills the batch with requests of the same model version and tier,
+nearest in length first when grouping is on, under the row and token budgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lamina.server.scheduling.job import Job
+from lamina.server.scheduling.policy import SchedulingPolicy
+
+URGENT, NICE = 0, 1
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    """Nothing to run yet: the best batch is still filling; look again at `when` (or on arrival)."""
+
+    when: float
+
+
+@dataclass(frozen=True)
+class AdmissionRefused(Exception):
+    requests: int
+    tokens: int
+    policy: SchedulingPolicy
+
+
+@dataclass(frozen=True)
+class Depth:
+    requests: int
+    tokens: int
+
+
+class RequestQueue:
+    def __init__(self, policy: SchedulingPolicy) -> None:
+        self.policy = policy
+        self._jobs: list[Job] = []  # in arrival order; bounded by admission
+        self._tokens = 0
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
+
+    def admit(self, job: Job) -> None:
+        """Queue `job`, or raise AdmissionRefused when it would pass either bound."""
+        p = self.policy
+        if (
+            len(self._jobs) + 1 > p.max_queue_requests
+            or self._tokens + job.tokens > p.max_queue_tokens
+        ):
+            raise AdmissionRefused(len(self._jobs), self._tokens, p)
+        self._jobs.append(job)
+        self._tokens += job.tokens
+
+    def remove_gone(self, now: float) -> list[Job]:
+        """Drop abandoned jobs and return those whose deadline has passed (also dropped)."""
+        expired = [
+            j
+            for j in self._jobs
+            if not j.abandoned and j.deadline is not None and j.deadline <= now
+        ]
+        gone = {id(j) for j in expired}
+        keep = [j for j in self._jobs if not j.abandoned and id(j) not in gone]
+        if len(keep) != len(self._jobs):
+            self._replace(keep)
+        return expired
+
+    def tier(self, job: Job, now: float) -> int:
+        if not job.nice or now - job.enqueued_at >= self.policy.nice_max_wait_seconds:
+            return URGENT
+        return NICE
+
+    def next_batch(self, hostings: frozenset[str], now: float) -> list[Job] | WaitUntil | None:
+        """For a free pool with these labels: a batch to run now, a time to look again, or None
+        when nothing queued may run on it."""
+        eligible = [j for j in self._jobs if not j.abandoned and self._may_run(j, hostings)]
+        if not eligible:
+            return None
+        head = min(eligible, key=lambda j: (self.tier(j, now), j.enqueued_at))
+        tier = self.tier(head, now)
+        company = [j for j in eligible if j.model is head.model and self.tier(j, now) == tier]
+        batch = self._fill(head, company)
+        p = self.policy
+        filling = len(batch) < p.max_batch_rows and len(batch) == len(company)
+        ready_at = head.enqueued_at + p.max_wait_seconds
+        if filling and now < ready_at:
+            return WaitUntil(ready_at)
+        chosen = {id(j) for j in batch}
+        self._replace([j for j in self._jobs if id(j) not in chosen])
+        return batch
+
+    def depth(self, now: float) -> dict[tuple[str, str], Depth]:
+        """(tier, hosting) -> queued requests and tokens, for the autoscaling gauges."""
+        counts: dict[tuple[str, str], Depth] = {}
+        for job in self._jobs:
+            if job.abandoned:
+                continue
+            key = ("nice" if self.tier(job, now) == NICE else "normal", job.hosting or "any")
+            seen = counts.get(key, Depth(0, 0))
+            counts[key] = Depth(seen.requests + 1, seen.tokens + job.tokens)
+        return counts
+
+    def oldest_wait(self, now: float, nice: bool) -> float:
+        waits = [now - j.enqueued_at for j in self._jobs if j.nice == nice and not j.abandoned]
+        return max(waits, default=0.0)
+
+    @staticmethod
+    def _may_run(job: Job, hostings: frozenset[str]) -> bool:
+        return job.hosting is None or job.hosting in hostings
+
+    def _fill(self, head: Job, company: Iterable[Job]) -> list[Job]:
+        p = self.policy
+        others = [j for j in company if j is not head]  # already in arrival order
+        if p.length_grouping:
+            others.sort(
+                key=lambda j: abs(j.tokens - head.tokens)
+            )  # stable: ties keep arrival order
+        batch, longest = [head], head.tokens
+        for job in others:
+            if len(batch) >= p.max_batch_rows:
+                break
+            widest = max(longest, job.tokens)
+            if widest * (len(batch) + 1) > p.max_batch_tokens:
+                continue  # a shorter one further on may still fit
+            batch.append(job)
+            longest = widest
+        return batch
+
+    def _replace(self, jobs: list[Job]) -> None:
+        self._jobs = jobs
+        self._tokens = sum(j.tokens for j in jobs)
