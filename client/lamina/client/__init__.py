@@ -6,13 +6,15 @@ from lamina.client.prompt import (
     Image,
     ImageControl,
     ImageCrop,
+    Prompt,
+    PromptItem,
     Rect,
     Text,
     TextControl,
     TokenControl,
     TokenIds,
 )
-from lamina.client.results import EmbedResult, ModelInfo, Timing, TokenizeResult
+from lamina.client.results import EmbedResult, ModelInfo, Timing, TokenizeResult, Vector
 from lamina.client.sync import Client
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "ImageCrop",
     "LaminaError",
     "ModelInfo",
+    "Prompt",
+    "PromptItem",
     "Rect",
     "Text",
     "TextControl",
@@ -31,4 +35,5 @@ __all__ = [
     "TokenControl",
     "TokenIds",
     "TokenizeResult",
+    "Vector",
 ]

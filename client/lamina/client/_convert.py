@@ -1,17 +1,34 @@
-"""Python arguments <-> protobuf messages: the only client module that touches the wire format."""
+"""Python arguments <-> protobuf messages: the only client module that touches the wire format.
+
+Each public builder returns a `Call`: the EmbedService method, its request, and how to read its
+reply. The sync and asyncio clients differ only in how they send a `Call`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from lamina.client.prompt import Image, Prompt, Text, TokenIds
+from google.protobuf.message import Message
+
+from lamina.client.prompt import Image, Prompt, PromptItem, Text, TokenIds
 from lamina.client.results import EmbedResult, ModelInfo, Timing, TokenizeResult, make_vector
 from lamina.v1 import embed_pb2 as pb
 
 LAYER_PREFIX = "layer_"
 
+T = TypeVar("T")
 
-def embed_request(
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str  # attribute of the generated EmbedServiceStub, e.g. "Embed"
+    request: Message
+    parse: Callable[[Any], T]
+
+
+def embed(
     model: str,
     prompt: Prompt,
     *,
@@ -24,15 +41,17 @@ def embed_request(
     contextual_control_threshold: float | None,
     control_log_additive: bool | None,
     type: str | None,
-) -> pb.EmbedRequest:
+) -> Call[EmbedResult]:
     request = pb.EmbedRequest(
         model=model,
         prompt=prompt_message(prompt),
         layers=list(layers),
-        pooling=list(pooling),
+        # A bare string is a Sequence[str] too; read it as one pooling, not as its letters.
+        pooling=[pooling] if isinstance(pooling, str) else list(pooling),
         nice=nice,
     )
-    # proto3 `optional`: None leaves the field unset, which the server reads as the API default.
+    # proto3 `optional`: None leaves the field unset, which the server reads as the API default
+    # (for control_log_additive that default is true, so unset and False must stay distinct).
     if normalize is not None:
         request.normalize = normalize
     if tokens is not None:
@@ -45,15 +64,38 @@ def embed_request(
         request.control_log_additive = control_log_additive
     if type is not None:
         request.type = type
-    return request
+    return Call("Embed", request, embed_result)
+
+
+def models() -> Call[list[ModelInfo]]:
+    return Call("ModelsAvailable", pb.ModelsAvailableRequest(), model_infos)
+
+
+def tokenize(model: str, prompt: str, *, tokens: bool, token_ids: bool) -> Call[TokenizeResult]:
+    request = pb.TokenizeRequest(model=model, prompt=prompt, tokens=tokens, token_ids=token_ids)
+    return Call("Tokenize", request, tokenize_result)
+
+
+def detokenize(model: str, token_ids: Sequence[int]) -> Call[str]:
+    request = pb.DetokenizeRequest(model=model, token_ids=list(token_ids))
+    return Call("Detokenize", request, detokenize_result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
 
 
 def prompt_message(prompt: Prompt) -> pb.Prompt:
-    items = [Text(prompt)] if isinstance(prompt, str) else list(prompt)
+    if isinstance(prompt, str):
+        items: Sequence[PromptItem] = [Text(prompt)]
+    elif isinstance(prompt, Text | TokenIds | Image):
+        items = [prompt]
+    else:
+        items = prompt
     return pb.Prompt(items=[_item(item) for item in items])
 
 
-def _item(item: Text | TokenIds | Image) -> pb.PromptItem:
+def _item(item: PromptItem) -> pb.PromptItem:
     if isinstance(item, Text):
         text = pb.TextItem(data=item.data)
         for c in item.controls:
@@ -81,6 +123,10 @@ def _item(item: Text | TokenIds | Image) -> pb.PromptItem:
     raise TypeError(f"a prompt item is Text, TokenIds or Image, not {type(item).__name__}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Replies
+
+
 def embed_result(response: pb.EmbedResponse) -> EmbedResult:
     embeddings = {
         _layer_index(key): {name: make_vector(v.values) for name, v in layer.pooling.items()}
@@ -88,6 +134,7 @@ def embed_result(response: pb.EmbedResponse) -> EmbedResult:
     }
     return EmbedResult(
         model_version=response.model_version,
+        # protobuf maps have no order; ascending layers read (and print) predictably.
         embeddings=dict(sorted(embeddings.items())),
         tokens=list(response.tokens.tokens) if response.HasField("tokens") else None,
         num_tokens_prompt_total=response.num_tokens_prompt_total,
@@ -100,9 +147,10 @@ def embed_result(response: pb.EmbedResponse) -> EmbedResult:
 
 
 def _layer_index(key: str) -> int:
-    if not key.startswith(LAYER_PREFIX):
-        raise ValueError(f"unexpected embeddings key {key!r}")
-    return int(key[len(LAYER_PREFIX) :])
+    number = key.removeprefix(LAYER_PREFIX)
+    if number == key or not number.lstrip("-").isdigit():
+        raise ValueError(f"unexpected embeddings key {key!r}, expected 'layer_<N>'")
+    return int(number)
 
 
 def model_infos(response: pb.ModelsAvailableResponse) -> list[ModelInfo]:
@@ -123,12 +171,6 @@ def model_infos(response: pb.ModelsAvailableResponse) -> list[ModelInfo]:
     ]
 
 
-def tokenize_request(
-    model: str, prompt: str, *, tokens: bool, token_ids: bool
-) -> pb.TokenizeRequest:
-    return pb.TokenizeRequest(model=model, prompt=prompt, tokens=tokens, token_ids=token_ids)
-
-
 def tokenize_result(response: pb.TokenizeResponse) -> TokenizeResult:
     return TokenizeResult(
         tokens=list(response.tokens.tokens) if response.HasField("tokens") else None,
@@ -136,12 +178,5 @@ def tokenize_result(response: pb.TokenizeResponse) -> TokenizeResult:
     )
 
 
-def detokenize_request(model: str, token_ids: Sequence[int]) -> pb.DetokenizeRequest:
-    return pb.DetokenizeRequest(model=model, token_ids=list(token_ids))
-
-
-# Per-layer replies are big: 64 MiB each way, as on the server.
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
+def detokenize_result(response: pb.DetokenizeResponse) -> str:
+    return response.result

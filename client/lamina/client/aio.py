@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import TypeVar
 
 import grpc
 
 from lamina.client import _convert
+from lamina.client._channel import Metadata, Options, channel_options
 from lamina.client.errors import LaminaError
 from lamina.client.prompt import Prompt
 from lamina.client.results import EmbedResult, ModelInfo, TokenizeResult
-from lamina.client.sync import Metadata
-from lamina.v1 import embed_pb2 as pb
-from lamina.v1 import embed_pb2_grpc as pb_grpc
+from lamina.v1 import embed_pb2_grpc
+
+T = TypeVar("T")
 
 
 class AsyncClient:
-    """`async with AsyncClient("localhost:50051") as client: await client.embed(...)`."""
+    """An asyncio connection to a Lamina server; create it inside the event loop that uses it.
+
+    `async with AsyncClient("localhost:50051") as client: await client.embed(...)`
+
+    The arguments mean what they mean for `Client`. Failed calls raise `LaminaError`.
+    """
 
     def __init__(
         self,
@@ -26,14 +32,12 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         metadata: Metadata | None = None,
-        options: Sequence[tuple[str, Any]] | None = None,
+        options: Options | None = None,
     ) -> None:
         self.timeout = timeout
         self.metadata = tuple(metadata or ())
-        self._channel = grpc.aio.insecure_channel(
-            target, options=[*_convert.CHANNEL_OPTIONS, *(options or ())]
-        )
-        self._stub = pb_grpc.EmbedServiceStub(self._channel)
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options(options))
+        self._stub = embed_pb2_grpc.EmbedServiceStub(self._channel)
 
     async def embed(
         self,
@@ -50,34 +54,35 @@ class AsyncClient:
         control_log_additive: bool | None = None,
         type: str | None = None,
     ) -> EmbedResult:
-        request = _convert.embed_request(
-            model,
-            prompt,
-            layers=layers,
-            pooling=pooling,
-            normalize=normalize,
-            tokens=tokens,
-            hosting=hosting,
-            nice=nice,
-            contextual_control_threshold=contextual_control_threshold,
-            control_log_additive=control_log_additive,
-            type=type,
+        """One vector per layer and pooling. None leaves an option to the server's default."""
+        return await self._send(
+            _convert.embed(
+                model,
+                prompt,
+                layers=layers,
+                pooling=pooling,
+                normalize=normalize,
+                tokens=tokens,
+                hosting=hosting,
+                nice=nice,
+                contextual_control_threshold=contextual_control_threshold,
+                control_log_additive=control_log_additive,
+                type=type,
+            )
         )
-        return _convert.embed_result(await self._call(self._stub.Embed, request))
 
     async def models(self) -> list[ModelInfo]:
-        response = await self._call(self._stub.ModelsAvailable, pb.ModelsAvailableRequest())
-        return _convert.model_infos(response)
+        return await self._send(_convert.models())
 
     async def tokenize(
         self, model: str, prompt: str, *, tokens: bool = True, token_ids: bool = True
     ) -> TokenizeResult:
-        request = _convert.tokenize_request(model, prompt, tokens=tokens, token_ids=token_ids)
-        return _convert.tokenize_result(await self._call(self._stub.Tokenize, request))
+        return await self._send(
+            _convert.tokenize(model, prompt, tokens=tokens, token_ids=token_ids)
+        )
 
     async def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
-        request = _convert.detokenize_request(model, token_ids)
-        return str((await self._call(self._stub.Detokenize, request)).result)
+        return await self._send(_convert.detokenize(model, token_ids))
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
@@ -93,8 +98,10 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _send(self, call: _convert.Call[T]) -> T:
+        method = getattr(self._stub, call.method)
         try:
-            return await method(request, timeout=self.timeout, metadata=self.metadata)
+            reply = await method(call.request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as error:
             raise LaminaError.from_rpc(error) from None
+        return call.parse(reply)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,27 +27,34 @@ class _AppendItem(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         items: list[PromptItem] = getattr(namespace, "items", None) or []
-        if option_string == "--prompt":
-            items.append(Text(str(values)))
-        else:
-            items.append(TokenIds([int(v) for v in values]))
+        items.append(Text(values) if option_string == "--prompt" else TokenIds(list(values)))
         namespace.items = items
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lamina-client", description="Call a Lamina server; prints JSON."
+        prog="lamina-client",
+        description="Call a Lamina server over gRPC and print its reply as JSON. "
+        "A failed call prints 'error: CODE: message' to stderr and exits 1.",
     )
     parser.add_argument(
         "--target",
         default=os.environ.get("LAMINA_TARGET", "localhost:50051"),
-        help="server address host:port (env LAMINA_TARGET; default %(default)s)",
+        metavar="HOST:PORT",
+        help="server address (env LAMINA_TARGET; default %(default)s)",
     )
-    parser.add_argument("--timeout", type=float, default=None, help="deadline per call in seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="deadline for the call in seconds (default: none)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed a prompt: one vector per layer and pooling")
     embed.add_argument("--model", required=True, help="model name, e.g. all-minilm-l6-v2")
+    # Both item options share one ordered list: the prompt is their concatenation.
     embed.add_argument(
         "--prompt",
         action=_AppendItem,
@@ -59,36 +67,48 @@ def build_parser() -> argparse.ArgumentParser:
         action=_AppendItem,
         dest="items",
         nargs="+",
+        type=int,
         metavar="ID",
-        help="a token-id item, used as given (no special tokens added)",
+        help="a token-id item, used as given (no special tokens added); repeatable like --prompt",
     )
     embed.add_argument(
         "--layers",
         type=int,
         nargs="+",
         default=[-1],
+        metavar="N",
         help="layer indices: 0 = embedding output, i = block i, -1 = last block (default: -1)",
     )
     embed.add_argument(
         "--pooling",
         nargs="+",
         default=["mean"],
+        metavar="P",
         help="poolings: mean, weighted_mean, max, last_token, abs_max (default: mean)",
     )
     embed.add_argument("--normalize", action="store_true", help="L2-normalise every vector")
-    embed.add_argument("--tokens", action="store_true", help="also return the prompt's tokens")
-    embed.add_argument("--nice", action="store_true", help="yield to concurrent non-nice requests")
-    embed.add_argument("--hosting", default=None, help="e.g. aleph-alpha: only our own datacenter")
+    embed.add_argument(
+        "--tokens", action="store_true", help="also return the prompt's tokens, one per position"
+    )
+    embed.add_argument(
+        "--nice", action="store_true", help="run below concurrent requests that are not nice"
+    )
+    embed.add_argument(
+        "--hosting",
+        default=None,
+        help="'aleph-alpha': only worker pools in our own datacenter may run it "
+        "(default: any pool)",
+    )
 
-    commands.add_parser("models", help="list the served models")
+    commands.add_parser("models", help="list the served models with their capabilities")
 
-    tokenize = commands.add_parser("tokenize", help="text to vocabulary pieces and ids")
-    tokenize.add_argument("--model", required=True)
-    tokenize.add_argument("text")
+    tokenize = commands.add_parser("tokenize", help="text to vocabulary pieces and token ids")
+    tokenize.add_argument("--model", required=True, help="model whose tokenizer to use")
+    tokenize.add_argument("text", help="the text to tokenize (no special tokens are added)")
 
     detokenize = commands.add_parser("detokenize", help="token ids to text")
-    detokenize.add_argument("--model", required=True)
-    detokenize.add_argument("token_ids", type=int, nargs="+", metavar="ID")
+    detokenize.add_argument("--model", required=True, help="model whose tokenizer to use")
+    detokenize.add_argument("token_ids", type=int, nargs="+", metavar="ID", help="token ids")
     return parser
 
 
@@ -115,6 +135,7 @@ def _run(client: Client, args: argparse.Namespace) -> Any:
             args.items,
             layers=args.layers,
             pooling=args.pooling,
+            # An absent flag stays unset on the wire: the server's default decides.
             normalize=args.normalize or None,
             tokens=args.tokens or None,
             nice=args.nice,
@@ -122,9 +143,9 @@ def _run(client: Client, args: argparse.Namespace) -> Any:
         )
         return embed_json(result)
     if args.command == "models":
-        return [vars(model) for model in client.models()]
+        return [dataclasses.asdict(model) for model in client.models()]
     if args.command == "tokenize":
-        return vars(client.tokenize(args.model, args.text))
+        return dataclasses.asdict(client.tokenize(args.model, args.text))
     return {"result": client.detokenize(args.model, args.token_ids)}
 
 
@@ -137,7 +158,7 @@ def embed_json(result: EmbedResult) -> dict[str, Any]:
             f"layer_{layer}": {name: _floats(v) for name, v in vectors.items()}
             for layer, vectors in result.embeddings.items()
         },
-        "timing": vars(result.timing),
+        "timing": dataclasses.asdict(result.timing),
     }
     if result.tokens is not None:
         output["tokens"] = result.tokens

@@ -1,4 +1,8 @@
-"""Prompt items, as the API names them. A plain `str` prompt is one `Text` item."""
+"""Prompt items, as the API names them.
+
+A prompt is one sequence: a plain `str` (one `Text` item), one item, or a sequence of items that
+the server concatenates in order.
+"""
 
 from __future__ import annotations
 
@@ -62,4 +66,4 @@ class Image:
 
 
 PromptItem = Text | TokenIds | Image
-Prompt = str | Sequence[PromptItem]
+Prompt = str | PromptItem | Sequence[PromptItem]

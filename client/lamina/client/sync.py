@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import TypeVar
 
 import grpc
 
 from lamina.client import _convert
+from lamina.client._channel import Metadata, Options, channel_options
 from lamina.client.errors import LaminaError
 from lamina.client.prompt import Prompt
 from lamina.client.results import EmbedResult, ModelInfo, TokenizeResult
-from lamina.v1 import embed_pb2 as pb
-from lamina.v1 import embed_pb2_grpc as pb_grpc
+from lamina.v1 import embed_pb2_grpc
 
-Metadata = Sequence[tuple[str, str]]
+T = TypeVar("T")
 
 
 class Client:
-    """`with Client("localhost:50051") as client: client.embed(model=..., prompt=...)`."""
+    """A blocking connection to a Lamina server.
+
+    `with Client("localhost:50051") as client: client.embed("all-minilm-l6-v2", "Hello")`
+
+    `timeout` is each call's deadline in seconds (None: no deadline); `metadata` is sent with every
+    call; `options` are extra gRPC channel arguments. Failed calls raise `LaminaError`.
+    """
 
     def __init__(
         self,
@@ -27,14 +33,12 @@ class Client:
         *,
         timeout: float | None = None,
         metadata: Metadata | None = None,
-        options: Sequence[tuple[str, Any]] | None = None,
+        options: Options | None = None,
     ) -> None:
         self.timeout = timeout
         self.metadata = tuple(metadata or ())
-        self._channel = grpc.insecure_channel(
-            target, options=[*_convert.CHANNEL_OPTIONS, *(options or ())]
-        )
-        self._stub = pb_grpc.EmbedServiceStub(self._channel)
+        self._channel = grpc.insecure_channel(target, options=channel_options(options))
+        self._stub = embed_pb2_grpc.EmbedServiceStub(self._channel)
 
     def embed(
         self,
@@ -51,35 +55,33 @@ class Client:
         control_log_additive: bool | None = None,
         type: str | None = None,
     ) -> EmbedResult:
-        request = _convert.embed_request(
-            model,
-            prompt,
-            layers=layers,
-            pooling=pooling,
-            normalize=normalize,
-            tokens=tokens,
-            hosting=hosting,
-            nice=nice,
-            contextual_control_threshold=contextual_control_threshold,
-            control_log_additive=control_log_additive,
-            type=type,
+        """One vector per layer and pooling. None leaves an option to the server's default."""
+        return self._send(
+            _convert.embed(
+                model,
+                prompt,
+                layers=layers,
+                pooling=pooling,
+                normalize=normalize,
+                tokens=tokens,
+                hosting=hosting,
+                nice=nice,
+                contextual_control_threshold=contextual_control_threshold,
+                control_log_additive=control_log_additive,
+                type=type,
+            )
         )
-        return _convert.embed_result(self._call(self._stub.Embed, request))
 
     def models(self) -> list[ModelInfo]:
-        return _convert.model_infos(
-            self._call(self._stub.ModelsAvailable, pb.ModelsAvailableRequest())
-        )
+        return self._send(_convert.models())
 
     def tokenize(
         self, model: str, prompt: str, *, tokens: bool = True, token_ids: bool = True
     ) -> TokenizeResult:
-        request = _convert.tokenize_request(model, prompt, tokens=tokens, token_ids=token_ids)
-        return _convert.tokenize_result(self._call(self._stub.Tokenize, request))
+        return self._send(_convert.tokenize(model, prompt, tokens=tokens, token_ids=token_ids))
 
     def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
-        response = self._call(self._stub.Detokenize, _convert.detokenize_request(model, token_ids))
-        return str(response.result)
+        return self._send(_convert.detokenize(model, token_ids))
 
     def close(self) -> None:
         self._channel.close()
@@ -95,8 +97,10 @@ class Client:
     ) -> None:
         self.close()
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _send(self, call: _convert.Call[T]) -> T:
+        method = getattr(self._stub, call.method)
         try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
+            reply = method(call.request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as error:
             raise LaminaError.from_rpc(error) from None
+        return call.parse(reply)
