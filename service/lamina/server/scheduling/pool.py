@@ -94,8 +94,14 @@ class PoolRunner:
     async def _execute(self, jobs: list[Job]) -> None:
         started = self._clock()
         loop = asyncio.get_running_loop()
+
+        def work() -> tuple[list[Job], list[Embeddings]]:
+            # Checked again on the pool's thread: a caller gone since the pick costs nothing.
+            live = [job for job in jobs if not job.abandoned]
+            return live, (self._run_batch(self.spec, live) if live else [])
+
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, self.spec, jobs)
+            live, results = await loop.run_in_executor(self._executor, work)
         except Exception as error:  # a failed batch fails its requests, not the pool
             log.exception("batch of %d on pool %s failed", len(jobs), self.spec.name)
             for job in jobs:
@@ -104,12 +110,12 @@ class PoolRunner:
             return
         elapsed = self._clock() - started
         self.busy_seconds += elapsed
-        if self._on_batch is not None:
-            self._on_batch(self.spec, jobs, elapsed)
-        for job, embeddings in zip(jobs, results, strict=True):
+        if live and self._on_batch is not None:
+            self._on_batch(self.spec, live, elapsed)
+        for job, embeddings in zip(live, results, strict=True):
             # A caller that is gone (cancelled, deadline) has a done future: its reply is dropped.
             if not job.future.done():
                 result = JobResult(
-                    embeddings, started - job.enqueued_at, elapsed, len(jobs), self.spec.name
+                    embeddings, started - job.enqueued_at, elapsed, len(live), self.spec.name
                 )
                 job.future.set_result(result)
