@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 # Prepared models live outside the clone so every checkout reuses them.
 LAMINA_HOME ?= $(HOME)/.cache/lamina
 LAMINA_MODEL_REPOSITORY ?= $(LAMINA_HOME)/models
+REFERENCE ?= .venv-reference
 PORT ?= 50051
 METRICS_PORT ?= 9090
 export LAMINA_HOME LAMINA_MODEL_REPOSITORY
@@ -18,8 +19,8 @@ help:
 	@echo "make models   prepare the default models into $(LAMINA_MODEL_REPOSITORY)"
 	@echo "make protos   regenerate the Python stubs from protos/"
 	@echo "make lint     ruff + mypy"
-	@echo "make bench    Lamina over gRPC vs a bare ONNX Runtime session, as a ratio"
-	@echo "make fixtures regenerate the transformers parity fixtures (needs torch; see tests/parity)"
+	@echo "make bench    throughput, depth cost, priority, starvation, padding -> docs/bench.md"
+	@echo "make fixtures regenerate the transformers parity fixtures (in $(REFERENCE), with torch)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,11 +51,19 @@ lint: install
 test: lint models
 	$(BIN)/pytest -q
 
-fixtures:
-	bash tests/parity/make_fixtures.sh
+# torch, transformers and sentence-transformers for reference figures only: never in .venv.
+$(REFERENCE)/bin/python:
+	@echo "creating $(REFERENCE): torch (CPU), transformers, sentence-transformers (reference only)"
+	$(PYTHON) -m venv $(REFERENCE)
+	$(REFERENCE)/bin/pip install --progress-bar on torch==2.13.0 transformers sentence-transformers \
+		gguf accelerate safetensors numpy
+
+fixtures: models $(REFERENCE)/bin/python
+	PYTHONPATH=service:client $(REFERENCE)/bin/python tests/parity/make_fixtures.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(REFERENCE) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
 
-bench: models
-	$(BIN)/python -m tests.bench.throughput --model-repository "$(LAMINA_MODEL_REPOSITORY)"
+bench: models $(REFERENCE)/bin/python
+	$(BIN)/python -m tests.bench.run --model-repository "$(LAMINA_MODEL_REPOSITORY)" \
+		--cache "$(LAMINA_HOME)/packages" --output docs/bench.md

@@ -1,6 +1,6 @@
 """Reference hidden states and token ids from Hugging Face `transformers`, committed as fixtures.
 
-Run by `make fixtures` (tests/parity/make_fixtures.sh), in a separate environment with torch and
+Run by `make fixtures`, in a separate environment (.venv-reference) with torch and
 transformers: neither is a dependency of Lamina or of its test run. The weights come from the
 same pinned packages Lamina converts (lamina.server.models.packages, standard library only):
 all-MiniLM-L6-v2 from its safetensors folder, SmolLM2 from its GGUF (transformers dequantizes it).

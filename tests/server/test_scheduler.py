@@ -339,3 +339,12 @@ def test_pool_devices_map_to_execution_providers() -> None:
     assert gpu[0] == ("CUDAExecutionProvider", {"device_id": "1"})
     with pytest.raises(ValueError, match="'tpu' is not 'cpu' or 'cuda:<n>'"):
         PoolSpec("c", "tpu", 1, ANYWHERE).providers  # noqa: B018
+
+
+async def test_grouping_keeps_a_very_different_length_for_a_later_batch() -> None:
+    loop = asyncio.get_running_loop()
+    q = queue_of(SchedulingPolicy(max_wait_seconds=0, max_padding_ratio=0.25))
+    for i, length in enumerate((100, 96, 10, 104)):
+        q.admit(make_job(loop, length=length, at=float(i)))
+    assert sorted(lengths(q.next_batch(ANYWHERE, 9.0))) == [96, 100, 104]
+    assert lengths(q.next_batch(ANYWHERE, 9.0)) == [10]

