@@ -348,3 +348,32 @@ async def test_grouping_keeps_a_very_different_length_for_a_later_batch() -> Non
         q.admit(make_job(loop, length=length, at=float(i)))
     assert sorted(lengths(q.next_batch(ANYWHERE, 9.0))) == [96, 100, 104]
     assert lengths(q.next_batch(ANYWHERE, 9.0)) == [10]
+
+
+async def test_a_job_whose_deadline_passes_while_its_pool_is_busy_never_runs() -> None:
+    loop = asyncio.get_running_loop()
+    clock = FakeClock()
+    ran: list[int] = []
+
+    def slow_start(pool: PoolSpec, jobs: Sequence[Job]) -> list[Embeddings]:
+        ran.extend(job.tokens for job in jobs)
+        return echo_lengths(pool, jobs)
+
+    class LateExecutor(InlineExecutor):
+        """The pool's thread frees up only after the deadline."""
+
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            clock.now += 5
+            return super().submit(fn, *args, **kwargs)
+
+    q = queue_of()
+    runner = PoolRunner(
+        PoolSpec("p", "cpu", 1, ANYWHERE), q, slow_start, LateExecutor(), clock=clock
+    )
+    job = make_job(loop, length=3, at=clock.now, deadline=clock.now + 1)
+    q.admit(job)
+    runner.close()
+    await asyncio.wait_for(runner.run(), 5)
+    with pytest.raises(DeadlineExceeded):
+        await job.future
+    assert ran == []

@@ -95,19 +95,25 @@ class PoolRunner:
         started = self._clock()
         loop = asyncio.get_running_loop()
 
-        def work() -> tuple[list[Job], list[Embeddings]]:
-            # Checked again on the pool's thread: a caller gone since the pick costs nothing.
-            live = [job for job in jobs if not job.abandoned]
-            return live, (self._run_batch(self.spec, live) if live else [])
+        def work() -> tuple[list[Job], list[Job], list[Embeddings]]:
+            # Checked again on the pool's thread, which may have been busy since the pick: a
+            # caller gone or out of time by now costs no compute.
+            now = self._clock()
+            expired = [j for j in jobs if j.deadline is not None and j.deadline <= now]
+            live = [j for j in jobs if not j.abandoned and j not in expired]
+            return live, expired, (self._run_batch(self.spec, live) if live else [])
 
         try:
-            live, results = await loop.run_in_executor(self._executor, work)
+            live, expired, results = await loop.run_in_executor(self._executor, work)
         except Exception as error:  # a failed batch fails its requests, not the pool
             log.exception("batch of %d on pool %s failed", len(jobs), self.spec.name)
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(error)
             return
+        for job in expired:
+            if not job.future.done():
+                job.future.set_exception(DeadlineExceeded(started - job.enqueued_at))
         elapsed = self._clock() - started
         self.busy_seconds += elapsed
         if live and self._on_batch is not None:
