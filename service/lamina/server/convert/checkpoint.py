@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from lamina.server.convert.converted import require_tensors
+
 
 @dataclass
 class SafetensorsWeights:
@@ -38,10 +40,7 @@ class SafetensorsWeights:
         return SafetensorsWeights(files, original)
 
     def require(self, expected: Iterable[str], what: str) -> None:
-        missing = [name for name in expected if name not in self.files]
-        if missing:
-            shown = ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")
-            raise ValueError(f"{what}: {len(missing)} expected tensors are missing: {shown}")
+        require_tensors(self.files.keys(), expected, what)
 
     def __call__(self, name: str) -> np.ndarray:
         with safe_open(str(self.files[name]), framework="np") as handle:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import onnx
@@ -21,3 +21,11 @@ class ConvertedModel:
     max_context_size: int
     vocab_size: int
     pad_token_id: int
+
+
+def require_tensors(available: Collection[str], expected: Iterable[str], what: str) -> None:
+    """Fail with the list of what is missing, so a wrong checkpoint is diagnosed at once."""
+    missing = [name for name in expected if name not in available]
+    if missing:
+        shown = ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")
+        raise ValueError(f"{what}: {len(missing)} expected tensors are missing: {shown}")

@@ -11,7 +11,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from lamina.server.convert import llama
-from lamina.server.convert.converted import ConvertedModel, Progress
+from lamina.server.convert.converted import ConvertedModel, Progress, require_tensors
 from lamina.server.convert.gguf_tokenizer import tokenizer_from_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -114,10 +114,7 @@ def convert_gguf(path: Path, progress: Progress) -> ConvertedModel:
     meta = read_metadata(reader)
     config = config_from_metadata(meta)
     by_name = {bare: t for t in reader.tensors if (bare := hf_name(t.name)) is not None}
-    missing = [n for n in llama.expected_tensors(config) if n not in by_name]
-    if missing:
-        shown = ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")
-        raise ValueError(f"{path}: {len(missing)} expected tensors are missing: {shown}")
+    require_tensors(by_name.keys(), llama.expected_tensors(config), str(path))
     weights = GGUFWeights(reader, by_name, config, permuted=meta["general.architecture"] == "llama")
     tokenizer = tokenizer_from_gguf(meta)
     progress(
