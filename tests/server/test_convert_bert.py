@@ -20,6 +20,7 @@ from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.store import VersionDir
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
+from tests.server.test_convert_llama import controlled_attention
 
 HIDDEN, HEADS, LAYERS, FFN, POSITIONS, VOCAB, EPS = 36, 3, 3, 50, 40, 64, 1e-12
 CONFIG = {
@@ -127,13 +128,7 @@ def numpy_bert(
             for t in ("query", "key", "value")
         )
         scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)  # [heads, query, key]
-        if log_additive:
-            with np.errstate(divide="ignore"):
-                scores = scores + np.log(f)
-        else:
-            scores = (scores - scores.min(-1, keepdims=True)) * f
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
+        probs = controlled_attention(scores, np.ones((n, n), dtype=bool), f, log_additive)
         context = (probs @ v).transpose(1, 0, 2).reshape(n, h)
         x = _layer_norm(
             lin(context, "attention.output.dense") + x,

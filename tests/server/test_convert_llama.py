@@ -92,8 +92,36 @@ def random_weights(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
     return w
 
 
-def numpy_llama(shape: Shape, w: dict[str, np.ndarray], ids: list[int]) -> list[np.ndarray]:
-    """transformers' LlamaModel hidden states, from the equations."""
+def controlled_attention(
+    scores: np.ndarray, visible: np.ndarray, factors: np.ndarray | None, log_additive: bool
+) -> np.ndarray:
+    """Attention probabilities [heads, q, k] under AtMan controls (api-reference.md), with the
+    documented fallback: a query whose every visible key is masked attends as if uncontrolled."""
+    plain = np.where(visible, scores, -np.inf)
+    if factors is None:
+        controlled = plain
+    else:
+        if log_additive:
+            with np.errstate(divide="ignore"):
+                changed = scores + np.log(factors)
+        else:
+            seen_min = np.where(visible, scores, np.inf).min(-1, keepdims=True)
+            changed = (scores - seen_min) * factors
+        controlled = np.where(visible, changed, -np.inf)
+        all_masked = np.isneginf(controlled.max(-1, keepdims=True))
+        controlled = np.where(all_masked, plain, controlled)
+    probs = np.exp(controlled - controlled.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def numpy_llama(
+    shape: Shape,
+    w: dict[str, np.ndarray],
+    ids: list[int],
+    factors: np.ndarray | None = None,
+    log_additive: bool = True,
+) -> list[np.ndarray]:
+    """transformers' LlamaModel hidden states, from the equations, with AtMan controls."""
     n, d = len(ids), shape.head_dim
     group = shape.heads // shape.kv_heads
 
@@ -110,7 +138,7 @@ def numpy_llama(shape: Shape, w: dict[str, np.ndarray], ids: list[int]) -> list[
 
     x = w["embed_tokens.weight"][ids].astype(np.float64)
     states = [x]
-    causal = np.triu(np.full((n, n), -np.inf), 1)
+    visible = np.tril(np.ones((n, n), dtype=bool))
     for i in range(shape.layers):
         p = f"layers.{i}"
 
@@ -124,9 +152,8 @@ def numpy_llama(shape: Shape, w: dict[str, np.ndarray], ids: list[int]) -> list[
         k = rope(lin(a, "self_attn.k_proj").reshape(n, shape.kv_heads, d).transpose(1, 0, 2))
         v = lin(a, "self_attn.v_proj").reshape(n, shape.kv_heads, d).transpose(1, 0, 2)
         k, v = np.repeat(k, group, axis=0), np.repeat(v, group, axis=0)
-        scores = q @ k.transpose(0, 2, 1) / math.sqrt(d) + causal
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)
+        probs = controlled_attention(scores, visible, factors, log_additive)
         context = (probs @ v).transpose(1, 0, 2).reshape(n, shape.heads * d)
         x = x + lin(context, "self_attn.o_proj")
         m = rms(x, w[f"{p}.post_attention_layernorm.weight"])
@@ -182,11 +209,18 @@ def load(path: Path) -> LoadedModel:
     )
 
 
-def run(model: LoadedModel, ids_rows: list[list[int]]) -> dict[int, np.ndarray]:
+def run(
+    model: LoadedModel,
+    ids_rows: list[list[int]],
+    factors: list[list[float] | None] | None = None,
+    log_additive: list[bool] | None = None,
+) -> dict[int, np.ndarray]:
+    rows = factors or [None] * len(ids_rows)
     prompts = [
-        EncodedPrompt(np.asarray(ids, np.int64), np.ones(len(ids), np.float32)) for ids in ids_rows
+        EncodedPrompt(np.asarray(ids, np.int64), np.asarray(f or [1.0] * len(ids), np.float32))
+        for ids, f in zip(ids_rows, rows, strict=True)
     ]
-    batch = Batch.pad(prompts, [True] * len(prompts), 0)
+    batch = Batch.pad(prompts, log_additive or [True] * len(prompts), 0)
     return model.session.run(batch, range(model.manifest.num_layers + 1))
 
 
@@ -346,3 +380,38 @@ def test_unsupported_gguf_architecture_is_named(tmp_path: Path) -> None:
         ValueError, match="GGUF architecture 'rwkv6' is not supported; supported: llama, qwen2"
     ):
         convert_checkpoint(tmp_path / "other.gguf", tmp_path / "repo", "x", progress=lambda _: None)
+
+
+@pytest.mark.parametrize("log_additive", [True, False])
+def test_decoder_controls_follow_the_atman_formulas(tmp_path: Path, log_additive: bool) -> None:
+    shape = SHAPES[0]
+    weights = random_weights(shape)
+    folder = write_hf_folder(tmp_path / "checkpoint", shape, weights)
+    model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
+    factors = [1.0, 0.5, 3.0, 0.0, 1.0, 2.0, 1.0, 0.1, 1.0]
+    states = run(model, [IDS, IDS[:5]], [factors, None], [log_additive, log_additive])
+    expected = numpy_llama(shape, weights, IDS, np.asarray(factors), log_additive)
+    plain = numpy_llama(shape, weights, IDS[:5])
+    last = shape.layers
+    np.testing.assert_allclose(states[last][0], expected[last], atol=1e-4)
+    # The plain row beside it in the batch is untouched.
+    np.testing.assert_allclose(states[last][1, :5], plain[last], atol=1e-4)
+    assert not np.allclose(states[last][0], numpy_llama(shape, weights, IDS)[last], atol=1e-3)
+
+
+def test_factor_one_is_bit_identical_and_masking_everything_gives_no_nan(tmp_path: Path) -> None:
+    shape = SHAPES[0]
+    weights = random_weights(shape)
+    folder = write_hf_folder(tmp_path / "checkpoint", shape, weights)
+    model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
+    plain = run(model, [IDS])
+    ones = run(model, [IDS], [[1.0] * len(IDS)])
+    assert all(np.array_equal(plain[layer], ones[layer]) for layer in plain)
+    # Key 0 masked: query 0 sees nothing else, so it attends as if uncontrolled (no NaN).
+    first_masked = [0.0] + [1.0] * (len(IDS) - 1)
+    states = run(model, [IDS], [first_masked])
+    expected = numpy_llama(shape, weights, IDS, np.asarray(first_masked))
+    assert np.isfinite(states[shape.layers]).all()
+    np.testing.assert_allclose(states[shape.layers][0], expected[shape.layers], atol=1e-4)
+    everything = run(model, [IDS], [[0.0] * len(IDS)])
+    np.testing.assert_array_equal(everything[shape.layers], plain[shape.layers])

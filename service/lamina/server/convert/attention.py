@@ -1,7 +1,7 @@
-"""Scaled dot-product attention with padding masks and AtMan controls, as ONNX nodes.
+"""Scaled dot-product attention with padding and causal masks and AtMan controls, as ONNX nodes.
 
 The per-key control tensors are derived once per graph (`KeyControls.build`) and applied to the
-scores of every layer and head, so the cost is a few element-wise passes per layer.
+scores of every layer and head: a few element-wise passes per layer.
 """
 
 from __future__ import annotations
@@ -11,65 +11,89 @@ from dataclasses import dataclass
 import numpy as np
 
 from lamina.server.convert import signature
-from lamina.server.convert.graph import FLOAT, GraphBuilder
+from lamina.server.convert.graph import BOOL, FLOAT, GraphBuilder
 
-_FLOAT_MIN = float(np.finfo(np.float32).min)
-_FLOAT_MAX = float(np.finfo(np.float32).max)
+_INF = float(np.inf)
 
 
 @dataclass(frozen=True)
 class KeyControls:
-    """Tensors broadcastable to scores [batch, heads, query, key]."""
+    """Tensors broadcastable to scores [batch, heads, query, key], built once per graph.
 
-    padding_bias: str  # 0 for prompt positions, float32 min for padding: [batch, 1, 1, key]
-    padding_lift: str  # 0 for prompt positions, float32 max for padding: excludes them from min
+    Semantics (api-reference.md, AtMan), for every query q and key k it may see (not padding, not
+    in the future for decoders):
+    - log-additive: s'(q, k) = s(q, k) + ln f(k); f = 0 masks k (-inf), f = 1 changes nothing;
+    - otherwise:   s'(q, k) = (s(q, k) - min_j s(q, j)) * f(k), the min over the keys q sees.
+    If the controls mask every key a query sees, that query attends as if uncontrolled: a
+    defined answer instead of NaN.
+    """
+
+    visible: str  # bool [batch, 1, query or 1, key]
     factors: str  # f per key [batch, 1, 1, key]
     log_factors: str  # ln f per key
     log_additive: str  # bool [batch, 1, 1, 1]
-    causal_bias: str | None  # [1, 1, query, key], decoders only
+    uncontrolled: str  # bool scalar: no row of the batch has a control
 
     @staticmethod
     def build(g: GraphBuilder, *, causal: bool) -> KeyControls:
-        mask = g.op("Cast", [signature.ATTENTION_MASK], to=FLOAT)
-        mask4 = g.op("Unsqueeze", [mask, g.const("axes_1_2", [1, 2])])
-        padding = g.op("Sub", [g.const("one", np.float32(1.0)), mask4])
+        mask = g.op("Cast", [signature.ATTENTION_MASK], to=BOOL)
+        visible = g.op("Unsqueeze", [mask, g.const("axes_1_2", [1, 2])])
+        if causal:
+            visible = g.op("And", [visible, _not_future(g)])
         factors = g.op("Unsqueeze", [signature.CONTROL_FACTORS, g.const("axes_1_2", [1, 2])])
         log_additive = g.op(
             "Unsqueeze", [signature.CONTROL_LOG_ADDITIVE, g.const("axes_1_2_3", [1, 2, 3])]
         )
-        causal_bias = _causal_bias(g) if causal else None
-        return KeyControls(
-            padding_bias=g.op("Mul", [padding, g.const("float_min", np.float32(_FLOAT_MIN))]),
-            padding_lift=g.op("Mul", [padding, g.const("float_max", np.float32(_FLOAT_MAX))]),
-            factors=factors,
-            log_factors=g.op("Log", [factors]),
-            log_additive=log_additive,
-            causal_bias=causal_bias,
+        # Every factor 1 in log-additive mode changes nothing: such batches skip the control path.
+        deviation = g.op(
+            "ReduceMax",
+            [g.op("Abs", [g.op("Sub", [factors, g.const("one", np.float32(1))])])],
+            keepdims=0,
         )
+        all_ones = g.op("Equal", [deviation, g.const("zero", np.float32(0))])
+        modes = g.op("Cast", [signature.CONTROL_LOG_ADDITIVE], to=FLOAT)
+        all_log = g.op(
+            "Equal", [g.op("ReduceMin", [modes], keepdims=0), g.const("one", np.float32(1))]
+        )
+        uncontrolled = g.op("And", [all_ones, all_log])
+        return KeyControls(visible, factors, g.op("Log", [factors]), log_additive, uncontrolled)
 
     def apply(self, g: GraphBuilder, scores: str) -> str:
-        """Controlled, masked scores, ready for softmax."""
-        if self.causal_bias is not None:
-            scores = g.op("Add", [scores, self.causal_bias])
+        """Controlled scores with -inf where a key is not seen, ready for softmax."""
+        shape = ["batch", "heads", "sequence", "sequence"]
+        return g.branch(
+            self.uncontrolled,
+            lambda b: b.op(
+                "Where", [self.visible, scores, b.const("minus_inf", np.float32(-_INF))]
+            ),
+            lambda b: self._controlled(b, scores),
+            shape,
+        )
+
+    def _controlled(self, g: GraphBuilder, scores: str) -> str:
+        hidden = g.const("minus_inf", np.float32(-_INF))
+        plain = g.op("Where", [self.visible, scores, hidden])
+        seen_min = g.op(
+            "ReduceMin",
+            [g.op("Where", [self.visible, scores, g.const("plus_inf", np.float32(_INF))])],
+            axes=[-1],
+        )
         additive = g.op("Add", [scores, self.log_factors])
-        # min over the keys a query may attend to: padding (and future positions) are lifted out.
-        row_min = g.op("ReduceMin", [g.op("Add", [scores, self.padding_lift])], axes=[-1])
-        scaled = g.op("Mul", [g.op("Sub", [scores, row_min]), self.factors])
-        controlled = g.op("Where", [self.log_additive, additive, scaled])
-        return g.op("Add", [controlled, self.padding_bias])
+        scaled = g.op("Mul", [g.op("Sub", [scores, seen_min]), self.factors])
+        controlled = g.op(
+            "Where", [self.visible, g.op("Where", [self.log_additive, additive, scaled]), hidden]
+        )
+        all_masked = g.op("Equal", [g.op("ReduceMax", [controlled], axes=[-1]), hidden])
+        return g.op("Where", [all_masked, plain, controlled])
 
 
-def _causal_bias(g: GraphBuilder) -> str:
-    """float32-min above the diagonal, 0 elsewhere, sized to the sequence at run time."""
+def _not_future(g: GraphBuilder) -> str:
+    """key <= query as bool [1, 1, query, key], sized to the sequence at run time."""
     positions = g.positions(signature.INPUT_IDS)
     query = g.op("Unsqueeze", [positions, g.const("axis_1", [1])])
     key = g.op("Unsqueeze", [positions, g.const("axis_0", [0])])
-    future = g.op("Greater", [key, query])
-    bias = g.op(
-        "Where",
-        [future, g.const("float_min", np.float32(_FLOAT_MIN)), g.const("zero", np.float32(0))],
-    )
-    return g.op("Unsqueeze", [bias, g.const("axes_0_1", [0, 1])])
+    allowed = g.op("LessOrEqual", [key, query])
+    return g.op("Unsqueeze", [allowed, g.const("axes_0_1", [0, 1])])
 
 
 @dataclass(frozen=True)

@@ -85,10 +85,20 @@ class GraphBuilder:
     ) -> str:
         """block(x) when `condition` (a bool scalar) holds, else x untouched: the skipped block
         costs nothing, which is how a request pays only for the layers it reads."""
-        run = self.child("run_block")
-        ran = run.op("Identity", [block(run, x)])
-        skip = self.child("skip_block")
-        skipped = skip.op("Identity", [x])
+        return self.branch(condition, lambda b: block(b, x), lambda b: x, shape)
+
+    def branch(
+        self,
+        condition: str,
+        then: Callable[[GraphBuilder], str],
+        otherwise: Callable[[GraphBuilder], str],
+        shape: Shape,
+    ) -> str:
+        """An If node: only the branch `condition` (a bool scalar) picks runs."""
+        run = self.child("then")
+        ran = run.op("Identity", [then(run)])
+        skip = self.child("else")
+        skipped = skip.op("Identity", [otherwise(skip)])
         return self.op(
             "If",
             [condition],

@@ -11,7 +11,10 @@ MANIFEST_FILE = "manifest.json"
 GRAPH_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 # 2: graphs take a `depth` input and skip the blocks past it.
-FORMAT_VERSION = 2
+# 3: controls never see padding or future keys; fully masked queries fall back to plain attention.
+FORMAT_VERSION = 3
+# Bumped when the converter writes better graphs of the same format: `lamina prepare` rebuilds.
+CONVERTER_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Manifest:
     graph: str = GRAPH_FILE
     tokenizer: str = TOKENIZER_FILE
     format: int = FORMAT_VERSION
+    converter_revision: int = CONVERTER_REVISION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def write(self, directory: Path) -> None:
@@ -42,6 +46,7 @@ class Manifest:
         if data.get("format") != FORMAT_VERSION:
             raise ValueError(f"manifest format {data.get('format')!r} is not {FORMAT_VERSION}")
         data["embedding_types"] = tuple(data.get("embedding_types", ("embed",)))
+        data.setdefault("converter_revision", 1)  # written before revisions were recorded
         known = set(Manifest.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lamina.server.convert.pipeline import convert_checkpoint
-from lamina.server.models.manifest import Manifest
+from lamina.server.models.manifest import CONVERTER_REVISION, Manifest
 from lamina.server.models.packages import DEFAULT_MODELS, PackagedModel, fetch_checkpoint
 from lamina.server.models.store import list_versions
 
@@ -43,7 +43,11 @@ def prepare_defaults(
 def _version_from(repository: Path, model: PackagedModel) -> Path | None:
     for version in reversed(list_versions(repository).get(model.name, [])):
         try:
-            if Manifest.read(version.path).source == model.requirement:
+            manifest = Manifest.read(version.path)
+            if (
+                manifest.source == model.requirement
+                and manifest.converter_revision == CONVERTER_REVISION
+            ):
                 return version.path
         except (OSError, ValueError):
             continue
