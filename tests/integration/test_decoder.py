@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -98,3 +99,42 @@ async def test_models_available_lists_both_defaults(stub: pb_grpc.EmbedServiceSt
     assert (decoder.num_layers, decoder.hidden_size, decoder.max_context_size) == (30, 576, 8192)
     assert decoder.architecture == "llama" and decoder.version.isdigit()
     assert info["all-minilm-l6-v2"].architecture == "bert"
+
+
+def controlled(text_: str, phrase: str, factor: float, **fields: object) -> pb.EmbedRequest:
+    control = pb.TextControl(start=text_.index(phrase), length=len(phrase), factor=factor)
+    prompt = pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data=text_, controls=[control]))])
+    return embed(prompt, layers=[-1], pooling=["last_token"], **fields)
+
+
+SENTENCE = "The weather in Paris is lovely today, said the old fisherman."
+
+
+def last_token(reply: pb.EmbedResponse) -> np.ndarray:
+    return np.asarray(reply.embeddings["layer_30"].pooling["last_token"].values)
+
+
+async def test_suppressing_a_phrase_moves_the_embedding_and_factor_one_is_bit_identical(
+    stub: pb_grpc.EmbedServiceStub,
+) -> None:
+    plain = last_token(await stub.Embed(embed(text(SENTENCE), layers=[-1], pooling=["last_token"])))
+    unchanged = last_token(await stub.Embed(controlled(SENTENCE, "in Paris", 1.0)))
+    suppressed = last_token(await stub.Embed(controlled(SENTENCE, "in Paris", 0.1)))
+    assert np.array_equal(unchanged, plain)
+    moved = float(np.linalg.norm(suppressed - plain) / np.linalg.norm(plain))
+    assert moved > 1e-3, f"suppressing moved the embedding by only {moved:.2e}"
+
+
+async def test_controlled_and_plain_requests_share_a_batch(stub: pb_grpc.EmbedServiceStub) -> None:
+    requests = [
+        embed(text(SENTENCE), layers=[-1], pooling=["last_token"]),
+        controlled(SENTENCE, "Paris", 0.0),
+        controlled(SENTENCE, "fisherman", 3.0, control_log_additive=False),
+        controlled(SENTENCE, "weather", 0.5, contextual_control_threshold=0.9),
+    ]
+    alone = [last_token(await stub.Embed(r)) for r in requests]
+    together = [last_token(r) for r in await asyncio.gather(*(stub.Embed(r) for r in requests))]
+    for solo, batched in zip(alone, together, strict=True):
+        assert np.isfinite(batched).all()
+        np.testing.assert_allclose(batched, solo, rtol=1e-4, atol=1e-3)
+    assert not np.allclose(alone[0], alone[1], atol=1e-2)

@@ -143,10 +143,10 @@ async def test_tokenize_and_detokenize(stub: pb_grpc.EmbedServiceStub) -> None:
 
 LONG_IDS = pb.Prompt(items=[pb.PromptItem(token_ids=pb.TokenIdsItem(data=[1000] * 600))])
 IMAGE = pb.Prompt(items=[pb.PromptItem(image=pb.ImageItem(data=b"\x89PNG"))])
-CONTROLLED = pb.Prompt(
+CONTROL_PAST_END = pb.Prompt(
     items=[
         pb.PromptItem(
-            text=pb.TextItem(data="hello", controls=[pb.TextControl(start=0, length=2, factor=0.5)])
+            text=pb.TextItem(data="hello", controls=[pb.TextControl(start=3, length=5, factor=0.5)])
         )
     ]
 )
@@ -194,7 +194,11 @@ NEGATIVE_FACTOR = pb.Prompt(
             "prompt.items[0].token_ids.data[1]: token id 30522",
         ),
         ({"prompt": IMAGE}, grpc.StatusCode.INVALID_ARGUMENT, "prompt.items[0].image"),
-        ({"prompt": CONTROLLED}, grpc.StatusCode.INVALID_ARGUMENT, "prompt.items[0].text.controls"),
+        (
+            {"prompt": CONTROL_PAST_END},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prompt.items[0].text.controls[0]: start 3 + length 5 goes past",
+        ),
         (
             {"prompt": NEGATIVE_FACTOR},
             grpc.StatusCode.INVALID_ARGUMENT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lamina.server.domain import ImageItem, TextControl, TextItem, TokenControl, TokenIdsItem
+from lamina.server.domain import ImageItem, TextItem, TokenIdsItem
 from lamina.server.errors import InvalidArgument
 from lamina.server.models.loaded import LoadedModel
 
@@ -62,13 +62,6 @@ def test_token_id_outside_the_vocabulary_names_the_position(
 def test_images_are_rejected_by_a_text_model(minilm: LoadedModel) -> None:
     with pytest.raises(InvalidArgument, match=r"prompt.items\[0\].image"):
         minilm.prompts.encode((ImageItem(b"\x89PNG"),))
-
-
-def test_controls_are_rejected_until_supported(minilm: LoadedModel) -> None:
-    with pytest.raises(InvalidArgument, match="controls"):
-        minilm.prompts.encode((TextItem("hello", (TextControl(0, 2, 0.5),)),))
-    with pytest.raises(InvalidArgument, match="controls"):
-        minilm.prompts.encode((TokenIdsItem((5,), (TokenControl(0, 0.5),)),))
 
 
 def test_tokenize_and_detokenize_round_trip(minilm: LoadedModel) -> None:

@@ -101,7 +101,9 @@ class Engine:
         if not request.pooling:
             raise InvalidArgument("pooling", "at least one pooling is required")
         started = time.monotonic()
-        prompt = await self._on_cpu(version.prompts.encode, request.prompt)
+        prompt = await self._on_cpu(
+            version.prompts.encode, request.prompt, request.contextual_control_threshold
+        )
         tokens = (
             await self._on_cpu(version.prompts.token_strings, prompt.ids)
             if request.tokens

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from lamina.server.domain import ImageItem, PromptItem, TextItem, TokenIdsItem
+from lamina.server.domain import ImageItem, PromptItem, TextItem, TokenIdsItem, TokenOverlap
 from lamina.server.errors import InvalidArgument
 
 _SENTINEL_TEXT = "a"
@@ -47,53 +47,105 @@ class SpecialTokenTemplate:
         raise ValueError("the tokenizer's post-processor does not keep the sequence intact")
 
 
-class PromptEncoder:
-    """Tokenization and prompt validation for one model."""
+@dataclass(frozen=True)
+class _Controlled:
+    """The positions one control touched (prompt-wide) and its declared factor."""
 
-    def __init__(self, tokenizer: Tokenizer, *, model: str, vocab_size: int, max_context: int):
+    positions: list[int]
+    factor: float
+
+
+class PromptEncoder:
+    """Tokenization, attention-control factors and prompt validation for one model."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        model: str,
+        vocab_size: int,
+        max_context: int,
+        token_embeddings: np.ndarray | None = None,
+    ):
         self.tokenizer = tokenizer
         self.template = SpecialTokenTemplate.of(tokenizer)
         self.model = model
         self.vocab_size = vocab_size
         self.max_context = max_context
+        self.token_embeddings = token_embeddings
 
-    def encode(self, items: tuple[PromptItem, ...]) -> EncodedPrompt:
-        pieces: list[list[int]] = []
+    def encode(
+        self, items: tuple[PromptItem, ...], contextual_threshold: float | None = None
+    ) -> EncodedPrompt:
+        ids: list[int] = list(self.template.prefix)
+        factors: list[float] = [1.0] * len(ids)
+        controlled: list[_Controlled] = []
         for index, item in enumerate(items):
             field = f"prompt.items[{index}]"
+            offset = len(ids)
             match item:
-                case TextItem(data=text, controls=controls):
-                    if controls:
-                        raise InvalidArgument(
-                            f"{field}.text.controls", "attention controls are not supported yet"
-                        )
-                    pieces.append(self.tokenizer.encode(text, add_special_tokens=False).ids)
-                case TokenIdsItem(data=ids, controls=controls):
-                    if controls:
-                        raise InvalidArgument(
-                            f"{field}.token_ids.controls",
-                            "attention controls are not supported yet",
-                        )
-                    self._check_ids(ids, f"{field}.token_ids.data")
-                    pieces.append(list(ids))
+                case TextItem():
+                    encoding = self.tokenizer.encode(item.data, add_special_tokens=False)
+                    item_factors, touched = _text_factors(item, encoding.offsets, field)
+                    ids += encoding.ids
+                case TokenIdsItem():
+                    self._check_ids(item.data, f"{field}.token_ids.data")
+                    item_factors, touched = _token_factors(item, field)
+                    ids += item.data
                 case ImageItem():
                     raise InvalidArgument(
                         f"{field}.image", f"model {self.model!r} does not support image prompts"
                     )
-        body = [token for piece in pieces for token in piece]
-        if not body:
+            factors += item_factors
+            controlled += [
+                _Controlled([offset + p for p in t.positions], t.factor) for t in touched
+            ]
+        body_end = len(ids)
+        if body_end == len(self.template.prefix):
             raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
-        sequence = [*self.template.prefix, *body, *self.template.suffix]
-        if len(sequence) > self.max_context:
+        ids += self.template.suffix
+        factors += [1.0] * len(self.template.suffix)
+        if len(ids) > self.max_context:
             raise InvalidArgument(
                 "prompt",
-                f"the prompt has {len(sequence)} tokens (special tokens included), more than the "
+                f"the prompt has {len(ids)} tokens (special tokens included), more than the "
                 f"{self.max_context} positions of model {self.model!r}; it is never truncated",
             )
+        factor_array = np.asarray(factors, dtype=np.float64)
+        if contextual_threshold is not None and controlled:
+            body = range(len(self.template.prefix), body_end)
+            self._spread(np.asarray(ids), factor_array, controlled, contextual_threshold, body)
         return EncodedPrompt(
-            ids=np.asarray(sequence, dtype=np.int64),
-            control_factors=np.ones(len(sequence), dtype=np.float32),
+            ids=np.asarray(ids, dtype=np.int64), control_factors=factor_array.astype(np.float32)
         )
+
+    def _spread(
+        self,
+        ids: np.ndarray,
+        factors: np.ndarray,
+        controlled: list[_Controlled],
+        threshold: float,
+        body: range,
+    ) -> None:
+        """contextual_control_threshold: a control's factor also applies to every other prompt
+        position whose input token embedding has cosine similarity >= threshold with one of the
+        positions it controls. Several such controls multiply, like overlapping ones."""
+        if self.token_embeddings is None:
+            raise InvalidArgument(
+                "contextual_control_threshold",
+                f"model {self.model!r} has no token embeddings; convert it again to use it",
+            )
+        positions = np.arange(body.start, body.stop)
+        vectors = np.asarray(self.token_embeddings[ids[positions]], dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit = vectors / np.where(norms == 0, 1, norms)
+        for control in controlled:
+            if not control.positions:
+                continue
+            own = [p - body.start for p in control.positions if p in body]
+            similar: np.ndarray = np.asarray((unit[own] @ unit.T >= threshold).any(axis=0))
+            similar[own] = False
+            factors[positions[similar]] *= control.factor
 
     def token_strings(self, ids: np.ndarray) -> tuple[str, ...]:
         """Each position decoded on its own (a byte-level piece `Ġhello` reads ` hello`)."""
@@ -120,3 +172,50 @@ class PromptEncoder:
                     f"token id {token} is outside the vocabulary of model {self.model!r} "
                     f"(0..{self.vocab_size - 1})",
                 )
+
+
+def _text_factors(
+    item: TextItem, offsets: list[tuple[int, int]], field: str
+) -> tuple[list[float], list[_Controlled]]:
+    """Per-token factors of a text item: a control over code points [start, start + length)
+    touches each token its span overlaps; `partial` scales by the covered share of the token."""
+    factors = [1.0] * len(offsets)
+    touched = []
+    length = len(item.data)
+    for j, control in enumerate(item.controls):
+        where = f"{field}.text.controls[{j}]"
+        if control.length < 1:
+            raise InvalidArgument(f"{where}.length", "must be at least 1")
+        end = control.start + control.length
+        if end > length:
+            raise InvalidArgument(
+                where,
+                f"start {control.start} + length {control.length} goes past the item's "
+                f"{length} code points",
+            )
+        positions = []
+        for token, (first, last) in enumerate(offsets):
+            covered = min(last, end) - max(first, control.start)
+            if covered <= 0 or last <= first:
+                continue
+            if control.token_overlap is TokenOverlap.COMPLETE:
+                factors[token] *= control.factor
+            else:
+                factors[token] *= 1 + (control.factor - 1) * covered / (last - first)
+            positions.append(token)
+        touched.append(_Controlled(positions, control.factor))
+    return factors, touched
+
+
+def _token_factors(item: TokenIdsItem, field: str) -> tuple[list[float], list[_Controlled]]:
+    factors = [1.0] * len(item.data)
+    touched = []
+    for j, control in enumerate(item.controls):
+        if control.index >= len(item.data):
+            raise InvalidArgument(
+                f"{field}.token_ids.controls[{j}].index",
+                f"index {control.index} is past the item's {len(item.data)} token ids",
+            )
+        factors[control.index] *= control.factor
+        touched.append(_Controlled([control.index], control.factor))
+    return factors, touched

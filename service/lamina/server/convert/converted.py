@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
@@ -21,6 +22,8 @@ class ConvertedModel:
     max_context_size: int
     vocab_size: int
     pad_token_id: int
+    # The input token embedding table [vocab, hidden]: contextual controls compare its rows.
+    token_embeddings: np.ndarray
 
 
 def require_tensors(available: Collection[str], expected: Iterable[str], what: str) -> None:

@@ -132,4 +132,5 @@ def convert_gguf(path: Path, progress: Progress) -> ConvertedModel:
         max_context_size=config.max_positions,
         vocab_size=config.vocab_size,
         pad_token_id=int(pad or 0),
+        token_embeddings=weights("embed_tokens.weight"),
     )

@@ -44,6 +44,7 @@ def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
             max_context_size=bert_config.max_positions,
             vocab_size=bert_config.vocab_size,
             pad_token_id=pad_token_id,
+            token_embeddings=weights("embeddings.word_embeddings.weight"),
         )
     family = llama.HF_ARCHITECTURES[architecture]
     llama_config = llama.LlamaConfig.from_hf(config, family)
@@ -62,6 +63,7 @@ def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
         max_context_size=llama_config.max_positions,
         vocab_size=llama_config.vocab_size,
         pad_token_id=pad_token_id,
+        token_embeddings=weights("embed_tokens.weight"),
     )
 
 

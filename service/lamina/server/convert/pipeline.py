@@ -45,5 +45,11 @@ def convert_checkpoint(
         source=source_label or str(source),
     )
     return write_version(
-        repository, name, converted.graph, converted.tokenizer, manifest, progress=progress
+        repository,
+        name,
+        converted.graph,
+        converted.tokenizer,
+        converted.token_embeddings,
+        manifest,
+        progress=progress,
     )

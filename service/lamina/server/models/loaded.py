@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from lamina.server.convert.hf_folder import load_plain_tokenizer
 from lamina.server.errors import InvalidArgument
 from lamina.server.models.manifest import Manifest
@@ -24,11 +26,14 @@ class LoadedModel:
     def load(entry: VersionDir, *, threads: int, providers: Providers) -> LoadedModel:
         manifest = Manifest.read(entry.path)
         tokenizer = load_plain_tokenizer(entry.path / manifest.tokenizer)
+        embeddings = entry.path / manifest.token_embeddings
         prompts = PromptEncoder(
             tokenizer,
             model=entry.name,
             vocab_size=manifest.vocab_size,
             max_context=manifest.max_context_size,
+            # Memory-mapped: only the rows a contextual control compares are read.
+            token_embeddings=np.load(embeddings, mmap_mode="r") if embeddings.is_file() else None,
         )
         session = HiddenStateSession(
             entry.path / manifest.graph,

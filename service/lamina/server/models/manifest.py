@@ -10,11 +10,12 @@ from typing import Any
 MANIFEST_FILE = "manifest.json"
 GRAPH_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+TOKEN_EMBEDDINGS_FILE = "token_embeddings.npy"
 # 2: graphs take a `depth` input and skip the blocks past it.
 # 3: controls never see padding or future keys; fully masked queries fall back to plain attention.
 FORMAT_VERSION = 3
 # Bumped when the converter writes better graphs of the same format: `lamina prepare` rebuilds.
-CONVERTER_REVISION = 2
+CONVERTER_REVISION = 3
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Manifest:
     embedding_types: tuple[str, ...] = ("embed",)
     graph: str = GRAPH_FILE
     tokenizer: str = TOKENIZER_FILE
+    token_embeddings: str = TOKEN_EMBEDDINGS_FILE
     format: int = FORMAT_VERSION
     converter_revision: int = CONVERTER_REVISION
     extra: dict[str, Any] = field(default_factory=dict)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
@@ -47,6 +48,7 @@ def write_version(
     name: str,
     graph: onnx.ModelProto,
     tokenizer: Tokenizer,
+    token_embeddings: np.ndarray,
     manifest: Manifest,
     *,
     progress: Callable[[str], None] = log.info,
@@ -58,10 +60,13 @@ def write_version(
     existing = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
     version = max(existing, default=0) + 1
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository))
+    staging.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
     try:
         progress(f"writing {name} version {version} ({graph.ByteSize() / 1e6:.0f} MB graph)")
         onnx.save_model(graph, str(staging / manifest.graph))
         tokenizer.save(str(staging / manifest.tokenizer))
+        # float16 halves the file; cosine similarities need no more precision.
+        np.save(staging / manifest.token_embeddings, token_embeddings.astype(np.float16))
         manifest.write(staging)
         target = model_dir / str(version)
         os.replace(staging, target)
