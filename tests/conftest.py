@@ -17,6 +17,7 @@ from tests.integration.support import RunningServer, settings_for
 
 MINILM = "all-minilm-l6-v2"
 SMOLLM2 = "smollm2-135m-instruct"
+DINOV2 = "dinov2-small"
 
 
 def _repository() -> Path:
@@ -33,7 +34,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def model_repository() -> Path:
     repository = _repository()
-    missing = {MINILM, SMOLLM2} - set(list_versions(repository))
+    missing = {MINILM, SMOLLM2, DINOV2} - set(list_versions(repository))
     if missing:
         pytest.fail(f"{sorted(missing)} not prepared in {repository}: run `make models` first")
     return repository
@@ -52,6 +53,11 @@ def minilm(model_repository: Path) -> LoadedModel:
 @pytest.fixture(scope="session")
 def smollm2(model_repository: Path) -> LoadedModel:
     return _load(model_repository, SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def dinov2(model_repository: Path) -> LoadedModel:
+    return _load(model_repository, DINOV2)
 
 
 @pytest.fixture(scope="session")

@@ -153,4 +153,4 @@ def test_lamina_convert_writes_the_next_version(tmp_path: Path) -> None:
     bad = subprocess.run(
         [*command[:4], str(tmp_path / "nowhere"), *command[5:]], capture_output=True, text=True
     )
-    assert bad.returncode == 1 and "neither a checkpoint folder nor a .gguf file" in bad.stderr
+    assert bad.returncode == 1 and "neither a checkpoint folder, a .gguf file nor" in bad.stderr

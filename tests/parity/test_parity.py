@@ -17,6 +17,7 @@ import pytest
 
 from lamina.server.domain import Pooling, TextItem
 from lamina.server.models.loaded import LoadedModel
+from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
 from lamina.server.scheduling.inference import run_batch
 from tests.jobs import make_job
@@ -121,4 +122,5 @@ def test_smollm2_tokenizer_matches_transformers_gguf_tokenizer(smollm2: LoadedMo
     ):
         encoded = smollm2.prompts.tokenizer.encode(text)
         assert encoded.ids == ids, repr(text)
-        assert list(smollm2.prompts.token_strings(np.asarray(ids))) == decoded, repr(text)
+        prompt = EncodedPrompt(np.asarray(ids), np.ones(len(ids), np.float32))
+        assert list(smollm2.prompts.token_strings(prompt)) == decoded, repr(text)

@@ -68,7 +68,7 @@ def test_byte_level_offsets_map_non_ascii_controls(smollm2: LoadedModel) -> None
     text = "Crème brûlée"
     item = TextItem(text, (TextControl(text.index("brûlée"), len("brûlée"), 0.0, COMPLETE),))
     encoded = smollm2.prompts.encode((item,))
-    pieces = smollm2.prompts.token_strings(encoded.ids)
+    pieces = smollm2.prompts.token_strings(encoded)
     touched = "".join(p for p, f in zip(pieces, encoded.control_factors, strict=True) if f == 0)
     assert "br" in touched and "Cr" not in touched
 

@@ -20,7 +20,7 @@ from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.store import VersionDir
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
-from tests.server.test_convert_llama import controlled_attention
+from tests.tiny_models import controlled_attention
 
 HIDDEN, HEADS, LAYERS, FFN, POSITIONS, VOCAB, EPS = 36, 3, 3, 50, 40, 64, 1e-12
 CONFIG = {

@@ -8,15 +8,11 @@ permuted Q/K rows, Q8_0 dequantization and a byte-level BPE tokenizer from GGUF 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-from tokenizers import Tokenizer, models
 
 from lamina.server.convert.gguf_checkpoint import unpermute_rope_rows
 from lamina.server.convert.pipeline import convert_checkpoint
@@ -25,180 +21,14 @@ from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.store import VersionDir
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
-
-
-@dataclass(frozen=True)
-class Shape:
-    architecture: str
-    hidden: int
-    heads: int
-    kv_heads: int
-    layers: int = 2
-    ffn: int = 44
-    vocab: int = 300
-    positions: int = 64
-    theta: float = 10000.0
-    eps: float = 1e-5
-    explicit_head_dim: int | None = None  # config.json `head_dim`, when not hidden / heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.explicit_head_dim or self.hidden // self.heads
-
-    @property
-    def qkv_bias(self) -> bool:
-        return self.architecture == "Qwen2ForCausalLM"
-
-
-SHAPES = [
-    Shape("LlamaForCausalLM", hidden=40, heads=4, kv_heads=2),  # GQA 2, head_dim 10
-    Shape("Qwen2ForCausalLM", hidden=36, heads=6, kv_heads=1, theta=1e6),  # MQA, head_dim 6, biases
-    Shape("MistralForCausalLM", hidden=30, heads=3, kv_heads=3),  # plain MHA, head_dim 10
-    # An odd hidden size with its own head_dim (q_proj 40 x 45, o_proj 45 x 40).
-    Shape("LlamaForCausalLM", hidden=45, heads=4, kv_heads=2, explicit_head_dim=10),
-]
-
-
-def random_weights(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    h, d = shape.hidden, shape.head_dim
-
-    def r(*dims: int) -> np.ndarray:
-        return (rng.standard_normal(dims) * 0.3).astype(np.float32)
-
-    w = {
-        "embed_tokens.weight": r(shape.vocab, h),
-        "norm.weight": 1 + r(h),
-        "lm_head.weight": r(shape.vocab, h),
-    }
-    for i in range(shape.layers):
-        p = f"layers.{i}"
-        w[f"{p}.input_layernorm.weight"] = 1 + r(h)
-        w[f"{p}.post_attention_layernorm.weight"] = 1 + r(h)
-        w[f"{p}.self_attn.q_proj.weight"] = r(shape.heads * d, h)
-        w[f"{p}.self_attn.k_proj.weight"] = r(shape.kv_heads * d, h)
-        w[f"{p}.self_attn.v_proj.weight"] = r(shape.kv_heads * d, h)
-        w[f"{p}.self_attn.o_proj.weight"] = r(h, shape.heads * d)
-        if shape.qkv_bias:
-            for proj, out in (
-                ("q", shape.heads * d),
-                ("k", shape.kv_heads * d),
-                ("v", shape.kv_heads * d),
-            ):
-                w[f"{p}.self_attn.{proj}_proj.bias"] = r(out)
-        w[f"{p}.mlp.gate_proj.weight"] = r(shape.ffn, h)
-        w[f"{p}.mlp.up_proj.weight"] = r(shape.ffn, h)
-        w[f"{p}.mlp.down_proj.weight"] = r(h, shape.ffn)
-    return w
-
-
-def controlled_attention(
-    scores: np.ndarray, visible: np.ndarray, factors: np.ndarray | None, log_additive: bool
-) -> np.ndarray:
-    """Attention probabilities [heads, q, k] under AtMan controls (api-reference.md), with the
-    documented fallback: a query whose every visible key is masked attends as if uncontrolled."""
-    plain = np.where(visible, scores, -np.inf)
-    if factors is None:
-        controlled = plain
-    else:
-        if log_additive:
-            with np.errstate(divide="ignore"):
-                changed = scores + np.log(factors)
-        else:
-            seen_min = np.where(visible, scores, np.inf).min(-1, keepdims=True)
-            changed = (scores - seen_min) * factors
-        controlled = np.where(visible, changed, -np.inf)
-        all_masked = np.isneginf(controlled.max(-1, keepdims=True))
-        controlled = np.where(all_masked, plain, controlled)
-    probs = np.exp(controlled - controlled.max(-1, keepdims=True))
-    return probs / probs.sum(-1, keepdims=True)
-
-
-def numpy_llama(
-    shape: Shape,
-    w: dict[str, np.ndarray],
-    ids: list[int],
-    factors: np.ndarray | None = None,
-    log_additive: bool = True,
-) -> list[np.ndarray]:
-    """transformers' LlamaModel hidden states, from the equations, with AtMan controls."""
-    n, d = len(ids), shape.head_dim
-    group = shape.heads // shape.kv_heads
-
-    def rms(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        return x / np.sqrt((x**2).mean(-1, keepdims=True) + shape.eps) * weight
-
-    inv_freq = 1.0 / shape.theta ** (np.arange(0, d, 2) / d)
-    angles = np.arange(n)[:, None] * inv_freq[None, :]
-    cos, sin = np.cos(np.concatenate([angles] * 2, -1)), np.sin(np.concatenate([angles] * 2, -1))
-
-    def rope(x: np.ndarray) -> np.ndarray:  # [heads, n, d]
-        rotated = np.concatenate([-x[..., d // 2 :], x[..., : d // 2]], -1)
-        return x * cos + rotated * sin
-
-    x = w["embed_tokens.weight"][ids].astype(np.float64)
-    states = [x]
-    visible = np.tril(np.ones((n, n), dtype=bool))
-    for i in range(shape.layers):
-        p = f"layers.{i}"
-
-        def lin(v: np.ndarray, name: str, prefix: str = p) -> np.ndarray:
-            out = v @ w[f"{prefix}.{name}.weight"].T.astype(np.float64)
-            bias = w.get(f"{prefix}.{name}.bias")
-            return out if bias is None else out + bias
-
-        a = rms(x, w[f"{p}.input_layernorm.weight"])
-        q = rope(lin(a, "self_attn.q_proj").reshape(n, shape.heads, d).transpose(1, 0, 2))
-        k = rope(lin(a, "self_attn.k_proj").reshape(n, shape.kv_heads, d).transpose(1, 0, 2))
-        v = lin(a, "self_attn.v_proj").reshape(n, shape.kv_heads, d).transpose(1, 0, 2)
-        k, v = np.repeat(k, group, axis=0), np.repeat(v, group, axis=0)
-        scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)
-        probs = controlled_attention(scores, visible, factors, log_additive)
-        context = (probs @ v).transpose(1, 0, 2).reshape(n, shape.heads * d)
-        x = x + lin(context, "self_attn.o_proj")
-        m = rms(x, w[f"{p}.post_attention_layernorm.weight"])
-        gate = lin(m, "mlp.gate_proj")
-        x = x + lin(gate / (1 + np.exp(-gate)) * lin(m, "mlp.up_proj"), "mlp.down_proj")
-        states.append(x)
-    states[-1] = rms(x, w["norm.weight"])
-    return states
-
-
-def byte_level_vocab() -> list[str]:
-    """GPT-2's byte alphabet as tokens 0..255, plus two merged pieces and a control token."""
-    from lamina.server.convert.gguf_tokenizer import _byte_alphabet
-
-    return [*_byte_alphabet().values(), "he", "hel", "<|endoftext|>"]
-
-
-def write_hf_folder(folder: Path, shape: Shape, weights: dict[str, np.ndarray]) -> Path:
-    folder.mkdir(parents=True)
-    config = {
-        "architectures": [shape.architecture],
-        "hidden_size": shape.hidden,
-        "num_attention_heads": shape.heads,
-        "num_key_value_heads": shape.kv_heads,
-        "num_hidden_layers": shape.layers,
-        "intermediate_size": shape.ffn,
-        "max_position_embeddings": shape.positions,
-        "vocab_size": shape.vocab,
-        "rms_norm_eps": shape.eps,
-        "rope_theta": shape.theta,
-        "tie_word_embeddings": False,
-        "sliding_window": 16 if shape.architecture == "MistralForCausalLM" else None,
-    }
-    if shape.explicit_head_dim:
-        config["head_dim"] = shape.explicit_head_dim
-    (folder / "config.json").write_text(json.dumps(config))
-    save_file(
-        {f"model.{k}" if k != "lm_head.weight" else k: v for k, v in weights.items()},
-        str(folder / "model.safetensors"),
-    )
-    vocab = {token: i for i, token in enumerate(byte_level_vocab())}
-    Tokenizer(models.BPE(vocab=vocab, merges=[("h", "e"), ("he", "l")])).save(
-        str(folder / "tokenizer.json")
-    )
-    return folder
+from tests.tiny_models import (
+    SHAPES,
+    Shape,
+    byte_level_vocab,
+    numpy_llama,
+    random_weights,
+    write_hf_folder,
+)
 
 
 def load(path: Path) -> LoadedModel:
@@ -365,7 +195,7 @@ def test_gguf_tokenizer_is_byte_level_bpe_with_control_tokens(tmp_path: Path) ->
         )
     )
     encoded = model.prompts.encode((TextItem("hello<|endoftext|>"),))
-    pieces = model.prompts.token_strings(encoded.ids)
+    pieces = model.prompts.token_strings(encoded)
     assert pieces == ("hel", "l", "o", "<|endoftext|>")
     assert model.prompts.template.prefix == () and model.prompts.template.suffix == ()
 

@@ -26,7 +26,7 @@ def test_items_are_concatenated_into_one_sequence_wrapped_once(minilm: LoadedMod
 
 def test_token_strings_decode_each_position_on_its_own(minilm: LoadedModel) -> None:
     encoded = minilm.prompts.encode((TextItem("hello embeddings"),))
-    tokens = minilm.prompts.token_strings(encoded.ids)
+    tokens = minilm.prompts.token_strings(encoded)
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
     assert tokens[1] == "hello"
     assert len(tokens) == encoded.length

@@ -105,9 +105,7 @@ class Engine:
             version.prompts.encode, request.prompt, request.contextual_control_threshold
         )
         tokens = (
-            await self._on_cpu(version.prompts.token_strings, prompt.ids)
-            if request.tokens
-            else None
+            await self._on_cpu(version.prompts.token_strings, prompt) if request.tokens else None
         )
         tokenization_seconds = time.monotonic() - started
         self.metrics.tokenization_seconds.labels(version.name).observe(tokenization_seconds)

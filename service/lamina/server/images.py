@@ -1,9 +1,10 @@
 """Image prompt items: decode, crop, resize and normalise, and map image controls to patches.
 
-Every image becomes GRID x GRID = 144 prompt positions, one per patch of its square crop. A control
-rectangle is given in 0..1 coordinates of the whole, uncropped image; a patch's factor is
-1 + (f - 1) * c for the share c of the patch's area the rectangle covers (`partial`), or f when
-they overlap at all (`complete`); factors of several controls on one patch multiply.
+Every image becomes GRID x GRID = 144 prompt positions, one per cell of its square crop. A control
+rectangle is given in 0..1 coordinates of the whole, uncropped image; a cell's factor is
+1 + (f - 1) * c for the share c of the cell's area the rectangle covers (`partial`), or f when
+they overlap at all (`complete`); factors of several controls on one cell multiply. The same
+rule gives the factors of the vision encoder's own patch keys, on its own patch grid.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ImageSpec:
     size: int  # square input side in pixels
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    patches_per_side: int = GRID  # the encoder's patch grid, where its attention keys are
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
 
@@ -38,7 +40,12 @@ class ImageSpec:
 @dataclass(frozen=True)
 class PreparedImage:
     pixels: np.ndarray  # float32 [3, size, size], normalised
-    patch_factors: np.ndarray  # float32 [144], row-major over the 12 x 12 grid
+    patch_factors: np.ndarray  # float32 [144]: the image's prompt positions, row-major 12 x 12
+    key_factors: np.ndarray  # float32 [patches_per_side ** 2]: the encoder's patch keys
+
+    @property
+    def controlled(self) -> bool:
+        return bool((self.key_factors != 1).any())
 
 
 def prepare_image(item: ImageItem, spec: ImageSpec, field: str) -> PreparedImage:
@@ -53,6 +60,7 @@ def prepare_image(item: ImageItem, spec: ImageSpec, field: str) -> PreparedImage
     return PreparedImage(
         pixels=np.ascontiguousarray(normalised.transpose(2, 0, 1)),
         patch_factors=patch_factors(item, crop, width, height, field),
+        key_factors=patch_factors(item, crop, width, height, field, spec.patches_per_side),
     )
 
 
@@ -98,12 +106,13 @@ def _check_crop(crop: ImageCrop, width: int, height: int, field: str) -> None:
 
 
 def patch_factors(
-    item: ImageItem, crop: ImageCrop, width: int, height: int, field: str
+    item: ImageItem, crop: ImageCrop, width: int, height: int, field: str, grid: int = GRID
 ) -> np.ndarray:
-    factors = np.ones(POSITIONS, dtype=np.float64)
-    step = crop.size / GRID
-    edges_x = crop.x + step * np.arange(GRID + 1)
-    edges_y = crop.y + step * np.arange(GRID + 1)
+    """Factors of the grid x grid cells of the crop, row-major."""
+    factors = np.ones(grid * grid, dtype=np.float64)
+    step = crop.size / grid
+    edges_x = crop.x + step * np.arange(grid + 1)
+    edges_y = crop.y + step * np.arange(grid + 1)
     for j, control in enumerate(item.controls):
         rect = control.rect
         where = f"{field}.controls[{j}].rect"

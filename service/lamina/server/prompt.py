@@ -1,8 +1,8 @@
 """From prompt items to the one token sequence a model sees (api-reference.md, Tokenization).
 
-Text items are tokenized without special tokens, token-id items are placed as they are, and the
-model's special-token template wraps the whole sequence once: a single text item gives exactly
-the ids of Hugging Face `tokenizer(text)`.
+Text items are tokenized without special tokens, token-id items are placed as they are, each
+image takes 144 positions (its 12 x 12 cells), and the model's special-token template wraps the
+whole sequence once: a single text item gives exactly the ids of Hugging Face `tokenizer(text)`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,29 @@ from tokenizers import Tokenizer
 
 from lamina.server.domain import ImageItem, PromptItem, TextItem, TokenIdsItem, TokenOverlap
 from lamina.server.errors import InvalidArgument
+from lamina.server.images import PLACEHOLDER, POSITIONS, ImageSpec, PreparedImage, prepare_image
 
 _SENTINEL_TEXT = "a"
 
 
 @dataclass(frozen=True)
 class EncodedPrompt:
-    ids: np.ndarray  # int64 [n], special tokens included
+    ids: np.ndarray  # int64 [n], special tokens included; the pad id at image positions
     control_factors: np.ndarray  # float32 [n], 1 where no control applies
+    images: tuple[PreparedImage, ...] = ()
+    # int64 [n] when there are images: image k's cell c at k * 144 + c, -1 at token positions.
+    image_cells: np.ndarray | None = None
 
     @property
     def length(self) -> int:
         return int(self.ids.shape[0])
+
+    @property
+    def image_positions(self) -> np.ndarray:
+        """bool [n]."""
+        if self.image_cells is None:
+            return np.zeros(self.length, dtype=bool)
+        return np.asarray(self.image_cells >= 0)
 
 
 @dataclass(frozen=True)
@@ -56,23 +67,39 @@ class _Controlled:
 
 
 class PromptEncoder:
-    """Tokenization, attention-control factors and prompt validation for one model."""
+    """Tokenization, image preparation, attention-control factors and prompt validation for one
+    model. A model without a tokenizer (an image encoder) takes image items only; a model without
+    an image spec takes no images."""
 
     def __init__(
         self,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | None,
         *,
         model: str,
         vocab_size: int,
         max_context: int,
         token_embeddings: np.ndarray | None = None,
+        image: ImageSpec | None = None,
+        image_token_id: int = 0,
     ):
-        self.tokenizer = tokenizer
-        self.template = SpecialTokenTemplate.of(tokenizer)
+        self._tokenizer = tokenizer
+        self.template = (
+            SpecialTokenTemplate.of(tokenizer) if tokenizer else SpecialTokenTemplate((), ())
+        )
         self.model = model
         self.vocab_size = vocab_size
         self.max_context = max_context
         self.token_embeddings = token_embeddings
+        self.image = image
+        self.image_token_id = image_token_id  # what input_ids hold where an image's cells go
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            raise InvalidArgument(
+                "model", f"model {self.model!r} is an image encoder: it has no tokenizer"
+            )
+        return self._tokenizer
 
     def encode(
         self, items: tuple[PromptItem, ...], contextual_threshold: float | None = None
@@ -80,22 +107,34 @@ class PromptEncoder:
         ids: list[int] = list(self.template.prefix)
         factors: list[float] = [1.0] * len(ids)
         controlled: list[_Controlled] = []
+        images: list[PreparedImage] = []
+        cells: list[int] = [-1] * len(ids)
         for index, item in enumerate(items):
             field = f"prompt.items[{index}]"
             offset = len(ids)
+            touched: list[_Controlled] = []
             match item:
                 case TextItem():
-                    encoding = self.tokenizer.encode(item.data, add_special_tokens=False)
+                    tokenizer = self._text_input(f"{field}.text")
+                    encoding = tokenizer.encode(item.data, add_special_tokens=False)
                     item_factors, touched = _text_factors(item, encoding.offsets, field)
                     ids += encoding.ids
                 case TokenIdsItem():
+                    self._text_input(f"{field}.token_ids")
                     self._check_ids(item.data, f"{field}.token_ids.data")
                     item_factors, touched = _token_factors(item, field)
                     ids += item.data
                 case ImageItem():
-                    raise InvalidArgument(
-                        f"{field}.image", f"model {self.model!r} does not support image prompts"
-                    )
+                    if self.image is None:
+                        raise InvalidArgument(
+                            f"{field}.image", f"model {self.model!r} has no image support"
+                        )
+                    prepared = prepare_image(item, self.image, f"{field}.image")
+                    cells += range(len(images) * POSITIONS, (len(images) + 1) * POSITIONS)
+                    images.append(prepared)
+                    item_factors = prepared.patch_factors.tolist()
+                    ids += [self.image_token_id] * POSITIONS
+            cells += [-1] * (len(ids) - len(cells))
             factors += item_factors
             controlled += [
                 _Controlled([offset + p for p in t.positions], t.factor) for t in touched
@@ -111,13 +150,31 @@ class PromptEncoder:
                 f"the prompt has {len(ids)} tokens (special tokens included), more than the "
                 f"{self.max_context} positions of model {self.model!r}; it is never truncated",
             )
+        cells += [-1] * len(self.template.suffix)
         factor_array = np.asarray(factors, dtype=np.float64)
+        cell_array = np.asarray(cells, dtype=np.int64)
         if contextual_threshold is not None and controlled:
-            body = range(len(self.template.prefix), body_end)
-            self._spread(np.asarray(ids), factor_array, controlled, contextual_threshold, body)
+            tokens = np.flatnonzero(cell_array[len(self.template.prefix) : body_end] < 0)
+            self._spread(
+                np.asarray(ids),
+                factor_array,
+                controlled,
+                contextual_threshold,
+                tokens + len(self.template.prefix),
+            )
         return EncodedPrompt(
-            ids=np.asarray(ids, dtype=np.int64), control_factors=factor_array.astype(np.float32)
+            ids=np.asarray(ids, dtype=np.int64),
+            control_factors=factor_array.astype(np.float32),
+            images=tuple(images),
+            image_cells=cell_array if images else None,
         )
+
+    def _text_input(self, field: str) -> Tokenizer:
+        if self._tokenizer is None:
+            raise InvalidArgument(
+                field, f"model {self.model!r} is an image encoder: it takes image items only"
+            )
+        return self._tokenizer
 
     def _spread(
         self,
@@ -125,34 +182,44 @@ class PromptEncoder:
         factors: np.ndarray,
         controlled: list[_Controlled],
         threshold: float,
-        body: range,
+        positions: np.ndarray,
     ) -> None:
         """contextual_control_threshold: a control's factor also applies to every other prompt
         position whose input token embedding has cosine similarity >= threshold with one of the
-        positions it controls. Several such controls multiply, like overlapping ones."""
+        positions it controls. Several such controls multiply, like overlapping ones.
+
+        `positions` are the text and token-id positions (special tokens aside): image cells have
+        no input token embedding (the encoder makes theirs), so they neither spread nor receive."""
         if self.token_embeddings is None:
             raise InvalidArgument(
                 "contextual_control_threshold",
                 f"model {self.model!r} has no token embeddings; convert it again to use it",
             )
-        positions = np.arange(body.start, body.stop)
         vectors = np.asarray(self.token_embeddings[ids[positions]], dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         unit = vectors / np.where(norms == 0, 1, norms)
         for control in controlled:
             if not control.positions:
                 continue
-            own = [p - body.start for p in control.positions if p in body]
+            own = np.flatnonzero(np.isin(positions, control.positions))
+            if not own.size:
+                continue
             similar: np.ndarray = np.asarray((unit[own] @ unit.T >= threshold).any(axis=0))
             similar[own] = False
             factors[positions[similar]] *= control.factor
 
-    def token_strings(self, ids: np.ndarray) -> tuple[str, ...]:
-        """Each position decoded on its own (a byte-level piece `Ġhello` reads ` hello`)."""
-        decoded: list[str] = self.tokenizer.decode_batch(
-            [[int(token)] for token in ids], skip_special_tokens=False
+    def token_strings(self, prompt: EncodedPrompt) -> tuple[str, ...]:
+        """Each position decoded on its own (a byte-level piece `Ġhello` reads ` hello`); image
+        cells read as the placeholder."""
+        image = prompt.image_positions
+        decoded: list[str] = (
+            self._tokenizer.decode_batch(
+                [[int(token)] for token in prompt.ids], skip_special_tokens=False
+            )
+            if self._tokenizer is not None
+            else [""] * prompt.length
         )
-        return tuple(decoded)
+        return tuple(PLACEHOLDER if image[i] else text for i, text in enumerate(decoded))
 
     def tokenize(self, text: str) -> tuple[list[str], list[int]]:
         """Raw vocabulary pieces and ids, without special tokens."""

@@ -6,6 +6,7 @@ scores of every layer and head: a few element-wise passes per layer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,17 +34,31 @@ class KeyControls:
     log_factors: str  # ln f per key
     log_additive: str  # bool [batch, 1, 1, 1]
     uncontrolled: str  # bool scalar: no row of the batch has a control
+    score_shape: tuple[str, ...]  # symbolic dims of the scores, for the If branches
 
     @staticmethod
     def build(g: GraphBuilder, *, causal: bool) -> KeyControls:
+        """The controls of the token sequence, from the graph's signature inputs."""
         mask = g.op("Cast", [signature.ATTENTION_MASK], to=BOOL)
         visible = g.op("Unsqueeze", [mask, g.const("axes_1_2", [1, 2])])
         if causal:
             visible = g.op("And", [visible, _not_future(g)])
-        factors = g.op("Unsqueeze", [signature.CONTROL_FACTORS, g.const("axes_1_2", [1, 2])])
-        log_additive = g.op(
-            "Unsqueeze", [signature.CONTROL_LOG_ADDITIVE, g.const("axes_1_2_3", [1, 2, 3])]
+        return KeyControls.over(
+            g, visible, signature.CONTROL_FACTORS, signature.CONTROL_LOG_ADDITIVE
         )
+
+    @staticmethod
+    def over(
+        g: GraphBuilder,
+        visible: str,
+        key_factors: str,
+        log_additive_rows: str,
+        score_shape: Sequence[str] = ("batch", "heads", "sequence", "sequence"),
+    ) -> KeyControls:
+        """Controls from f per key [rows, key] and the mode per row [rows]; `visible` is
+        broadcastable to the scores (an image encoder sees every key: a constant true)."""
+        factors = g.op("Unsqueeze", [key_factors, g.const("axes_1_2", [1, 2])])
+        log_additive = g.op("Unsqueeze", [log_additive_rows, g.const("axes_1_2_3", [1, 2, 3])])
         # Every factor 1 in log-additive mode changes nothing: such batches skip the control path.
         deviation = g.op(
             "ReduceMax",
@@ -51,23 +66,29 @@ class KeyControls:
             keepdims=0,
         )
         all_ones = g.op("Equal", [deviation, g.const("zero", np.float32(0))])
-        modes = g.op("Cast", [signature.CONTROL_LOG_ADDITIVE], to=FLOAT)
+        modes = g.op("Cast", [log_additive_rows], to=FLOAT)
         all_log = g.op(
             "Equal", [g.op("ReduceMin", [modes], keepdims=0), g.const("one", np.float32(1))]
         )
         uncontrolled = g.op("And", [all_ones, all_log])
-        return KeyControls(visible, factors, g.op("Log", [factors]), log_additive, uncontrolled)
+        return KeyControls(
+            visible,
+            factors,
+            g.op("Log", [factors]),
+            log_additive,
+            uncontrolled,
+            tuple(score_shape),
+        )
 
     def apply(self, g: GraphBuilder, scores: str) -> str:
         """Controlled scores with -inf where a key is not seen, ready for softmax."""
-        shape = ["batch", "heads", "sequence", "sequence"]
         return g.branch(
             self.uncontrolled,
             lambda b: b.op(
                 "Where", [self.visible, scores, b.const("minus_inf", np.float32(-_INF))]
             ),
             lambda b: self._controlled(b, scores),
-            shape,
+            self.score_shape,
         )
 
     def _controlled(self, g: GraphBuilder, scores: str) -> str:

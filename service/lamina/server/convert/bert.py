@@ -164,10 +164,7 @@ def _activation(g: GraphBuilder, x: str, kind: str) -> str:
     if kind == "relu":
         return g.op("Relu", [x])
     if kind == "gelu":
-        # 0.5 x (1 + erf(x / sqrt 2)): ONNX Runtime fuses this pattern into one Gelu kernel.
-        scaled = g.op("Div", [x, g.const("sqrt2", np.float32(np.sqrt(2.0)))])
-        gate = g.op("Add", [g.op("Erf", [scaled]), g.const("one", np.float32(1.0))])
-        return g.op("Mul", [g.op("Mul", [x, gate]), g.const("half", np.float32(0.5))])
+        return g.gelu(x)
     # tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     cube = g.op("Mul", [g.op("Mul", [x, x]), x])
     inner = g.op("Add", [x, g.op("Mul", [cube, g.const("c", np.float32(0.044715))])])

@@ -9,21 +9,25 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
+from lamina.server.models.manifest import ImageInput
+
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class ConvertedModel:
     graph: onnx.ModelProto
-    tokenizer: Tokenizer
-    family: str  # "bert" or "llama"
+    tokenizer: Tokenizer | None  # None: an image encoder without text input
+    family: str  # the manifest's architecture
     num_layers: int
     hidden_size: int
     max_context_size: int
     vocab_size: int
     pad_token_id: int
     # The input token embedding table [vocab, hidden]: contextual controls compare its rows.
-    token_embeddings: np.ndarray
+    token_embeddings: np.ndarray | None
+    image: ImageInput | None = None
+    trained: bool = True
 
 
 def require_tensors(available: Collection[str], expected: Iterable[str], what: str) -> None:

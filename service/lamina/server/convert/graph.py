@@ -137,6 +137,12 @@ class GraphBuilder:
             epsilon=float(eps),
         )
 
+    def gelu(self, x: str) -> str:
+        """0.5 x (1 + erf(x / sqrt 2)), the exact form: ONNX Runtime fuses it into one kernel."""
+        scaled = self.op("Div", [x, self.const("sqrt2", np.float32(np.sqrt(2.0)))])
+        gate = self.op("Add", [self.op("Erf", [scaled]), self.const("one", np.float32(1.0))])
+        return self.op("Mul", [self.op("Mul", [x, gate]), self.const("half", np.float32(0.5))])
+
     def rms_norm(self, x: str, weight: np.ndarray, eps: float, hint: str) -> str:
         """x / sqrt(mean(x^2) + eps) * weight: the pattern ONNX Runtime fuses into
         SimplifiedLayerNormalization."""

@@ -5,13 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-from tokenizers import Tokenizer
 
-from lamina.server.convert import bert, llama
+from lamina.server.convert import bert, llama, vlm
 from lamina.server.convert.checkpoint import SafetensorsWeights, read_config
 from lamina.server.convert.converted import ConvertedModel, Progress
+from lamina.server.convert.tokenizer_file import load_plain_tokenizer
+from lamina.server.convert.vision_sources import convert_dinov2_folder
 
-SUPPORTED_ARCHITECTURES = ("BertModel", *llama.HF_ARCHITECTURES)
+SUPPORTED_ARCHITECTURES = (
+    "BertModel",
+    "Dinov2Model",
+    *llama.HF_ARCHITECTURES,
+    *vlm.HF_ARCHITECTURES,
+)
 
 
 def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
@@ -22,6 +28,10 @@ def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
             f"architecture {architecture!r} is not supported; "
             f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
         )
+    if architecture == "Dinov2Model":
+        return convert_dinov2_folder(folder, config, progress)
+    if architecture in vlm.HF_ARCHITECTURES:
+        return vlm.convert_vlm_folder(folder, config, progress)
     tokenizer = load_plain_tokenizer(folder / "tokenizer.json")
     pad_token_id = int(config.get("pad_token_id") or 0)
     what = f"{folder} ({architecture})"
@@ -65,14 +75,3 @@ def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
         pad_token_id=pad_token_id,
         token_embeddings=weights("embed_tokens.weight"),
     )
-
-
-def load_plain_tokenizer(path: Path) -> Tokenizer:
-    """The tokenizer with padding and truncation off: Lamina never pads or truncates a prompt
-    inside the tokenizer (batching pads, and an over-long prompt is an error, not a cut)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer.json at {path}")
-    tokenizer = Tokenizer.from_str(path.read_text())
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer

@@ -33,11 +33,7 @@ def layered_graph(
     """
     g = GraphBuilder(name)
     shape: list[str | int] = ["batch", "sequence", hidden_size]
-    g.input(signature.INPUT_IDS, INT64, ["batch", "sequence"])
-    g.input(signature.ATTENTION_MASK, INT64, ["batch", "sequence"])
-    g.input(signature.CONTROL_FACTORS, FLOAT, ["batch", "sequence"])
-    g.input(signature.CONTROL_LOG_ADDITIVE, BOOL, ["batch"])
-    g.input(signature.DEPTH, INT64, [])
+    declare_sequence_inputs(g)
 
     hidden = embed(g)
     g.output(signature.hidden_state_output(0), hidden, FLOAT, shape)
@@ -52,3 +48,12 @@ def layered_graph(
         hidden = g.gated(wanted, hidden, run, shape)
         g.output(signature.hidden_state_output(layer), hidden, FLOAT, shape)
     return g.build(producer=f"lamina-convert-{name}")
+
+
+def declare_sequence_inputs(g: GraphBuilder) -> None:
+    """The inputs every graph takes (signature.INPUT_NAMES)."""
+    g.input(signature.INPUT_IDS, INT64, ["batch", "sequence"])
+    g.input(signature.ATTENTION_MASK, INT64, ["batch", "sequence"])
+    g.input(signature.CONTROL_FACTORS, FLOAT, ["batch", "sequence"])
+    g.input(signature.CONTROL_LOG_ADDITIVE, BOOL, ["batch"])
+    g.input(signature.DEPTH, INT64, [])

@@ -101,9 +101,15 @@ def expected_tensors(config: LlamaConfig) -> list[str]:
     return names
 
 
-def build_llama_graph(config: LlamaConfig, weights: Callable[[str], np.ndarray]) -> onnx.ModelProto:
+def build_llama_graph(
+    config: LlamaConfig,
+    weights: Callable[[str], np.ndarray],
+    splice: Callable[[GraphBuilder, str], str] | None = None,
+    name: str = "llama",
+) -> onnx.ModelProto:
     """hidden_state_0 (token embeddings) .. hidden_state_N (final norm applied), as transformers'
-    output_hidden_states. `weights(name)` takes bare names (`layers.0.mlp.up_proj.weight`)."""
+    output_hidden_states. `weights(name)` takes bare names (`layers.0.mlp.up_proj.weight`).
+    `splice(g, token_embeddings)` may replace positions of the input embeddings (images)."""
     rotary: Rotary | None = None
 
     def embed(g: GraphBuilder) -> str:
@@ -112,7 +118,8 @@ def build_llama_graph(config: LlamaConfig, weights: Callable[[str], np.ndarray])
             g, head_dim=config.head_dim, theta=config.rope_theta, max_positions=config.max_positions
         )
         table = g.const("embed_tokens", weights("embed_tokens.weight"))
-        return g.op("Gather", [table, signature.INPUT_IDS], axis=0)
+        tokens = g.op("Gather", [table, signature.INPUT_IDS], axis=0)
+        return tokens if splice is None else splice(g, tokens)
 
     def block(g: GraphBuilder, index: int, hidden: str, controls: KeyControls) -> str:
         p = f"layers.{index}"
@@ -164,7 +171,7 @@ def build_llama_graph(config: LlamaConfig, weights: Callable[[str], np.ndarray])
         return g.rms_norm(hidden, weights("norm.weight"), config.rms_norm_eps, "final_norm")
 
     return layered_graph(
-        "llama",
+        name,
         num_layers=config.num_layers,
         hidden_size=config.hidden_size,
         causal=True,

@@ -10,7 +10,8 @@ import onnx
 from lamina.server.convert.converted import Progress
 from lamina.server.convert.gguf_checkpoint import convert_gguf
 from lamina.server.convert.hf_folder import convert_hf_folder
-from lamina.server.models.manifest import Manifest
+from lamina.server.convert.vision_sources import convert_dinov2_export
+from lamina.server.models.manifest import TOKEN_EMBEDDINGS_FILE, TOKENIZER_FILE, Manifest
 from lamina.server.models.store import write_version
 
 log = logging.getLogger(__name__)
@@ -23,17 +24,26 @@ def convert_checkpoint(
     *,
     description: str = "",
     source_label: str = "",
+    trained: bool = True,
     progress: Progress = log.info,
 ) -> Path:
-    """Convert a Hugging Face folder or a GGUF file into the next version of `name`."""
+    """Convert a Hugging Face folder, a GGUF file or an exported DINOv2 ONNX graph into the next
+    version of `name`. `trained=False` marks random weights: ModelsAvailable says so."""
     if source.is_dir():
         converted = convert_hf_folder(source, progress)
     elif source.suffix == ".gguf" and source.is_file():
         converted = convert_gguf(source, progress)
+    elif source.suffix == ".onnx" and source.is_file():
+        converted = convert_dinov2_export(source, progress)
     else:
-        raise ValueError(f"{source} is neither a checkpoint folder nor a .gguf file")
+        raise ValueError(
+            f"{source} is neither a checkpoint folder, a .gguf file nor an exported .onnx graph"
+        )
     progress("checking the graph")
     onnx.checker.check_model(converted.graph, full_check=True)
+    trained = trained and converted.trained
+    if not trained:
+        description = f"UNTRAINED (random weights, for tests only). {description}".strip()
     manifest = Manifest(
         architecture=converted.family,
         num_layers=converted.num_layers,
@@ -43,13 +53,17 @@ def convert_checkpoint(
         pad_token_id=converted.pad_token_id,
         description=description,
         source=source_label or str(source),
+        image=converted.image,
+        trained=trained,
+        tokenizer=TOKENIZER_FILE if converted.tokenizer is not None else "",
+        token_embeddings=TOKEN_EMBEDDINGS_FILE if converted.token_embeddings is not None else "",
     )
     return write_version(
         repository,
         name,
         converted.graph,
+        manifest,
         converted.tokenizer,
         converted.token_embeddings,
-        manifest,
         progress=progress,
     )

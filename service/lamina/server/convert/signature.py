@@ -25,3 +25,16 @@ INPUT_NAMES = (INPUT_IDS, ATTENTION_MASK, CONTROL_FACTORS, CONTROL_LOG_ADDITIVE,
 def hidden_state_output(index: int) -> str:
     """Output name of hidden state `index` (0 = embedding output, i = output of block i)."""
     return f"hidden_state_{index}"
+
+
+# Graphs of models with image support take these too (their manifest has an `image` section).
+PIXEL_VALUES = "pixel_values"  # float [images, 3, size, size], normalised
+# float [images, patches]: the AtMan factor towards each patch key of the vision encoder.
+IMAGE_KEY_FACTORS = "image_key_factors"
+IMAGE_LOG_ADDITIVE = "image_log_additive"  # bool [images]: the mode of each image's request
+# int64 [batch, sequence]: -1 at token and padding positions; at image positions the index into
+# the batch's image cells, image * CELLS_PER_IMAGE + row-major cell of the 12 x 12 grid.
+IMAGE_SLOTS = "image_slots"
+CELLS_PER_IMAGE = 144
+
+IMAGE_INPUT_NAMES = (PIXEL_VALUES, IMAGE_KEY_FACTORS, IMAGE_LOG_ADDITIVE, IMAGE_SLOTS)

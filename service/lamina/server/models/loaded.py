@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lamina.server.convert.hf_folder import load_plain_tokenizer
+from lamina.server.convert.tokenizer_file import load_plain_tokenizer
 from lamina.server.errors import InvalidArgument
+from lamina.server.images import ImageSpec
 from lamina.server.models.manifest import Manifest
 from lamina.server.models.store import VersionDir
 from lamina.server.prompt import PromptEncoder
@@ -25,15 +26,28 @@ class LoadedModel:
     @staticmethod
     def load(entry: VersionDir, *, threads: int, providers: Providers) -> LoadedModel:
         manifest = Manifest.read(entry.path)
-        tokenizer = load_plain_tokenizer(entry.path / manifest.tokenizer)
+        tokenizer = (
+            load_plain_tokenizer(entry.path / manifest.tokenizer) if manifest.tokenizer else None
+        )
         embeddings = entry.path / manifest.token_embeddings
+        image = manifest.image
         prompts = PromptEncoder(
             tokenizer,
             model=entry.name,
             vocab_size=manifest.vocab_size,
             max_context=manifest.max_context_size,
             # Memory-mapped: only the rows a contextual control compares are read.
-            token_embeddings=np.load(embeddings, mmap_mode="r") if embeddings.is_file() else None,
+            token_embeddings=(
+                np.load(embeddings, mmap_mode="r")
+                if manifest.token_embeddings and embeddings.is_file()
+                else None
+            ),
+            image=(
+                ImageSpec(image.size, image.mean, image.std, image.patches_per_side)
+                if image is not None
+                else None
+            ),
+            image_token_id=manifest.pad_token_id,
         )
         session = HiddenStateSession(
             entry.path / manifest.graph,

