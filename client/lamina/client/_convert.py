@@ -166,6 +166,7 @@ def model_infos(response: pb.ModelsAvailableResponse) -> list[ModelInfo]:
             num_layers=m.num_layers,
             hidden_size=m.hidden_size,
             architecture=m.architecture,
+            untrained=m.untrained,
         )
         for m in response.models
     ]

@@ -62,6 +62,7 @@ class ModelInfo:
     num_layers: int
     hidden_size: int
     architecture: str
+    untrained: bool = False  # random weights: the embeddings carry no meaning
 
 
 @dataclass(frozen=True)

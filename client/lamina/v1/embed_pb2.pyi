@@ -193,7 +193,7 @@ class ModelsAvailableResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "description", "max_context_size", "hostings", "image_support", "embedding_types", "version", "num_layers", "hidden_size", "architecture")
+    __slots__ = ("name", "description", "max_context_size", "hostings", "image_support", "embedding_types", "version", "num_layers", "hidden_size", "architecture", "untrained")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +204,7 @@ class ModelInfo(_message.Message):
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    UNTRAINED_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     max_context_size: int
@@ -214,7 +215,8 @@ class ModelInfo(_message.Message):
     num_layers: int
     hidden_size: int
     architecture: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_context_size: _Optional[int] = ..., hostings: _Optional[_Iterable[str]] = ..., image_support: _Optional[bool] = ..., embedding_types: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., architecture: _Optional[str] = ...) -> None: ...
+    untrained: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_context_size: _Optional[int] = ..., hostings: _Optional[_Iterable[str]] = ..., image_support: _Optional[bool] = ..., embedding_types: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., architecture: _Optional[str] = ..., untrained: _Optional[bool] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("model", "prompt", "tokens", "token_ids")

@@ -35,12 +35,18 @@ def main(argv: list[str] | None = None) -> int:
 
     convert = commands.add_parser(
         "convert",
-        help="convert a checkpoint (Hugging Face folder or .gguf file) into the next version of a "
-        "model in the repository; a running server picks it up without a restart",
+        help="convert a checkpoint (Hugging Face folder: BERT, Llama family, DINOv2 or LLaVA with "
+        "a DINOv2 tower; a .gguf file; or an exported DINOv2 .onnx graph) into the next version "
+        "of a model in the repository; a running server picks it up without a restart",
     )
-    convert.add_argument("source", type=Path, help="checkpoint folder or .gguf file")
+    convert.add_argument("source", type=Path, help="checkpoint folder, .gguf or .onnx file")
     convert.add_argument("--name", required=True, help="the model name it is served as")
     convert.add_argument("--description", default="", help="shown by ModelsAvailable")
+    convert.add_argument(
+        "--untrained",
+        action="store_true",
+        help="the weights are random (a test model): ModelsAvailable says so",
+    )
     add_repository_argument(convert)
 
     args = parser.parse_args(argv)
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.model_repository),
                 args.name,
                 description=args.description,
+                trained=not args.untrained,
                 progress=_progress,
             )
         except (ValueError, FileNotFoundError) as error:

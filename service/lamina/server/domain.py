@@ -120,5 +120,6 @@ class ModelDescription:
     hidden_size: int
     max_context_size: int
     image_support: bool
+    trained: bool
     embedding_types: tuple[str, ...]
     hostings: tuple[str, ...]

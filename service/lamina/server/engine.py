@@ -186,6 +186,7 @@ class Engine:
             hidden_size=m.hidden_size,
             max_context_size=m.max_context_size,
             image_support=m.image_support,
+            trained=m.trained,
             embedding_types=m.embedding_types,
             hostings=tuple(sorted(self.hostings)),
         )

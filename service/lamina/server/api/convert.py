@@ -59,6 +59,15 @@ def _pooling(name: str, index: int) -> domain.Pooling:
         ) from None
 
 
+def _crop(crop: pb.ImageCrop, field: str) -> domain.ImageCrop:
+    missing = [name for name in ("x", "y", "size") if not crop.HasField(name)]
+    if missing:
+        raise InvalidArgument(
+            field, f"give x, y and size together, or no crop at all (missing: {', '.join(missing)})"
+        )
+    return domain.ImageCrop(crop.x, crop.y, crop.size)
+
+
 def _prompt_item(item: pb.PromptItem, index: int) -> domain.PromptItem:
     field = f"prompt.items[{index}]"
     kind = item.WhichOneof("item")
@@ -88,11 +97,7 @@ def _prompt_item(item: pb.PromptItem, index: int) -> domain.PromptItem:
         )
     if kind == "image":
         image = item.image
-        crop = (
-            domain.ImageCrop(image.crop.x, image.crop.y, image.crop.size)
-            if image.HasField("crop")
-            else None
-        )
+        crop = _crop(image.crop, f"{field}.image.crop") if image.HasField("crop") else None
         return domain.ImageItem(
             data=image.data,
             crop=crop,
@@ -156,4 +161,5 @@ def model_info(model: domain.ModelDescription) -> pb.ModelInfo:
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         architecture=model.architecture,
+        untrained=not model.trained,
     )
