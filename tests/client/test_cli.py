@@ -197,6 +197,7 @@ def test_models_tokenize_detokenize_print_json(
             "num_layers": 6,
             "hidden_size": 2,
             "architecture": "bert",
+            "untrained": False,
         }
     ]
     code, tokens, _ = _main(capsys, "--target", fake.target, "tokenize", "--model", "m", "a bc")
