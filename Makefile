@@ -56,7 +56,7 @@ $(REFERENCE)/bin/python:
 	@echo "creating $(REFERENCE): torch (CPU), transformers, sentence-transformers (reference only)"
 	$(PYTHON) -m venv $(REFERENCE)
 	$(REFERENCE)/bin/pip install --progress-bar on torch==2.13.0 transformers sentence-transformers \
-		gguf accelerate safetensors numpy
+		gguf accelerate safetensors numpy onnx
 
 fixtures: models $(REFERENCE)/bin/python
 	PYTHONPATH=service:client $(REFERENCE)/bin/python tests/parity/make_fixtures.py

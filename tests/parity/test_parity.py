@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lamina.server.convert.vision import grid_pooling
 from lamina.server.domain import Pooling, TextItem
+from lamina.server.images import PreparedImage
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
@@ -124,3 +126,27 @@ def test_smollm2_tokenizer_matches_transformers_gguf_tokenizer(smollm2: LoadedMo
         assert encoded.ids == ids, repr(text)
         prompt = EncodedPrompt(np.asarray(ids), np.ones(len(ids), np.float32))
         assert list(smollm2.prompts.token_strings(prompt)) == decoded, repr(text)
+
+
+def test_dinov2_small_matches_transformers_in_every_layer(dinov2: LoadedModel) -> None:
+    """transformers' Dinov2Model on the same weights and pixels: every hidden state's patch mean
+    (which the cells keep exactly), and all 256 patches of blocks 6 and 12 pooled onto cells."""
+    _, arrays = load_fixture("dinov2-small")
+    pixels = arrays["pixels"]
+    images = tuple(
+        PreparedImage(p, np.ones(144, np.float32), np.ones(256, np.float32)) for p in pixels
+    )
+    prompt = EncodedPrompt(
+        ids=np.zeros(144 * len(images), np.int64),
+        control_factors=np.ones(144 * len(images), np.float32),
+        images=images,
+        image_cells=np.arange(144 * len(images)),
+    )
+    states = dinov2.session.run(Batch.pad([prompt], [True], 0), range(13))
+    pooling = grid_pooling(16, 12)
+    for layer in range(13):
+        cells = states[layer][0].reshape(len(images), 144, -1)
+        assert_layer_matches(cells.mean(axis=1), arrays["patch_mean"][layer], f"mean {layer}")
+        if layer in (6, 12):
+            expected = np.stack([pooling @ p for p in arrays[f"patches_layer_{layer}"]])
+            assert_layer_matches(cells, expected, f"cells {layer}")

@@ -62,7 +62,7 @@ def read_dinov2_export(
         "hidden_size": hidden,
         "num_hidden_layers": layers,
         "num_attention_heads": _heads(graph, constants, scope, hidden),
-        "mlp_ratio": weights["encoder.layer.0.mlp.fc1.weight"].shape[0] / hidden,
+        "mlp_ratio": weights["encoder.layer.0.mlp.fc1.weight"].shape[0] // hidden,
         "patch_size": int(projection.shape[-1]),
         "image_size": _input_side(graph),
         "layer_norm_eps": _norm_eps(graph, constants, scope),
