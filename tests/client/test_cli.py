@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lamina.client import Text, TokenIds
+from lamina.client import Image, Text, TokenIds
 from lamina.client.cli import build_parser, embed_json, main
 from lamina.client.results import EmbedResult, Timing
 from lamina.v1 import embed_pb2 as pb
@@ -32,6 +33,15 @@ def test_prompt_and_token_id_items_keep_their_command_line_order() -> None:
         ["embed", "--model", "m", "--token-ids", "1", "2", "--prompt", "a", "--token-ids", "3"]
     )
     assert args.items == [TokenIds([1, 2]), Text("a"), TokenIds([3])]
+
+
+def test_an_image_item_carries_the_file_bytes_in_order(tmp_path: Path) -> None:
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(b"\x89PNG fake bytes")
+    args = build_parser().parse_args(
+        ["embed", "--model", "m", "--prompt", "a", "--image", str(picture), "--token-ids", "3"]
+    )
+    assert args.items == [Text("a"), Image(b"\x89PNG fake bytes"), TokenIds([3])]
 
 
 def test_every_embed_option_parses() -> None:
@@ -72,7 +82,8 @@ def test_the_target_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(
     ("argv", "complaint"),
     [
-        (["embed", "--model", "m"], "at least one --prompt or --token-ids"),
+        (["embed", "--model", "m"], "at least one --prompt, --token-ids or --image"),
+        (["embed", "--model", "m", "--image", "/nonexistent.png"], "No such file"),
         (["embed", "--model", "m", "--token-ids", "one"], "invalid int value: 'one'"),
         (["embed", "--prompt", "x"], "--model"),
         (["detokenize", "--model", "m"], "ID"),

@@ -8,16 +8,17 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from lamina.client.errors import LaminaError
-from lamina.client.prompt import PromptItem, Text, TokenIds
+from lamina.client.prompt import Image, PromptItem, Text, TokenIds
 from lamina.client.results import EmbedResult, Vector
 from lamina.client.sync import Client
 
 
 class _AppendItem(argparse.Action):
-    """--prompt and --token-ids build one ordered list of prompt items."""
+    """--prompt, --token-ids and --image build one ordered list of prompt items."""
 
     def __call__(
         self,
@@ -27,7 +28,15 @@ class _AppendItem(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         items: list[PromptItem] = getattr(namespace, "items", None) or []
-        items.append(Text(values) if option_string == "--prompt" else TokenIds(list(values)))
+        if option_string == "--prompt":
+            items.append(Text(values))
+        elif option_string == "--image":
+            try:
+                items.append(Image(Path(values).read_bytes()))
+            except OSError as error:
+                parser.error(f"--image {values}: {error.strerror}")
+        else:
+            items.append(TokenIds(list(values)))
         namespace.items = items
 
 
@@ -70,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="ID",
         help="a token-id item, used as given (no special tokens added); repeatable like --prompt",
+    )
+    embed.add_argument(
+        "--image",
+        action=_AppendItem,
+        dest="items",
+        metavar="FILE",
+        help="an image item (PNG, JPEG, WebP, GIF), centre-cropped; repeatable like --prompt",
     )
     embed.add_argument(
         "--layers",
@@ -116,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "embed" and not getattr(args, "items", None):
-        parser.error("embed needs at least one --prompt or --token-ids")
+        parser.error("embed needs at least one --prompt, --token-ids or --image")
     try:
         with Client(args.target, timeout=args.timeout) as client:
             output = _run(client, args)
