@@ -309,3 +309,47 @@ async def test_prometheus_exposition(server: RunningServer, stub: pb_grpc.EmbedS
     assert sample(after, "lamina_pool_busy_seconds_total", pool="default") > 0
     assert sample(after, "lamina_batch_padding_ratio_count", pool="default", model=MODEL) >= 1
     assert sample(after, "lamina_queue_duration_seconds_count", model=MODEL, nice="true") >= 1
+
+
+async def test_encoder_controls_in_a_batch_with_plain_requests(
+    stub: pb_grpc.EmbedServiceStub,
+) -> None:
+    """MiniLM: controlled requests in both modes, a token-id control and plain ones run together;
+    the plain ones are as they are alone, factor 1 is bit-identical, the controlled ones move."""
+    sentence = "The weather in Paris is lovely today"
+
+    def controlled(factor: float, **fields: object) -> pb.EmbedRequest:
+        control = pb.TextControl(start=sentence.index("Paris"), length=5, factor=factor)
+        item = pb.PromptItem(text=pb.TextItem(data=sentence, controls=[control]))
+        return embed_request(prompt=pb.Prompt(items=[item]), **fields)
+
+    token_control = embed_request(
+        prompt=pb.Prompt(
+            items=[
+                pb.PromptItem(
+                    token_ids=pb.TokenIdsItem(
+                        data=[7592, 2088], controls=[pb.TokenControl(index=1, factor=0.0)]
+                    )
+                )
+            ]
+        )
+    )
+    plain = embed_request(prompt=text_prompt(sentence))
+    alone = vector(await stub.Embed(plain), 6, "mean")
+    replies = await asyncio.gather(
+        stub.Embed(plain),
+        stub.Embed(controlled(1.0)),
+        stub.Embed(controlled(0.1)),
+        stub.Embed(controlled(0.1, control_log_additive=False)),
+        stub.Embed(token_control),
+    )
+    together = [vector(reply, 6, "mean") for reply in replies]
+    np.testing.assert_allclose(together[0], alone, atol=1e-5)
+    np.testing.assert_array_equal(together[1], together[0])
+    for moved in together[2:4]:
+        assert float(moved @ alone / np.linalg.norm(moved) / np.linalg.norm(alone)) < 0.9999
+    assert not np.allclose(together[2], together[3], atol=1e-4)
+    hello_world = vector(
+        await stub.Embed(embed_request(prompt=text_prompt("hello world"))), 6, "mean"
+    )
+    assert not np.allclose(together[4], hello_world, atol=1e-4)  # "world" masked
