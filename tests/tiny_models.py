@@ -385,3 +385,23 @@ def exact_gelu(x: np.ndarray) -> np.ndarray:
     erf = np.vectorize(math.erf, otypes=[np.float64])
     result: np.ndarray = 0.5 * x * (1 + erf(x / math.sqrt(2)))
     return result
+
+
+VlmWeights = dict[str, dict[str, np.ndarray]]  # "vision", "projector", "text"
+
+
+def convert_tiny_vlm(root: Path, vision: VisionShape, text: Shape) -> tuple[Path, VlmWeights]:
+    """A random-weight LLaVA checkpoint converted (as untrained) into `root`/repo: the version's
+    path and the weights, for the numpy reference."""
+    from lamina.server.convert.pipeline import convert_checkpoint
+
+    weights = {
+        "vision": random_dinov2_weights(vision),
+        "projector": random_projector_weights(vision, text),
+        "text": random_weights(text),
+    }
+    folder = write_llava_folder(root / "checkpoint", vision, text, weights)
+    path = convert_checkpoint(
+        folder, root / "repo", "tiny-vlm", trained=False, progress=lambda _: None
+    )
+    return path, weights

@@ -14,7 +14,6 @@ import onnxruntime as ort
 import pytest
 
 from lamina.server.config import default_home
-from lamina.server.convert.pipeline import convert_checkpoint
 from lamina.server.domain import ImageControl, ImageItem, Rect, TextControl, TextItem, TokenIdsItem
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.packages import DINOV2_SMALL, fetch_checkpoint
@@ -25,15 +24,7 @@ from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.conftest import DINOV2, MINILM
 from tests.integration.support import RunningServer, settings_for
 from tests.server.test_convert_vision import png
-from tests.tiny_models import (
-    SHAPES,
-    VisionShape,
-    numpy_vlm,
-    random_dinov2_weights,
-    random_projector_weights,
-    random_weights,
-    write_llava_folder,
-)
+from tests.tiny_models import SHAPES, VisionShape, convert_tiny_vlm, numpy_vlm
 
 
 def image(
@@ -168,17 +159,8 @@ TEXT = replace(SHAPES[0], positions=512)
 async def vlm(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[pb_grpc.EmbedServiceStub, LoadedModel, dict[str, dict[str, np.ndarray]]]]:
-    root = tmp_path_factory.mktemp("vlm-server")
-    weights = {
-        "vision": random_dinov2_weights(VISION),
-        "projector": random_projector_weights(VISION, TEXT),
-        "text": random_weights(TEXT),
-    }
-    folder = write_llava_folder(root / "checkpoint", VISION, TEXT, weights)
-    repository = root / "repo"
-    path = convert_checkpoint(
-        folder, repository, "tiny-vlm", trained=False, progress=lambda _: None
-    )
+    path, weights = convert_tiny_vlm(tmp_path_factory.mktemp("vlm-server"), VISION, TEXT)
+    repository = path.parents[1]
     # The same version loaded here gives the reference its ids, pixels and factors.
     local = LoadedModel.load(
         VersionDir("tiny-vlm", 1, path), threads=1, providers=["CPUExecutionProvider"]

@@ -38,13 +38,13 @@ from lamina.server.runtime.batch import Batch
 from tests.tiny_models import (
     SHAPES,
     VisionShape,
+    convert_tiny_vlm,
     numpy_dinov2,
     numpy_vlm,
     random_dinov2_weights,
-    random_projector_weights,
     random_weights,
     vision_config,
-    write_llava_folder,
+    write_hf_folder,
 )
 
 VISION = VisionShape()
@@ -131,8 +131,6 @@ def test_an_image_encoder_takes_images_only(
 
 def test_an_image_to_a_text_model_names_the_missing_support(tmp_path: Path) -> None:
     weights = random_weights(TEXT)
-    from tests.tiny_models import write_hf_folder
-
     folder = write_hf_folder(tmp_path / "text", TEXT, weights)
     model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
     assert not model.manifest.image_support
@@ -203,16 +201,7 @@ def test_position_embeddings_are_resized_as_the_original_graph_does(original_gra
 def tiny_vlm(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[LoadedModel, dict[str, dict[str, np.ndarray]]]:
-    root = tmp_path_factory.mktemp("vlm")
-    weights = {
-        "vision": random_dinov2_weights(VISION),
-        "projector": random_projector_weights(VISION, TEXT),
-        "text": random_weights(TEXT),
-    }
-    folder = write_llava_folder(root / "checkpoint", VISION, TEXT, weights)
-    path = convert_checkpoint(
-        folder, root / "repo", "tiny-vlm", trained=False, progress=lambda _: None
-    )
+    path, weights = convert_tiny_vlm(tmp_path_factory.mktemp("vlm"), VISION, TEXT)
     return load(path), weights
 
 
