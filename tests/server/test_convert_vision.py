@@ -121,7 +121,10 @@ def test_an_image_encoder_takes_images_only(
 ) -> None:
     model, _ = tiny_dinov2
     for item in (TextItem("hello"), TokenIdsItem((1, 2))):
-        with pytest.raises(InvalidArgument, match="image encoder: it takes image items only"):
+        with pytest.raises(
+            InvalidArgument,
+            match=r"items\[1\].*image encoder: it has no tokenizer and takes image items only",
+        ):
             model.prompts.encode((ImageItem(png(1)), item))
     with pytest.raises(InvalidArgument, match="has no tokenizer"):
         model.prompts.tokenize("hello")

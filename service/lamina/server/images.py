@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lamina.server.convert import signature
 from lamina.server.domain import ImageCrop, ImageItem, TokenOverlap
 from lamina.server.errors import InvalidArgument
 
-GRID = 12
-POSITIONS = GRID * GRID
+GRID = signature.CELLS_PER_SIDE
+POSITIONS = signature.CELLS_PER_IMAGE
 PLACEHOLDER = "<|image|>"  # what `tokens` shows for each image position
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 

@@ -95,11 +95,7 @@ class PromptEncoder:
 
     @property
     def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            raise InvalidArgument(
-                "model", f"model {self.model!r} is an image encoder: it has no tokenizer"
-            )
-        return self._tokenizer
+        return self._text_input("model")
 
     def encode(
         self, items: tuple[PromptItem, ...], contextual_threshold: float | None = None
@@ -170,9 +166,12 @@ class PromptEncoder:
         )
 
     def _text_input(self, field: str) -> Tokenizer:
+        """The tokenizer, or INVALID_ARGUMENT at `field` for an image encoder."""
         if self._tokenizer is None:
             raise InvalidArgument(
-                field, f"model {self.model!r} is an image encoder: it takes image items only"
+                field,
+                f"model {self.model!r} is an image encoder: it has no tokenizer and takes "
+                "image items only",
             )
         return self._tokenizer
 

@@ -35,6 +35,7 @@ IMAGE_LOG_ADDITIVE = "image_log_additive"  # bool [images]: the mode of each ima
 # int64 [batch, sequence]: -1 at token and padding positions; at image positions the index into
 # the batch's image cells, image * CELLS_PER_IMAGE + row-major cell of the 12 x 12 grid.
 IMAGE_SLOTS = "image_slots"
-CELLS_PER_IMAGE = 144
+CELLS_PER_SIDE = 12  # every image takes 12 x 12 prompt positions (api-reference.md)
+CELLS_PER_IMAGE = CELLS_PER_SIDE * CELLS_PER_SIDE
 
 IMAGE_INPUT_NAMES = (PIXEL_VALUES, IMAGE_KEY_FACTORS, IMAGE_LOG_ADDITIVE, IMAGE_SLOTS)

@@ -17,8 +17,7 @@ from lamina.server.convert.dinov2 import Dinov2Config, VisionInputs, VisionTower
 from lamina.server.convert.graph import BOOL, FLOAT, INT64, GraphBuilder
 from lamina.server.convert.layered import declare_sequence_inputs
 
-CELLS_PER_SIDE = 12
-assert CELLS_PER_SIDE * CELLS_PER_SIDE == signature.CELLS_PER_IMAGE
+CELLS_PER_SIDE = signature.CELLS_PER_SIDE
 
 
 def declare_image_inputs(g: GraphBuilder, image_size: int, patches: int) -> VisionInputs:
