@@ -121,16 +121,5 @@ def convert_gguf(path: Path, progress: Progress) -> ConvertedModel:
         f"dequantizing and building the llama graph: {config.num_layers} blocks, "
         f"hidden {config.hidden_size}, {config.num_heads}/{config.num_kv_heads} heads"
     )
-    graph = llama.build_llama_graph(config, weights)
     pad = meta.get("tokenizer.ggml.padding_token_id", meta.get("tokenizer.ggml.eos_token_id", 0))
-    return ConvertedModel(
-        graph=graph,
-        tokenizer=tokenizer,
-        family="llama",
-        num_layers=config.num_layers,
-        hidden_size=config.hidden_size,
-        max_context_size=config.max_positions,
-        vocab_size=config.vocab_size,
-        pad_token_id=int(pad or 0),
-        token_embeddings=weights("embed_tokens.weight"),
-    )
+    return llama.convert_llama(config, weights, tokenizer, int(pad or 0))

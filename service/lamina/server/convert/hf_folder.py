@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
-
 from lamina.server.convert import bert, llama, vlm
 from lamina.server.convert.checkpoint import SafetensorsWeights, read_config
 from lamina.server.convert.converted import ConvertedModel, Progress
@@ -35,7 +33,6 @@ def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
     tokenizer = load_plain_tokenizer(folder / "tokenizer.json")
     pad_token_id = int(config.get("pad_token_id") or 0)
     what = f"{folder} ({architecture})"
-    graph: onnx.ModelProto
     if architecture == "BertModel":
         bert_config = bert.BertConfig.from_hf(config)
         weights = SafetensorsWeights.open(folder, prefixes=("bert.",))
@@ -44,9 +41,8 @@ def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
             f"building the BERT graph: {bert_config.num_layers} blocks, "
             f"hidden {bert_config.hidden_size}"
         )
-        graph = bert.build_bert_graph(bert_config, weights)
         return ConvertedModel(
-            graph=graph,
+            graph=bert.build_bert_graph(bert_config, weights),
             tokenizer=tokenizer,
             family="bert",
             num_layers=bert_config.num_layers,
@@ -64,14 +60,4 @@ def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
         f"building the {family} graph: {llama_config.num_layers} blocks, "
         f"hidden {llama_config.hidden_size}"
     )
-    return ConvertedModel(
-        graph=llama.build_llama_graph(llama_config, weights),
-        tokenizer=tokenizer,
-        family="llama",
-        num_layers=llama_config.num_layers,
-        hidden_size=llama_config.hidden_size,
-        max_context_size=llama_config.max_positions,
-        vocab_size=llama_config.vocab_size,
-        pad_token_id=pad_token_id,
-        token_embeddings=weights("embed_tokens.weight"),
-    )
+    return llama.convert_llama(llama_config, weights, tokenizer, pad_token_id)

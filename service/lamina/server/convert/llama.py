@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+from tokenizers import Tokenizer
 
 from lamina.server.convert import signature
 from lamina.server.convert.attention import KeyControls, Rotary, multi_head_attention
+from lamina.server.convert.converted import ConvertedModel
 from lamina.server.convert.graph import GraphBuilder
 from lamina.server.convert.layered import layered_graph
 
@@ -99,6 +101,26 @@ def expected_tensors(config: LlamaConfig) -> list[str]:
             if config.mlp_bias:
                 names.append(f"{p}.mlp.{proj}.bias")
     return names
+
+
+def convert_llama(
+    config: LlamaConfig,
+    weights: Callable[[str], np.ndarray],
+    tokenizer: Tokenizer,
+    pad_token_id: int,
+) -> ConvertedModel:
+    """The graph and what the manifest records, for any source of Llama-family weights."""
+    return ConvertedModel(
+        graph=build_llama_graph(config, weights),
+        tokenizer=tokenizer,
+        family="llama",
+        num_layers=config.num_layers,
+        hidden_size=config.hidden_size,
+        max_context_size=config.max_positions,
+        vocab_size=config.vocab_size,
+        pad_token_id=pad_token_id,
+        token_embeddings=weights("embed_tokens.weight"),
+    )
 
 
 def build_llama_graph(
