@@ -12,6 +12,9 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, models
 
+from lamina.server.models.loaded import LoadedModel
+from lamina.server.models.store import VersionDir
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -385,6 +388,15 @@ def exact_gelu(x: np.ndarray) -> np.ndarray:
     erf = np.vectorize(math.erf, otypes=[np.float64])
     result: np.ndarray = 0.5 * x * (1 + erf(x / math.sqrt(2)))
     return result
+
+
+def load_version(path: Path) -> LoadedModel:
+    """A converted version folder (`<repository>/<name>/<version>`), loaded for serving."""
+    return LoadedModel.load(
+        VersionDir(path.parent.name, int(path.name), path),
+        threads=1,
+        providers=["CPUExecutionProvider"],
+    )
 
 
 VlmWeights = dict[str, dict[str, np.ndarray]]  # "vision", "projector", "text"

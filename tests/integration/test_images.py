@@ -17,14 +17,13 @@ from lamina.server.config import default_home
 from lamina.server.domain import ImageControl, ImageItem, Rect, TextControl, TextItem, TokenIdsItem
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.packages import DINOV2_SMALL, fetch_checkpoint
-from lamina.server.models.store import VersionDir
 from lamina.server.server import LaminaServer
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.conftest import DINOV2, MINILM
 from tests.integration.support import RunningServer, settings_for
 from tests.server.test_convert_vision import png
-from tests.tiny_models import SHAPES, VisionShape, convert_tiny_vlm, numpy_vlm
+from tests.tiny_models import SHAPES, VisionShape, convert_tiny_vlm, load_version, numpy_vlm
 
 
 def image(
@@ -162,9 +161,7 @@ async def vlm(
     path, weights = convert_tiny_vlm(tmp_path_factory.mktemp("vlm-server"), VISION, TEXT)
     repository = path.parents[1]
     # The same version loaded here gives the reference its ids, pixels and factors.
-    local = LoadedModel.load(
-        VersionDir("tiny-vlm", 1, path), threads=1, providers=["CPUExecutionProvider"]
-    )
+    local = load_version(path)
     instance = LaminaServer(settings_for(repository))
     port = await instance.start()
     await instance.load_models()

@@ -18,25 +18,17 @@ from lamina.server.convert.gguf_checkpoint import unpermute_rope_rows
 from lamina.server.convert.pipeline import convert_checkpoint
 from lamina.server.domain import TextItem
 from lamina.server.models.loaded import LoadedModel
-from lamina.server.models.store import VersionDir
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
 from tests.tiny_models import (
     SHAPES,
     Shape,
     byte_level_vocab,
+    load_version,
     numpy_llama,
     random_weights,
     write_hf_folder,
 )
-
-
-def load(path: Path) -> LoadedModel:
-    return LoadedModel.load(
-        VersionDir(path.parent.name, int(path.name), path),
-        threads=1,
-        providers=["CPUExecutionProvider"],
-    )
 
 
 def run(
@@ -61,7 +53,9 @@ IDS = [5, 77, 3, 250, 19, 104, 42, 7, 8]
 def test_hf_checkpoints_match_numpy(tmp_path: Path, shape: Shape) -> None:
     weights = random_weights(shape)
     folder = write_hf_folder(tmp_path / "checkpoint", shape, weights)
-    model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
+    model = load_version(
+        convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None)
+    )
     assert model.manifest.architecture == "llama"
     states = run(model, [IDS, IDS[:4]])  # the second row pads the batch
     expected, expected_short = (
@@ -78,7 +72,9 @@ def test_hf_checkpoints_match_numpy(tmp_path: Path, shape: Shape) -> None:
 def test_sliding_window_caps_the_context(tmp_path: Path) -> None:
     shape = SHAPES[2]
     folder = write_hf_folder(tmp_path / "checkpoint", shape, random_weights(shape))
-    model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
+    model = load_version(
+        convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None)
+    )
     assert model.manifest.max_context_size == 16
 
 
@@ -173,7 +169,7 @@ def test_unpermute_inverts_llama_cpp_row_order() -> None:
 def test_gguf_checkpoint_matches_numpy(tmp_path: Path) -> None:
     shape = GGUF_SHAPE
     stored = write_gguf(tmp_path / "tiny.gguf", shape, random_weights(shape))
-    model = load(
+    model = load_version(
         convert_checkpoint(
             tmp_path / "tiny.gguf", tmp_path / "repo", "tiny", progress=lambda _: None
         )
@@ -189,7 +185,7 @@ def test_gguf_checkpoint_matches_numpy(tmp_path: Path) -> None:
 def test_gguf_tokenizer_is_byte_level_bpe_with_control_tokens(tmp_path: Path) -> None:
     shape = GGUF_SHAPE
     write_gguf(tmp_path / "tiny.gguf", shape, random_weights(shape))
-    model = load(
+    model = load_version(
         convert_checkpoint(
             tmp_path / "tiny.gguf", tmp_path / "repo", "tiny", progress=lambda _: None
         )
@@ -217,7 +213,9 @@ def test_decoder_controls_follow_the_atman_formulas(tmp_path: Path, log_additive
     shape = SHAPES[0]
     weights = random_weights(shape)
     folder = write_hf_folder(tmp_path / "checkpoint", shape, weights)
-    model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
+    model = load_version(
+        convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None)
+    )
     factors = [1.0, 0.5, 3.0, 0.0, 1.0, 2.0, 1.0, 0.1, 1.0]
     states = run(model, [IDS, IDS[:5]], [factors, None], [log_additive, log_additive])
     expected = numpy_llama(shape, weights, IDS, np.asarray(factors), log_additive)
@@ -233,7 +231,9 @@ def test_factor_one_is_bit_identical_and_masking_everything_gives_no_nan(tmp_pat
     shape = SHAPES[0]
     weights = random_weights(shape)
     folder = write_hf_folder(tmp_path / "checkpoint", shape, weights)
-    model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
+    model = load_version(
+        convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None)
+    )
     plain = run(model, [IDS])
     ones = run(model, [IDS], [[1.0] * len(IDS)])
     assert all(np.array_equal(plain[layer], ones[layer]) for layer in plain)

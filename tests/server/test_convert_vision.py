@@ -32,13 +32,13 @@ from lamina.server.domain import (
 from lamina.server.errors import InvalidArgument
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.packages import DINOV2_SMALL, fetch_checkpoint
-from lamina.server.models.store import VersionDir
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
 from tests.tiny_models import (
     SHAPES,
     VisionShape,
     convert_tiny_vlm,
+    load_version,
     numpy_dinov2,
     numpy_vlm,
     random_dinov2_weights,
@@ -49,14 +49,6 @@ from tests.tiny_models import (
 
 VISION = VisionShape()
 TEXT = replace(SHAPES[0], positions=512)  # room for two images
-
-
-def load(path: Path) -> LoadedModel:
-    return LoadedModel.load(
-        VersionDir(path.parent.name, int(path.name), path),
-        threads=1,
-        providers=["CPUExecutionProvider"],
-    )
 
 
 def png(seed: int, size: tuple[int, int] = (200, 150)) -> bytes:
@@ -91,7 +83,7 @@ def tiny_dinov2(
     )
     save_file(weights, str(folder / "model.safetensors"))
     path = convert_checkpoint(folder, folder / "repo", "tiny-vision", progress=lambda _: None)
-    return load(path), weights
+    return load_version(path), weights
 
 
 def test_an_image_encoder_matches_numpy_with_controls_in_both_modes(
@@ -135,7 +127,9 @@ def test_an_image_encoder_takes_images_only(
 def test_an_image_to_a_text_model_names_the_missing_support(tmp_path: Path) -> None:
     weights = random_weights(TEXT)
     folder = write_hf_folder(tmp_path / "text", TEXT, weights)
-    model = load(convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None))
+    model = load_version(
+        convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None)
+    )
     assert not model.manifest.image_support
     with pytest.raises(InvalidArgument, match=r"prompt.items\[1\].image.*has no image support"):
         model.prompts.encode((TextItem("hi"), ImageItem(png(1))))
@@ -205,7 +199,7 @@ def tiny_vlm(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[LoadedModel, dict[str, dict[str, np.ndarray]]]:
     path, weights = convert_tiny_vlm(tmp_path_factory.mktemp("vlm"), VISION, TEXT)
-    return load(path), weights
+    return load_version(path), weights
 
 
 MIXED: tuple[PromptItem, ...] = (
