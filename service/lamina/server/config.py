@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,157 +94,129 @@ def read_pools_file(path: Path) -> tuple[PoolSpec, ...]:
     return tuple(pools)
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+class _Options:
+    """Adds flags whose default comes from an environment variable named after the flag
+    (`--max-batch-rows` reads LAMINA_MAX_BATCH_ROWS); the help names the variable and default."""
+
+    def __init__(self, target: argparse.ArgumentParser | argparse._ArgumentGroup):
+        self.target = target
+
+    def add(
+        self,
+        flag: str,
+        default: str,
+        help: str,
+        kind: Callable[[str], object] = str,
+        default_text: str = "default %(default)s",
+    ) -> None:
+        env = "LAMINA_" + flag.removeprefix("--").replace("-", "_").upper()
+        suffix = f"env {env}; {default_text}" if default_text else f"env {env}"
+        self.target.add_argument(
+            flag, type=kind, default=kind(os.environ.get(env, default)), help=f"{help} ({suffix})"
+        )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    cores = os.cpu_count() or 1
-    a = parser.add_argument
-    a(
-        "--host",
-        default=_env("LAMINA_HOST", "0.0.0.0"),
-        help="address to listen on (env LAMINA_HOST; default %(default)s)",
-    )
-    a(
-        "--port",
-        type=int,
-        default=int(_env("LAMINA_PORT", "50051")),
-        help="gRPC port; 0 picks a free one (env LAMINA_PORT; default %(default)s)",
-    )
-    a(
-        "--metrics-port",
-        type=int,
-        default=int(_env("LAMINA_METRICS_PORT", "9090")),
-        help="Prometheus /metrics port; 0 turns metrics off "
-        "(env LAMINA_METRICS_PORT; default %(default)s)",
-    )
+    server = _Options(parser)
+    server.add("--host", "0.0.0.0", "address to listen on")
+    server.add("--port", "50051", "gRPC port; 0 picks a free one", int)
+    server.add("--metrics-port", "9090", "Prometheus /metrics port; 0 turns metrics off", int)
     add_repository_argument(parser)
 
-    pools = parser.add_argument_group(
-        "worker pools",
-        "By default one pool, named 'default', on --device with --threads and the --hosting "
-        "labels. --pools-file replaces it with the pools a TOML file lists ([[pools]] tables with "
-        "name, device, threads, hostings). A request with hosting 'aleph-alpha' runs only on a "
-        "pool labelled 'aleph-alpha'; with no such pool it fails at once (FAILED_PRECONDITION).",
+    pools = _Options(
+        parser.add_argument_group(
+            "worker pools",
+            "By default one pool, named 'default', on --device with --threads and the --hosting "
+            "labels. --pools-file replaces it with the pools a TOML file lists ([[pools]] tables "
+            "with name, device, threads, hostings). A request with hosting 'aleph-alpha' runs "
+            "only on a pool labelled 'aleph-alpha'; with no such pool it fails at once "
+            "(FAILED_PRECONDITION).",
+        )
     )
-    pools.add_argument(
-        "--pools-file",
-        default=_env("LAMINA_POOLS_FILE", ""),
-        help="TOML file of worker pools (env LAMINA_POOLS_FILE)",
-    )
-    pools.add_argument(
+    pools.add("--pools-file", "", "TOML file of worker pools", default_text="")
+    pools.add(
         "--device",
-        default=_env("LAMINA_DEVICE", "cpu"),
-        help="the default pool's device: cpu or cuda:N, which needs "
-        "onnxruntime-gpu (env LAMINA_DEVICE; default %(default)s)",
+        "cpu",
+        "the default pool's device: cpu or cuda:N, which needs onnxruntime-gpu",
     )
-    pools.add_argument(
+    pools.add(
         "--threads",
-        type=int,
-        default=int(_env("LAMINA_THREADS", str(cores))),
-        help="ONNX Runtime threads of the default pool "
-        "(env LAMINA_THREADS; default: all cores, %(default)s)",
+        str(os.cpu_count() or 1),
+        "ONNX Runtime threads of the default pool",
+        int,
+        default_text="default: all cores, %(default)s",
     )
-    pools.add_argument(
+    pools.add(
         "--hosting",
-        default=_env("LAMINA_HOSTING", ""),
-        help="hosting labels of the default pool, comma-separated, e.g. "
-        "aleph-alpha (env LAMINA_HOSTING; default: none)",
+        "",
+        "hosting labels of the default pool, comma-separated, e.g. aleph-alpha",
+        default_text="default: none",
     )
 
-    batching = parser.add_argument_group("scheduling and batching")
-    b = batching.add_argument
-    b(
-        "--max-batch-tokens",
-        type=int,
-        default=int(_env("LAMINA_MAX_BATCH_TOKENS", "16384")),
-        help="token budget of one batch, rows x padded length "
-        "(env LAMINA_MAX_BATCH_TOKENS; default %(default)s)",
+    batching_group = parser.add_argument_group("scheduling and batching")
+    batching = _Options(batching_group)
+    batching.add(
+        "--max-batch-tokens", "16384", "token budget of one batch, rows x padded length", int
     )
-    b(
-        "--max-batch-rows",
-        type=int,
-        default=int(_env("LAMINA_MAX_BATCH_ROWS", "64")),
-        help="requests per batch at most (env LAMINA_MAX_BATCH_ROWS; default %(default)s)",
+    batching.add("--max-batch-rows", "64", "requests per batch at most", int)
+    batching.add(
+        "--max-batch-wait-ms", "2", "how long a partial batch waits for more requests", float
     )
-    b(
-        "--max-batch-wait-ms",
-        type=float,
-        default=float(_env("LAMINA_MAX_BATCH_WAIT_MS", "2")),
-        help="how long a partial batch waits for more requests "
-        "(env LAMINA_MAX_BATCH_WAIT_MS; default %(default)s)",
-    )
-    b(
+    batching.add(
         "--nice-max-wait-seconds",
-        type=float,
-        default=float(_env("LAMINA_NICE_MAX_WAIT_SECONDS", "5")),
-        help="a nice request that has waited this long is served as a normal one, so nice work "
-        "never starves (env LAMINA_NICE_MAX_WAIT_SECONDS; default %(default)s)",
+        "5",
+        "a nice request that has waited this long is served as a normal one, so nice work "
+        "never starves",
+        float,
     )
-    b(
+    batching.add(
         "--max-queue-requests",
-        type=int,
-        default=int(_env("LAMINA_MAX_QUEUE_REQUESTS", "1024")),
-        help="admission: requests waiting at most; beyond, RESOURCE_EXHAUSTED with a retry hint "
-        "(env LAMINA_MAX_QUEUE_REQUESTS; default %(default)s)",
+        "1024",
+        "admission: requests waiting at most; beyond, RESOURCE_EXHAUSTED with a retry hint",
+        int,
     )
-    b(
-        "--max-queue-tokens",
-        type=int,
-        default=int(_env("LAMINA_MAX_QUEUE_TOKENS", "262144")),
-        help="admission: prompt tokens waiting at most "
-        "(env LAMINA_MAX_QUEUE_TOKENS; default %(default)s)",
-    )
-    b(
+    batching.add("--max-queue-tokens", "262144", "admission: prompt tokens waiting at most", int)
+    batching.add(
         "--max-padding-ratio",
-        type=float,
-        default=float(_env("LAMINA_MAX_PADDING_RATIO", "0.25")),
-        help="with length grouping, the largest share of padding a batch may have; a request "
-        "that would pass it waits for a batch nearer its length "
-        "(env LAMINA_MAX_PADDING_RATIO; default %(default)s)",
+        "0.25",
+        "with length grouping, the largest share of padding a batch may have; a request that "
+        "would pass it waits for a batch nearer its length",
+        float,
     )
-    b(
+    batching_group.add_argument(
         "--no-length-grouping",
         action="store_true",
-        default=_env("LAMINA_NO_LENGTH_GROUPING", "") not in ("", "0"),
+        default=os.environ.get("LAMINA_NO_LENGTH_GROUPING", "") not in ("", "0"),
         help="fill batches in arrival order instead of grouping similar lengths "
         "(env LAMINA_NO_LENGTH_GROUPING=1)",
     )
 
-    a(
+    server.add(
         "--drain-seconds",
-        type=float,
-        default=float(_env("LAMINA_DRAIN_SECONDS", "25")),
-        help="on SIGTERM, how long queued and running requests may take to finish; keep it below "
-        "terminationGracePeriodSeconds (env LAMINA_DRAIN_SECONDS; default %(default)s)",
+        "25",
+        "on SIGTERM, how long queued and running requests may take to finish; keep it below "
+        "terminationGracePeriodSeconds",
+        float,
     )
-    a(
+    server.add(
         "--repository-poll-seconds",
-        type=float,
-        default=float(_env("LAMINA_REPOSITORY_POLL_SECONDS", "10")),
-        help="how often the model repository is scanned for new versions, which then serve "
-        "without a restart; 0 scans only at start-up "
-        "(env LAMINA_REPOSITORY_POLL_SECONDS; default %(default)s)",
+        "10",
+        "how often the model repository is scanned for new versions, which then serve without "
+        "a restart; 0 scans only at start-up",
+        float,
     )
-    a(
+    server.add(
         "--max-message-mb",
-        type=int,
-        default=int(_env("LAMINA_MAX_MESSAGE_MB", "64")),
-        help="largest gRPC message sent or received, in MiB: per-layer replies are big "
-        "(env LAMINA_MAX_MESSAGE_MB; default %(default)s)",
+        "64",
+        "largest gRPC message sent or received, in MiB: per-layer replies are big",
+        int,
     )
-    a(
-        "--log-level",
-        default=_env("LAMINA_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (env LAMINA_LOG_LEVEL; default %(default)s)",
-    )
+    server.add("--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR")
 
 
 def add_repository_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    _Options(parser).add(
         "--model-repository",
-        default=_env("LAMINA_MODEL_REPOSITORY", str(default_home() / "models")),
-        help="model repository: <repository>/<name>/<version>/ (env LAMINA_MODEL_REPOSITORY; "
-        "default %(default)s)",
+        str(default_home() / "models"),
+        "model repository: <repository>/<name>/<version>/",
     )
