@@ -210,15 +210,15 @@ class PromptEncoder:
     def token_strings(self, prompt: EncodedPrompt) -> tuple[str, ...]:
         """Each position decoded on its own (a byte-level piece `Ġhello` reads ` hello`); image
         cells read as the placeholder."""
-        image = prompt.image_positions
-        decoded: list[str] = (
-            self._tokenizer.decode_batch(
-                [[int(token)] for token in prompt.ids], skip_special_tokens=False
+        strings = [PLACEHOLDER] * prompt.length
+        tokens = np.flatnonzero(~prompt.image_positions)
+        if self._tokenizer is not None and tokens.size:
+            decoded: list[str] = self._tokenizer.decode_batch(
+                [[int(prompt.ids[i])] for i in tokens], skip_special_tokens=False
             )
-            if self._tokenizer is not None
-            else [""] * prompt.length
-        )
-        return tuple(PLACEHOLDER if image[i] else text for i, text in enumerate(decoded))
+            for position, text in zip(tokens, decoded, strict=True):
+                strings[position] = text
+        return tuple(strings)
 
     def tokenize(self, text: str) -> tuple[list[str], list[int]]:
         """Raw vocabulary pieces and ids, without special tokens."""
