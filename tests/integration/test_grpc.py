@@ -211,6 +211,16 @@ NEGATIVE_FACTOR = pb.Prompt(
         ),
         ({"hosting": "elsewhere"}, grpc.StatusCode.INVALID_ARGUMENT, "hosting: unknown hosting"),
         ({"hosting": "aleph-alpha"}, grpc.StatusCode.FAILED_PRECONDITION, "hosting"),
+        (
+            {"layers": [-1] * 65},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "layers: 65 layers, more than the limit of 64",
+        ),
+        (
+            {"prompt": text_prompt(*["a"] * 257)},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prompt.items: 257 prompt items, more than the limit of 256",
+        ),
     ],
 )
 async def test_errors_name_the_field_with_the_right_status(

@@ -1,5 +1,6 @@
 """Lamina's client: `Client` (blocking) and `AsyncClient` (asyncio) for the embed API over gRPC."""
 
+from lamina.client._channel import Security
 from lamina.client.aio import AsyncClient
 from lamina.client.errors import LaminaError
 from lamina.client.prompt import (
@@ -29,6 +30,7 @@ __all__ = [
     "Prompt",
     "PromptItem",
     "Rect",
+    "Security",
     "Text",
     "TextControl",
     "Timing",

@@ -9,7 +9,7 @@ from typing import TypeVar
 import grpc
 
 from lamina.client import _convert
-from lamina.client._channel import Metadata, Options, channel_options
+from lamina.client._channel import Metadata, Options, Security, open_aio_channel
 from lamina.client.errors import LaminaError
 from lamina.client.prompt import Prompt
 from lamina.client.results import EmbedResult, ModelInfo, TokenizeResult
@@ -33,10 +33,12 @@ class AsyncClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
         options: Options | None = None,
+        security: Security | None = None,
     ) -> None:
+        security = security or Security()
         self.timeout = timeout
-        self.metadata = tuple(metadata or ())
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options(options))
+        self.metadata = security.metadata() + tuple(metadata or ())
+        self._channel = open_aio_channel(target, security, options)
         self._stub = embed_pb2_grpc.EmbedServiceStub(self._channel)
 
     async def embed(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lamina.client._channel import Security
 from lamina.client.errors import LaminaError
 from lamina.client.prompt import Image, PromptItem, Text, TokenIds
 from lamina.client.results import EmbedResult, Vector
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="deadline for the call in seconds (default: none)",
     )
+    add_security_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed a prompt: one vector per layer and pooling")
@@ -128,13 +130,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS and authentication")
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect over TLS, checking the server with the system's roots",
+    )
+    group.add_argument(
+        "--tls-ca",
+        default=os.environ.get("LAMINA_TLS_CA") or None,
+        metavar="FILE",
+        help="PEM file of the CA that signed the server's certificate; implies --tls "
+        "(env LAMINA_TLS_CA)",
+    )
+    group.add_argument(
+        "--tls-cert",
+        default=os.environ.get("LAMINA_TLS_CERT") or None,
+        metavar="FILE",
+        help="the client's PEM certificate, for servers that require mTLS (env LAMINA_TLS_CERT)",
+    )
+    group.add_argument(
+        "--tls-key",
+        default=os.environ.get("LAMINA_TLS_KEY") or None,
+        metavar="FILE",
+        help="the client's PEM private key (env LAMINA_TLS_KEY)",
+    )
+    group.add_argument(
+        "--tls-server-name",
+        default=None,
+        metavar="NAME",
+        help="the name to expect in the server's certificate, when it differs from the target's",
+    )
+    group.add_argument(
+        "--token-file",
+        default=os.environ.get("LAMINA_TOKEN_FILE") or None,
+        metavar="FILE",
+        help="file whose first line is the bearer token (env LAMINA_TOKEN_FILE; "
+        "or the token itself in env LAMINA_TOKEN)",
+    )
+
+
+def security_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Security:
+    """The parsed TLS and token flags; a missing file or half a key pair is a usage error."""
+    try:
+        return Security.from_files(
+            tls=args.tls,
+            ca_file=args.tls_ca,
+            cert_file=args.tls_cert,
+            key_file=args.tls_key,
+            server_name=args.tls_server_name,
+            token_file=args.token_file,
+            token=os.environ.get("LAMINA_TOKEN") or None,
+        )
+    except (OSError, ValueError, IndexError) as error:
+        parser.error(f"TLS or token: {error}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "embed" and not getattr(args, "items", None):
         parser.error("embed needs at least one --prompt, --token-ids or --image")
+    security = security_of(parser, args)
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        with Client(args.target, timeout=args.timeout, security=security) as client:
             output = _run(client, args)
     except LaminaError as error:
         print(f"error: {error.code}: {error.message}", file=sys.stderr)

@@ -9,7 +9,7 @@ from typing import TypeVar
 import grpc
 
 from lamina.client import _convert
-from lamina.client._channel import Metadata, Options, channel_options
+from lamina.client._channel import Metadata, Options, Security, open_channel
 from lamina.client.errors import LaminaError
 from lamina.client.prompt import Prompt
 from lamina.client.results import EmbedResult, ModelInfo, TokenizeResult
@@ -24,7 +24,8 @@ class Client:
     `with Client("localhost:50051") as client: client.embed("all-minilm-l6-v2", "Hello")`
 
     `timeout` is each call's deadline in seconds (None: no deadline); `metadata` is sent with every
-    call; `options` are extra gRPC channel arguments. Failed calls raise `LaminaError`.
+    call; `options` are extra gRPC channel arguments; `security` sets TLS, mTLS and the bearer token
+    (`Security.from_files(ca_file=..., token_file=...)`). Failed calls raise `LaminaError`.
     """
 
     def __init__(
@@ -34,10 +35,12 @@ class Client:
         timeout: float | None = None,
         metadata: Metadata | None = None,
         options: Options | None = None,
+        security: Security | None = None,
     ) -> None:
+        security = security or Security()
         self.timeout = timeout
-        self.metadata = tuple(metadata or ())
-        self._channel = grpc.insecure_channel(target, options=channel_options(options))
+        self.metadata = security.metadata() + tuple(metadata or ())
+        self._channel = open_channel(target, security, options)
         self._stub = embed_pb2_grpc.EmbedServiceStub(self._channel)
 
     def embed(

@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        settings = Settings.from_args(args)
+        try:
+            settings = Settings.from_args(args)
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
         logging.basicConfig(
             level=settings.log_level,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -7,11 +7,13 @@ import argparse
 import os
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from lamina.server.limits import RequestLimits
 from lamina.server.scheduling.policy import SchedulingPolicy
 from lamina.server.scheduling.pool import PoolSpec
+from lamina.server.security import TlsFiles
 
 
 def default_home() -> Path:
@@ -30,6 +32,12 @@ class Settings:
     repository_poll_seconds: float
     max_message_bytes: int
     log_level: str
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    health_port: int = 0  # plaintext grpc.health.v1 only, for kubelet probes; 0: none
+    tls: TlsFiles | None = None
+    auth_tokens_file: Path | None = None
+    reflection: bool = True
+    max_connection_age_seconds: float = 300
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Settings:
@@ -65,7 +73,35 @@ class Settings:
             repository_poll_seconds=args.repository_poll_seconds,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
             log_level=args.log_level,
+            limits=RequestLimits(
+                max_prompt_items=args.max_prompt_items,
+                max_layers=args.max_layers,
+                max_poolings=args.max_poolings,
+                max_image_bytes=int(args.max_image_mb * 1024 * 1024),
+                max_image_pixels=int(args.max_image_megapixels * 1_000_000),
+            ),
+            health_port=args.health_port,
+            tls=_tls_files(args),
+            auth_tokens_file=Path(args.auth_tokens_file) if args.auth_tokens_file else None,
+            reflection=not args.no_reflection,
+            max_connection_age_seconds=args.max_connection_age_seconds,
         )
+
+
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key (and --tls-client-ca for mTLS)")
+    files = TlsFiles(
+        Path(args.tls_cert),
+        Path(args.tls_key),
+        Path(args.tls_client_ca) if args.tls_client_ca else None,
+    )
+    for path in (files.certificate, files.private_key, files.client_ca):
+        if path is not None and not path.is_file():
+            raise ValueError(f"TLS file {path} does not exist")
+    return files
 
 
 def read_pools_file(path: Path) -> tuple[PoolSpec, ...]:
@@ -114,6 +150,19 @@ class _Options:
         self.target.add_argument(
             flag, type=kind, default=kind(os.environ.get(env, default)), help=f"{help} ({suffix})"
         )
+
+
+def _add_flag(
+    target: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, help: str
+) -> None:
+    """An on/off flag whose environment variable turns it on with any value but empty or 0."""
+    env = "LAMINA_" + flag.removeprefix("--").replace("-", "_").upper()
+    target.add_argument(
+        flag,
+        action="store_true",
+        default=os.environ.get(env, "") not in ("", "0"),
+        help=f"{help} (env {env}=1)",
+    )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -183,12 +232,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "would pass it waits for a batch nearer its length",
         float,
     )
-    batching_group.add_argument(
+    _add_flag(
+        batching_group,
         "--no-length-grouping",
-        action="store_true",
-        default=os.environ.get("LAMINA_NO_LENGTH_GROUPING", "") not in ("", "0"),
-        help="fill batches in arrival order instead of grouping similar lengths "
-        "(env LAMINA_NO_LENGTH_GROUPING=1)",
+        "fill batches in arrival order instead of grouping similar lengths",
     )
 
     server.add(
@@ -212,6 +259,63 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         int,
     )
     server.add("--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    server.add(
+        "--health-port",
+        "0",
+        "plaintext port serving only grpc.health.v1, for Kubernetes gRPC probes (which cannot "
+        "speak TLS); 0: none, health is then on the gRPC port only",
+        int,
+    )
+    server.add(
+        "--max-connection-age-seconds",
+        "300",
+        "close each client connection after this long (gracefully), so clients re-resolve and "
+        "spread over new replicas after a scale-out",
+        float,
+    )
+    _add_flag(
+        parser,
+        "--no-reflection",
+        "do not offer gRPC server reflection (ghz and grpcurl then need the .proto files)",
+    )
+
+    security = _Options(
+        parser.add_argument_group(
+            "TLS and authentication",
+            "TLS on the gRPC port with --tls-cert and --tls-key; --tls-client-ca also requires "
+            "clients to present a certificate it signed (mTLS). With --auth-tokens-file every RPC "
+            "but grpc.health.v1 needs 'authorization: Bearer <token>', else UNAUTHENTICATED; the "
+            "file (one token per line) is re-read when it changes.",
+        )
+    )
+    security.add("--tls-cert", "", "PEM certificate chain of the server", default_text="")
+    security.add("--tls-key", "", "PEM private key of the server", default_text="")
+    security.add(
+        "--tls-client-ca", "", "PEM CA that client certificates must chain to", default_text=""
+    )
+    security.add("--auth-tokens-file", "", "file of accepted bearer tokens", default_text="")
+
+    limits = _Options(
+        parser.add_argument_group(
+            "request limits", "Beyond any of these a request fails with INVALID_ARGUMENT."
+        )
+    )
+    defaults = RequestLimits()
+    limits.add("--max-prompt-items", str(defaults.max_prompt_items), "prompt items", int)
+    limits.add("--max-layers", str(defaults.max_layers), "layers per request", int)
+    limits.add("--max-poolings", str(defaults.max_poolings), "poolings per request", int)
+    limits.add(
+        "--max-image-mb",
+        str(defaults.max_image_bytes / 1024 / 1024),
+        "bytes of one image, MiB",
+        float,
+    )
+    limits.add(
+        "--max-image-megapixels",
+        str(defaults.max_image_pixels / 1_000_000),
+        "pixels of one image, millions",
+        float,
+    )
 
 
 def add_repository_argument(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from typing import ParamSpec, TypeVar
 
 from lamina.server.domain import EmbedRequest, EmbedResult, ModelDescription, Timing
 from lamina.server.errors import HostingUnavailable, InvalidArgument, ModelNotFound, QueueFull
+from lamina.server.limits import RequestLimits
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry, ModelVersion
 from lamina.server.scheduling.inference import run_batch
@@ -37,9 +38,11 @@ class Engine:
         policy: SchedulingPolicy,
         metrics: Metrics,
         *,
+        limits: RequestLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        self.limits = limits or RequestLimits()
         self.pools = registry.pools
         self.policy = policy
         self.metrics = metrics
@@ -93,6 +96,7 @@ class Engine:
     async def embed(self, request: EmbedRequest, timeout: float | None = None) -> EmbedResult:
         """`timeout`: seconds left of the caller's deadline; the request leaves the queue with
         DEADLINE_EXCEEDED if it has not started by then."""
+        self.limits.check(request)
         version = self._version(request.model)
         if request.hosting is not None and request.hosting not in self.hostings:
             # Fail fast: such a request must never be processed outside its hosting.

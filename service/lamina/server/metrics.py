@@ -142,6 +142,11 @@ class Metrics:
         )
         self.ready = Gauge("lamina_ready", "1 while the server is serving.", registry=r)
         self.in_flight = Gauge("lamina_in_flight_requests", "RPCs being answered now.", registry=r)
+        self.auth_refused = Counter(
+            "lamina_auth_refused",
+            "RPCs refused as UNAUTHENTICATED (missing or unknown bearer token).",
+            registry=r,
+        )
 
     def track(self, queue: RequestQueue, in_flight: Callable[[], int]) -> None:
         self._queue = queue

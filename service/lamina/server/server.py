@@ -15,6 +15,7 @@ from lamina.server.config import Settings
 from lamina.server.engine import Engine
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry
+from lamina.server.security import BearerTokenInterceptor, TokenFile
 from lamina.v1 import embed_pb2, embed_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -37,42 +38,68 @@ class LaminaServer:
         self.registry = ModelRegistry(
             settings.model_repository, settings.pools, on_reject=self.metrics.model_rejected
         )
-        self.engine = Engine(self.registry, settings.scheduling, self.metrics)
+        self.engine = Engine(
+            self.registry, settings.scheduling, self.metrics, limits=settings.limits
+        )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._watcher: asyncio.Task[None] | None = None
         self.port = 0
-        limits = settings.max_message_bytes
+        self.health_port = 0
+        interceptors = []
+        if settings.auth_tokens_file is not None:
+            tokens = TokenFile(settings.auth_tokens_file)
+            interceptors.append(BearerTokenInterceptor(tokens, self.metrics.auth_refused.inc))
         self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", limits),
-                ("grpc.max_receive_message_length", limits),
-                # Close connections now and then so clients re-resolve and rebalance across pods.
-                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-                ("grpc.max_connection_age_grace_ms", 30 * 1000),
-            ]
+            interceptors=interceptors, options=_channel_options(settings)
         )
         embed_pb2_grpc.add_EmbedServiceServicer_to_server(
             EmbedServicer(self.engine, self.state, self.metrics), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            )
+        # Kubelet gRPC probes speak plaintext only, so with TLS they need a port of their own,
+        # which offers nothing but health.
+        self._health_server: grpc.aio.Server | None = None
+        if settings.health_port:
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
 
     async def start(self) -> int:
         """Listen and answer health checks (NOT_SERVING); returns the bound port."""
         await self._set_health(NOT_SERVING)
-        self.port = self._server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        tls = self.settings.tls
+        self.port = (
+            self._server.add_secure_port(address, tls.server_credentials())
+            if tls is not None
+            else self._server.add_insecure_port(address)
+        )
         if self.port == 0:
-            raise OSError(f"could not bind {self.settings.host}:{self.settings.port}")
+            raise OSError(f"could not bind {address}")
         await self._server.start()
+        if self._health_server is not None:
+            health_address = f"{self.settings.host}:{self.settings.health_port}"
+            self.health_port = self._health_server.add_insecure_port(health_address)
+            if self.health_port == 0:
+                raise OSError(f"could not bind {health_address}")
+            await self._health_server.start()
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
         self.metrics.track(self.engine.queue, lambda: self.state.in_flight)
         log.info(
-            "listening on %s:%d (not serving until models are loaded)",
+            "listening on %s:%d (%s%s%s; not serving until models are loaded)",
             self.settings.host,
             self.port,
+            "plaintext"
+            if tls is None
+            else "TLS"
+            if tls.client_ca is None or tls.client_ca is None
+            else "mutual TLS",
+            ", bearer tokens" if self.settings.auth_tokens_file else ", no authentication",
+            f", health also on :{self.health_port}" if self.health_port else "",
         )
         return self.port
 
@@ -105,6 +132,8 @@ class LaminaServer:
         await self._set_health(NOT_SERVING)
         await self._server.stop(grace_seconds)
         await self.engine.close()
+        if self._health_server is not None:
+            await self._health_server.stop(0)
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
@@ -114,6 +143,18 @@ class LaminaServer:
     ) -> None:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
+
+
+def _channel_options(settings: Settings) -> list[tuple[str, int]]:
+    limit = settings.max_message_bytes
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        # Close connections now and then so clients re-resolve and rebalance across pods; a call
+        # in flight gets as long as a drain would give it.
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.drain_seconds * 1000)),
+    ]
 
 
 async def serve(settings: Settings) -> None:
