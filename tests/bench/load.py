@@ -26,6 +26,7 @@ MakeRequest = Callable[[np.random.Generator], pb.EmbedRequest]
 class RunningServer:
     target: str
     metrics_port: int
+    pid: int  # the server process, whose memory the soak samples
 
 
 @contextmanager
@@ -53,7 +54,7 @@ def lamina_server(repository: Path, *flags: str) -> Iterator[RunningServer]:
     target = f"127.0.0.1:{port}"
     try:
         asyncio.run(wait_until_serving(target, timeout=300))
-        yield RunningServer(target, metrics_port)
+        yield RunningServer(target, metrics_port, process.pid)
     finally:
         process.terminate()
         process.wait(60)

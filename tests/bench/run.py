@@ -9,6 +9,8 @@ docs/bench.md. Figures are reported as ratios against targets, never asserted.
    (target: flood p99 <= idle p99 + one batch's run time).
 4. Starvation bound: the longest a nice request waited under a normal flood, against the bound.
 5. Padding: mixed prompt lengths with and without length grouping.
+6. Soak: minutes of mixed load (the deploy/ghz scenarios side by side), then the server's memory
+   growth and the errors by status (tests/bench/soak.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from tests.bench.load import (
     request_of,
     scrape,
 )
+from tests.bench.soak import soak
 
 MINILM, SMOLLM2 = ALL_MINILM_L6_V2.name, SMOLLM2_135M_INSTRUCT.name
 ROOT = Path(__file__).parents[2]
@@ -147,6 +150,9 @@ def main() -> None:
     parser.add_argument("--model-repository", type=Path, default=default_home() / "models")
     parser.add_argument("--cache", type=Path, default=default_home() / "packages")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each load phase")
+    parser.add_argument(
+        "--soak-seconds", type=float, default=180.0, help="length of the soak; 0 skips it"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "bench.md")
     args = parser.parse_args()
     repo, seconds = args.model_repository, args.seconds
@@ -259,6 +265,11 @@ def main() -> None:
         rows.append(
             Row(f"padding ratio, mixed lengths, {label}", f"{ratio:.1%} ({rate:,.0f} tokens/s)")
         )
+
+    # 6. Soak: every model at once for minutes; memory growth and errors.
+    if args.soak_seconds > 0:
+        step(f"soak: {args.soak_seconds:.0f} s of mixed load, a line every 10 s")
+        rows += [Row(*row) for row in soak(repo, args.soak_seconds).rows()]
 
     write(rows, args.output, seconds)
 

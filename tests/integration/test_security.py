@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -248,6 +249,16 @@ async def test_the_served_cli_with_tls_tokens_and_a_health_port(
         assert code == 0 and MINILM in capsys.readouterr().out
         code = await asyncio.to_thread(client_main, [*target, "models"])
         assert code == 1 and "UNAUTHENTICATED" in capsys.readouterr().err
+
+        # The load generator through the same TLS and token flags, with a shipped ghz config.
+        config = Path(__file__).parents[2] / "deploy" / "ghz" / "embed.json"
+        load = ["load", "--config", str(config), "--host", f"127.0.0.1:{port}", "-n", "6"]
+        code = await asyncio.to_thread(
+            client_main, [*target, "--token-file", str(token_file), *load, "-c", "2", "-O", "json"]
+        )
+        report = json.loads(capsys.readouterr().out)
+        assert code == 0 and report["count"] == 6
+        assert report["statusCodeDistribution"] == {"OK": 6}
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)

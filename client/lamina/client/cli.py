@@ -13,6 +13,7 @@ from typing import Any
 
 from lamina.client._channel import Security
 from lamina.client.errors import LaminaError
+from lamina.client.load_cli import add_load_command, load_command
 from lamina.client.prompt import Image, PromptItem, Text, TokenIds
 from lamina.client.results import EmbedResult, Vector
 from lamina.client.sync import Client
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     detokenize = commands.add_parser("detokenize", help="token ids to text")
     detokenize.add_argument("--model", required=True, help="model whose tokenizer to use")
     detokenize.add_argument("token_ids", type=int, nargs="+", metavar="ID", help="token ids")
+
+    add_load_command(commands)
     return parser
 
 
@@ -193,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "embed" and not getattr(args, "items", None):
         parser.error("embed needs at least one --prompt, --token-ids or --image")
     security = security_of(parser, args)
+    if args.command == "load":  # many calls on its own channels, not one Client call
+        return load_command(args, security)
     try:
         with Client(args.target, timeout=args.timeout, security=security) as client:
             output = _run(client, args)
