@@ -126,7 +126,7 @@ async def test_models_available_describes_the_model(stub: pb_grpc.EmbedServiceSt
     (model,) = [m for m in reply.models if m.name == MODEL]
     assert (model.num_layers, model.hidden_size, model.max_context_size) == (6, 384, 512)
     assert model.architecture == "bert" and not model.image_support
-    assert list(model.embedding_types) == ["embed"] and model.version.isdigit()
+    assert list(model.embedding_types) == ["embed", "semantic_embed"] and model.version.isdigit()
 
 
 async def test_tokenize_and_detokenize(stub: pb_grpc.EmbedServiceStub) -> None:

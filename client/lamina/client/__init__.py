@@ -15,11 +15,20 @@ from lamina.client.prompt import (
     TokenControl,
     TokenIds,
 )
-from lamina.client.results import EmbedResult, ModelInfo, Timing, TokenizeResult, Vector
+from lamina.client.results import (
+    BatchSemanticEmbedResult,
+    EmbedResult,
+    ModelInfo,
+    SemanticEmbedResult,
+    Timing,
+    TokenizeResult,
+    Vector,
+)
 from lamina.client.sync import Client
 
 __all__ = [
     "AsyncClient",
+    "BatchSemanticEmbedResult",
     "Client",
     "EmbedResult",
     "Image",
@@ -31,6 +40,7 @@ __all__ = [
     "PromptItem",
     "Rect",
     "Security",
+    "SemanticEmbedResult",
     "Text",
     "TextControl",
     "Timing",

@@ -13,7 +13,15 @@ from typing import Any, Generic, TypeVar
 from google.protobuf.message import Message
 
 from lamina.client.prompt import Image, Prompt, PromptItem, Text, TokenIds
-from lamina.client.results import EmbedResult, ModelInfo, Timing, TokenizeResult, make_vector
+from lamina.client.results import (
+    BatchSemanticEmbedResult,
+    EmbedResult,
+    ModelInfo,
+    SemanticEmbedResult,
+    Timing,
+    TokenizeResult,
+    make_vector,
+)
 from lamina.v1 import embed_pb2 as pb
 
 LAYER_PREFIX = "layer_"
@@ -65,6 +73,86 @@ def embed(
     if type is not None:
         request.type = type
     return Call("Embed", request, embed_result)
+
+
+def semantic_embed(
+    model: str,
+    prompt: Prompt,
+    *,
+    representation: str,
+    compress_to_size: int | None,
+    normalize: bool | None,
+    hosting: str | None,
+    nice: bool,
+    contextual_control_threshold: float | None,
+    control_log_additive: bool | None,
+) -> Call[SemanticEmbedResult]:
+    request = pb.SemanticEmbedRequest(
+        model=model, prompt=prompt_message(prompt), representation=representation, nice=nice
+    )
+    _set_semantic_options(
+        request,
+        compress_to_size=compress_to_size,
+        normalize=normalize,
+        hosting=hosting,
+        contextual_control_threshold=contextual_control_threshold,
+        control_log_additive=control_log_additive,
+    )
+    return Call("SemanticEmbed", request, semantic_embed_result)
+
+
+def batch_semantic_embed(
+    model: str,
+    prompts: Sequence[Prompt],
+    *,
+    representation: str,
+    compress_to_size: int | None,
+    normalize: bool | None,
+    hosting: str | None,
+    nice: bool,
+    contextual_control_threshold: float | None,
+    control_log_additive: bool | None,
+) -> Call[BatchSemanticEmbedResult]:
+    if isinstance(prompts, str):
+        # A bare string is a Sequence too; it is one prompt, not one per letter.
+        raise TypeError("prompts is a list of prompts; for a single one use semantic_embed")
+    request = pb.BatchSemanticEmbedRequest(
+        model=model,
+        prompts=[prompt_message(p) for p in prompts],
+        representation=representation,
+        nice=nice,
+    )
+    _set_semantic_options(
+        request,
+        compress_to_size=compress_to_size,
+        normalize=normalize,
+        hosting=hosting,
+        contextual_control_threshold=contextual_control_threshold,
+        control_log_additive=control_log_additive,
+    )
+    return Call("BatchSemanticEmbed", request, batch_semantic_embed_result)
+
+
+def _set_semantic_options(
+    request: pb.SemanticEmbedRequest | pb.BatchSemanticEmbedRequest,
+    *,
+    compress_to_size: int | None,
+    normalize: bool | None,
+    hosting: str | None,
+    contextual_control_threshold: float | None,
+    control_log_additive: bool | None,
+) -> None:
+    # None leaves the proto3 `optional` field unset: normalize then follows the model's default.
+    if compress_to_size is not None:
+        request.compress_to_size = compress_to_size
+    if normalize is not None:
+        request.normalize = normalize
+    if hosting is not None:
+        request.hosting = hosting
+    if contextual_control_threshold is not None:
+        request.contextual_control_threshold = contextual_control_threshold
+    if control_log_additive is not None:
+        request.control_log_additive = control_log_additive
 
 
 def models() -> Call[list[ModelInfo]]:
@@ -138,11 +226,35 @@ def embed_result(response: pb.EmbedResponse) -> EmbedResult:
         embeddings=dict(sorted(embeddings.items())),
         tokens=list(response.tokens.tokens) if response.HasField("tokens") else None,
         num_tokens_prompt_total=response.num_tokens_prompt_total,
-        timing=Timing(
-            queue_seconds=response.timing.queue_seconds,
-            tokenization_seconds=response.timing.tokenization_seconds,
-            inference_seconds=response.timing.inference_seconds,
-        ),
+        timing=_timing(response.timing),
+    )
+
+
+def semantic_embed_result(response: pb.SemanticEmbedResponse) -> SemanticEmbedResult:
+    return SemanticEmbedResult(
+        model_version=response.model_version,
+        embedding=make_vector(response.embedding),
+        num_tokens_prompt_total=response.num_tokens_prompt_total,
+        timing=_timing(response.timing),
+    )
+
+
+def batch_semantic_embed_result(
+    response: pb.BatchSemanticEmbedResponse,
+) -> BatchSemanticEmbedResult:
+    return BatchSemanticEmbedResult(
+        model_version=response.model_version,
+        embeddings=[make_vector(v.values) for v in response.embeddings],
+        num_tokens_prompt_total=response.num_tokens_prompt_total,
+        timing=_timing(response.timing),
+    )
+
+
+def _timing(timing: pb.RequestTiming) -> Timing:
+    return Timing(
+        queue_seconds=timing.queue_seconds,
+        tokenization_seconds=timing.tokenization_seconds,
+        inference_seconds=timing.inference_seconds,
     )
 
 

@@ -12,7 +12,13 @@ from lamina.client import _convert
 from lamina.client._channel import Metadata, Options, Security, open_aio_channel
 from lamina.client.errors import LaminaError
 from lamina.client.prompt import Prompt
-from lamina.client.results import EmbedResult, ModelInfo, TokenizeResult
+from lamina.client.results import (
+    BatchSemanticEmbedResult,
+    EmbedResult,
+    ModelInfo,
+    SemanticEmbedResult,
+    TokenizeResult,
+)
 from lamina.v1 import embed_pb2_grpc
 
 T = TypeVar("T")
@@ -70,6 +76,63 @@ class AsyncClient:
                 contextual_control_threshold=contextual_control_threshold,
                 control_log_additive=control_log_additive,
                 type=type,
+            )
+        )
+
+    async def semantic_embed(
+        self,
+        model: str,
+        prompt: Prompt,
+        *,
+        representation: str,
+        compress_to_size: int | None = None,
+        normalize: bool | None = None,
+        hosting: str | None = None,
+        nice: bool = False,
+        contextual_control_threshold: float | None = None,
+        control_log_additive: bool | None = None,
+    ) -> SemanticEmbedResult:
+        """One vector in the model's own semantic configuration; `representation` is
+        "symmetric", "document" or "query". normalize=None keeps the model's default."""
+        return await self._send(
+            _convert.semantic_embed(
+                model,
+                prompt,
+                representation=representation,
+                compress_to_size=compress_to_size,
+                normalize=normalize,
+                hosting=hosting,
+                nice=nice,
+                contextual_control_threshold=contextual_control_threshold,
+                control_log_additive=control_log_additive,
+            )
+        )
+
+    async def batch_semantic_embed(
+        self,
+        model: str,
+        prompts: Sequence[Prompt],
+        *,
+        representation: str,
+        compress_to_size: int | None = None,
+        normalize: bool | None = None,
+        hosting: str | None = None,
+        nice: bool = False,
+        contextual_control_threshold: float | None = None,
+        control_log_additive: bool | None = None,
+    ) -> BatchSemanticEmbedResult:
+        """`semantic_embed` for up to 100 prompts; the vectors come back in their order."""
+        return await self._send(
+            _convert.batch_semantic_embed(
+                model,
+                prompts,
+                representation=representation,
+                compress_to_size=compress_to_size,
+                normalize=normalize,
+                hosting=hosting,
+                nice=nice,
+                contextual_control_threshold=contextual_control_threshold,
+                control_log_additive=control_log_additive,
             )
         )
 

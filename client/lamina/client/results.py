@@ -51,6 +51,22 @@ class EmbedResult:
 
 
 @dataclass(frozen=True)
+class SemanticEmbedResult:
+    model_version: str
+    embedding: Vector
+    num_tokens_prompt_total: int
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class BatchSemanticEmbedResult:
+    model_version: str  # one version served every prompt
+    embeddings: list[Vector]  # one per prompt, in the order sent
+    num_tokens_prompt_total: int  # summed over the prompts
+    timing: Timing  # the prompts ran concurrently: the longest of each figure
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     description: str

@@ -182,6 +182,74 @@ class RequestTiming(_message.Message):
     inference_seconds: float
     def __init__(self, queue_seconds: _Optional[float] = ..., tokenization_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ...) -> None: ...
 
+class SemanticEmbedRequest(_message.Message):
+    __slots__ = ("model", "hosting", "prompt", "representation", "compress_to_size", "normalize", "contextual_control_threshold", "control_log_additive", "nice")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    HOSTING_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
+    COMPRESS_TO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTUAL_CONTROL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_LOG_ADDITIVE_FIELD_NUMBER: _ClassVar[int]
+    NICE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    hosting: str
+    prompt: Prompt
+    representation: str
+    compress_to_size: int
+    normalize: bool
+    contextual_control_threshold: float
+    control_log_additive: bool
+    nice: bool
+    def __init__(self, model: _Optional[str] = ..., hosting: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., representation: _Optional[str] = ..., compress_to_size: _Optional[int] = ..., normalize: _Optional[bool] = ..., contextual_control_threshold: _Optional[float] = ..., control_log_additive: _Optional[bool] = ..., nice: _Optional[bool] = ...) -> None: ...
+
+class SemanticEmbedResponse(_message.Message):
+    __slots__ = ("model_version", "embedding", "num_tokens_prompt_total", "timing")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_PROMPT_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    num_tokens_prompt_total: int
+    timing: RequestTiming
+    def __init__(self, model_version: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., num_tokens_prompt_total: _Optional[int] = ..., timing: _Optional[_Union[RequestTiming, _Mapping]] = ...) -> None: ...
+
+class BatchSemanticEmbedRequest(_message.Message):
+    __slots__ = ("model", "hosting", "prompts", "representation", "compress_to_size", "normalize", "contextual_control_threshold", "control_log_additive", "nice")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    HOSTING_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
+    COMPRESS_TO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTUAL_CONTROL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_LOG_ADDITIVE_FIELD_NUMBER: _ClassVar[int]
+    NICE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    hosting: str
+    prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
+    representation: str
+    compress_to_size: int
+    normalize: bool
+    contextual_control_threshold: float
+    control_log_additive: bool
+    nice: bool
+    def __init__(self, model: _Optional[str] = ..., hosting: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., representation: _Optional[str] = ..., compress_to_size: _Optional[int] = ..., normalize: _Optional[bool] = ..., contextual_control_threshold: _Optional[float] = ..., control_log_additive: _Optional[bool] = ..., nice: _Optional[bool] = ...) -> None: ...
+
+class BatchSemanticEmbedResponse(_message.Message):
+    __slots__ = ("model_version", "embeddings", "num_tokens_prompt_total", "timing")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_PROMPT_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    embeddings: _containers.RepeatedCompositeFieldContainer[Vector]
+    num_tokens_prompt_total: int
+    timing: RequestTiming
+    def __init__(self, model_version: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., num_tokens_prompt_total: _Optional[int] = ..., timing: _Optional[_Union[RequestTiming, _Mapping]] = ...) -> None: ...
+
 class ModelsAvailableRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

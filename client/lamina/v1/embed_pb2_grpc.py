@@ -54,6 +54,16 @@ class EmbedServiceStub:
                 request_serializer=lamina_dot_v1_dot_embed__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_embed__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.SemanticEmbed = channel.unary_unary(
+                '/lamina.v1.EmbedService/SemanticEmbed',
+                request_serializer=lamina_dot_v1_dot_embed__pb2.SemanticEmbedRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_embed__pb2.SemanticEmbedResponse.FromString,
+                _registered_method=True)
+        self.BatchSemanticEmbed = channel.unary_unary(
+                '/lamina.v1.EmbedService/BatchSemanticEmbed',
+                request_serializer=lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedServiceServicer:
@@ -82,7 +92,20 @@ class EmbedServiceServicer:
 
     def Detokenize(self, request, context):
         """Token ids to text.
-        Reserved for SemanticEmbed and BatchSemanticEmbed (a later version of this service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SemanticEmbed(self, request, context):
+        """One vector per prompt in the model's own semantic configuration (layer, pooling, instruction).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSemanticEmbed(self, request, context):
+        """SemanticEmbed for up to 100 prompts; the answer keeps their order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +133,16 @@ def add_EmbedServiceServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=lamina_dot_v1_dot_embed__pb2.DetokenizeRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_embed__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'SemanticEmbed': grpc.unary_unary_rpc_method_handler(
+                    servicer.SemanticEmbed,
+                    request_deserializer=lamina_dot_v1_dot_embed__pb2.SemanticEmbedRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_embed__pb2.SemanticEmbedResponse.SerializeToString,
+            ),
+            'BatchSemanticEmbed': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSemanticEmbed,
+                    request_deserializer=lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +253,60 @@ class EmbedService:
             '/lamina.v1.EmbedService/Detokenize',
             lamina_dot_v1_dot_embed__pb2.DetokenizeRequest.SerializeToString,
             lamina_dot_v1_dot_embed__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SemanticEmbed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.EmbedService/SemanticEmbed',
+            lamina_dot_v1_dot_embed__pb2.SemanticEmbedRequest.SerializeToString,
+            lamina_dot_v1_dot_embed__pb2.SemanticEmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSemanticEmbed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.EmbedService/BatchSemanticEmbed',
+            lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedRequest.SerializeToString,
+            lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

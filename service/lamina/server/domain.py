@@ -16,6 +16,14 @@ class Pooling(StrEnum):
     ABS_MAX = "abs_max"
 
 
+class Representation(StrEnum):
+    """What a semantic embedding is for: comparing like with like, or a query with documents."""
+
+    SYMMETRIC = "symmetric"
+    DOCUMENT = "document"
+    QUERY = "query"
+
+
 class TokenOverlap(StrEnum):
     PARTIAL = "partial"
     COMPLETE = "complete"
@@ -91,6 +99,27 @@ class EmbedRequest:
     nice: bool = False
     contextual_control_threshold: float | None = None
     control_log_additive: bool = True
+    # Text tokenized as its own item before `prompt` (a semantic representation's instruction):
+    # the caller's items keep their indices, so their controls and error paths stay as written.
+    instruction: str = ""
+
+
+@dataclass(frozen=True)
+class SemanticEmbedRequest:
+    """SemanticEmbed (one prompt) and BatchSemanticEmbed (up to 100): each prompt becomes one
+    EmbedRequest of the model's semantic layer and pooling, scheduled as its own row."""
+
+    model: str
+    prompts: tuple[tuple[PromptItem, ...], ...]  # in input order
+    representation: Representation
+    # BatchSemanticEmbed: errors about a prompt name `prompts[i]`, not `prompt`.
+    batch: bool = False
+    compress_to_size: int | None = None
+    normalize: bool | None = None  # None: the model's own default
+    hosting: str | None = None
+    nice: bool = False
+    contextual_control_threshold: float | None = None
+    control_log_additive: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,6 +136,14 @@ class EmbedResult:
     tokens: tuple[str, ...] | None
     num_tokens_prompt_total: int
     timing: Timing
+
+
+@dataclass(frozen=True)
+class SemanticEmbedResult:
+    model_version: str  # one version served every prompt
+    embeddings: tuple[np.ndarray, ...]  # one per prompt, in input order
+    num_tokens_prompt_total: int  # summed over the prompts
+    timing: Timing  # the prompts ran concurrently: the longest of each figure
 
 
 @dataclass(frozen=True)

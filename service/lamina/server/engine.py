@@ -9,12 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import ParamSpec, TypeVar
 
-from lamina.server.domain import EmbedRequest, EmbedResult, ModelDescription, Timing
+from lamina.server.domain import (
+    EmbedRequest,
+    EmbedResult,
+    ModelDescription,
+    SemanticEmbedRequest,
+    SemanticEmbedResult,
+    Timing,
+)
 from lamina.server.errors import HostingUnavailable, InvalidArgument, ModelNotFound, QueueFull
 from lamina.server.limits import RequestLimits
 from lamina.server.metrics import Metrics
@@ -97,7 +104,75 @@ class Engine:
         """`timeout`: seconds left of the caller's deadline; the request leaves the queue with
         DEADLINE_EXCEEDED if it has not started by then."""
         self.limits.check(request)
+        return await self._embed(self._version(request.model), request, timeout)
+
+    async def semantic_embed(
+        self, request: SemanticEmbedRequest, timeout: float | None = None
+    ) -> SemanticEmbedResult:
+        """Each prompt is one Embed of the model's semantic layer and pooling, its own row in the
+        queue; all are submitted at once so they batch together, on one model version."""
         version = self._version(request.model)
+        semantic = version.manifest.semantic
+        if semantic is None:
+            having = sorted(n for n, v in self._serving.items() if v.manifest.semantic)
+            raise InvalidArgument(
+                "model",
+                f"model {version.name!r} has no semantic embedding (its manifest configures "
+                f"none); models with one: {', '.join(having) or 'none'}",
+            )
+        if request.compress_to_size is not None:
+            raise InvalidArgument(
+                "compress_to_size",
+                f"model {version.name!r} provides no projection to {request.compress_to_size} "
+                "dimensions; leave compress_to_size unset",
+            )
+        rows = [
+            EmbedRequest(
+                model=request.model,
+                prompt=prompt,
+                layers=(semantic.layer,),
+                pooling=(semantic.pooling,),
+                normalize=semantic.normalize if request.normalize is None else request.normalize,
+                hosting=request.hosting,
+                nice=request.nice,
+                contextual_control_threshold=request.contextual_control_threshold,
+                control_log_additive=request.control_log_additive,
+                instruction=semantic.instruction(request.representation),
+            )
+            for prompt in request.prompts
+        ]
+        layer = version.primary.absolute_layer(semantic.layer, "semantic.layer")
+        results = await _all_or_first_error(
+            [
+                self._semantic_row(
+                    version, row, f"prompts[{i}]" if request.batch else "prompt", timeout
+                )
+                for i, row in enumerate(rows)
+            ]
+        )
+        return SemanticEmbedResult(
+            model_version=version.model_version,
+            embeddings=tuple(result.embeddings[layer][semantic.pooling] for result in results),
+            num_tokens_prompt_total=sum(r.num_tokens_prompt_total for r in results),
+            timing=Timing(
+                queue_seconds=max(r.timing.queue_seconds for r in results),
+                tokenization_seconds=max(r.timing.tokenization_seconds for r in results),
+                inference_seconds=max(r.timing.inference_seconds for r in results),
+            ),
+        )
+
+    async def _semantic_row(
+        self, version: ModelVersion, row: EmbedRequest, field: str, timeout: float | None
+    ) -> EmbedResult:
+        try:
+            self.limits.check(row)  # per prompt, as for Embed
+            return await self._embed(version, row, timeout)
+        except InvalidArgument as error:
+            raise error.moved("prompt", field) from None
+
+    async def _embed(
+        self, version: ModelVersion, request: EmbedRequest, timeout: float | None
+    ) -> EmbedResult:
         if request.hosting is not None and request.hosting not in self.hostings:
             # Fail fast: such a request must never be processed outside its hosting.
             raise HostingUnavailable(request.hosting, tuple(sorted(self.hostings)))
@@ -106,7 +181,10 @@ class Engine:
             raise InvalidArgument("pooling", "at least one pooling is required")
         started = time.monotonic()
         prompt = await self._on_cpu(
-            version.prompts.encode, request.prompt, request.contextual_control_threshold
+            version.prompts.encode,
+            request.prompt,
+            request.contextual_control_threshold,
+            request.instruction,
         )
         tokens = (
             await self._on_cpu(version.prompts.token_strings, prompt) if request.tokens else None
@@ -208,6 +286,23 @@ class Engine:
     async def _on_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cpu, partial(fn, *args, **kwargs))
+
+
+async def _all_or_first_error(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Run `calls` concurrently; results in their order. At the first failure the others are
+    cancelled (leaving the queue unrun) and the failure of the earliest call is raised."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:  # a failure, or the caller cancelled: nothing of the batch may keep running
+        for task in tasks:
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    return [task.result() for task in tasks]
 
 
 def _run_on_pool(pool: PoolSpec, jobs: Sequence[Job]) -> list[Embeddings]:

@@ -30,6 +30,14 @@ class InvalidArgument(LaminaError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
+
+    def moved(self, root: str, to: str) -> InvalidArgument:
+        """The same error with its field path under `to` where it was under `root`, e.g. a
+        batch's `prompt.items[0]` read as `prompts[3].items[0]`."""
+        if self.field != root and not self.field.startswith((f"{root}.", f"{root}[")):
+            return self
+        return InvalidArgument(to + self.field.removeprefix(root), self.problem)
 
 
 class ModelNotFound(LaminaError):

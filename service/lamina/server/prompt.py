@@ -98,9 +98,17 @@ class PromptEncoder:
         return self._text_input("model")
 
     def encode(
-        self, items: tuple[PromptItem, ...], contextual_threshold: float | None = None
+        self,
+        items: tuple[PromptItem, ...],
+        contextual_threshold: float | None = None,
+        instruction: str = "",
     ) -> EncodedPrompt:
+        """`instruction`: text tokenized as its own item before `items` (never controlled), so
+        the items keep their indices in errors and their controls' offsets."""
         ids: list[int] = list(self.template.prefix)
+        if instruction:
+            ids += self._text_input("instruction").encode(instruction, add_special_tokens=False).ids
+        body_start = len(ids)
         factors: list[float] = [1.0] * len(ids)
         controlled: list[_Controlled] = []
         images: list[PreparedImage] = []
@@ -136,7 +144,7 @@ class PromptEncoder:
                 _Controlled([offset + p for p in t.positions], t.factor) for t in touched
             ]
         body_end = len(ids)
-        if body_end == len(self.template.prefix):
+        if body_end == body_start:
             raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
         ids += self.template.suffix
         factors += [1.0] * len(self.template.suffix)

@@ -13,40 +13,117 @@ from lamina.server.errors import InvalidArgument
 from lamina.v1 import embed_pb2 as pb
 
 HOSTINGS = ("aleph-alpha",)
+MAX_BATCH_PROMPTS = 100  # BatchSemanticEmbed (api-reference.md)
+SEMANTIC_COMPRESSED_SIZE = 128  # the one size compress_to_size may ask for
+
+# The request messages sharing the fields that every embedding request has.
+AnyEmbedRequest = pb.EmbedRequest | pb.SemanticEmbedRequest | pb.BatchSemanticEmbedRequest
 
 
 def embed_request(message: pb.EmbedRequest) -> domain.EmbedRequest:
+    _check_model(message)
+    if not message.HasField("prompt"):
+        raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
+    return domain.EmbedRequest(
+        model=message.model,
+        prompt=_prompt(message.prompt, "prompt"),
+        layers=tuple(message.layers),
+        pooling=tuple(_pooling(name, i) for i, name in enumerate(message.pooling)),
+        normalize=message.normalize,
+        tokens=message.tokens,
+        hosting=_hosting(message),
+        nice=message.nice,
+        contextual_control_threshold=_threshold(message),
+        control_log_additive=_control_log_additive(message),
+    )
+
+
+def semantic_embed_request(message: pb.SemanticEmbedRequest) -> domain.SemanticEmbedRequest:
+    _check_model(message)
+    if not message.HasField("prompt"):
+        raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
+    return _semantic(message, (_prompt(message.prompt, "prompt"),), batch=False)
+
+
+def batch_semantic_embed_request(
+    message: pb.BatchSemanticEmbedRequest,
+) -> domain.SemanticEmbedRequest:
+    _check_model(message)
+    count = len(message.prompts)
+    if not 1 <= count <= MAX_BATCH_PROMPTS:
+        raise InvalidArgument("prompts", f"{count} prompts; a batch takes 1 to {MAX_BATCH_PROMPTS}")
+    prompts = tuple(_prompt(p, f"prompts[{i}]") for i, p in enumerate(message.prompts))
+    return _semantic(message, prompts, batch=True)
+
+
+def _semantic(
+    message: pb.SemanticEmbedRequest | pb.BatchSemanticEmbedRequest,
+    prompts: tuple[tuple[domain.PromptItem, ...], ...],
+    *,
+    batch: bool,
+) -> domain.SemanticEmbedRequest:
+    compress = message.compress_to_size if message.HasField("compress_to_size") else None
+    if compress is not None and compress != SEMANTIC_COMPRESSED_SIZE:
+        raise InvalidArgument(
+            "compress_to_size",
+            f"{compress} is not supported; expected {SEMANTIC_COMPRESSED_SIZE} or unset",
+        )
+    return domain.SemanticEmbedRequest(
+        model=message.model,
+        prompts=prompts,
+        representation=_representation(message.representation),
+        batch=batch,
+        compress_to_size=compress,
+        # Unset: the model's own default (its manifest's semantic.normalize).
+        normalize=message.normalize if message.HasField("normalize") else None,
+        hosting=_hosting(message),
+        nice=message.nice,
+        contextual_control_threshold=_threshold(message),
+        control_log_additive=_control_log_additive(message),
+    )
+
+
+def _check_model(message: AnyEmbedRequest) -> None:
     if not message.model:
         raise InvalidArgument("model", "a model name is required")
-    if not message.HasField("prompt") or not message.prompt.items:
-        raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
+
+
+def _prompt(prompt: pb.Prompt, field: str) -> tuple[domain.PromptItem, ...]:
+    if not prompt.items:
+        raise InvalidArgument(field, "the prompt is empty (no text, token ids or images)")
+    return tuple(_prompt_item(item, f"{field}.items[{i}]") for i, item in enumerate(prompt.items))
+
+
+def _hosting(message: AnyEmbedRequest) -> str | None:
     hosting = message.hosting if message.HasField("hosting") else None
     if hosting is not None and hosting not in HOSTINGS:
         raise InvalidArgument(
             "hosting", f"unknown hosting {hosting!r}; expected unset or one of {HOSTINGS}"
         )
-    threshold = (
-        message.contextual_control_threshold
-        if message.HasField("contextual_control_threshold")
-        else None
-    )
-    if threshold is not None and not math.isfinite(threshold):
+    return hosting
+
+
+def _threshold(message: AnyEmbedRequest) -> float | None:
+    if not message.HasField("contextual_control_threshold"):
+        return None
+    threshold = message.contextual_control_threshold
+    if not math.isfinite(threshold):
         raise InvalidArgument("contextual_control_threshold", "must be a finite number")
-    return domain.EmbedRequest(
-        model=message.model,
-        prompt=tuple(_prompt_item(item, i) for i, item in enumerate(message.prompt.items)),
-        layers=tuple(message.layers),
-        pooling=tuple(_pooling(name, i) for i, name in enumerate(message.pooling)),
-        normalize=message.normalize,
-        tokens=message.tokens,
-        hosting=hosting,
-        nice=message.nice,
-        contextual_control_threshold=threshold,
-        # Unset means true (api-reference.md).
-        control_log_additive=(
-            message.control_log_additive if message.HasField("control_log_additive") else True
-        ),
-    )
+    return threshold
+
+
+def _control_log_additive(message: AnyEmbedRequest) -> bool:
+    # Unset means true (api-reference.md).
+    return message.control_log_additive if message.HasField("control_log_additive") else True
+
+
+def _representation(name: str) -> domain.Representation:
+    try:
+        return domain.Representation(name)
+    except ValueError:
+        expected = ", ".join(r.value for r in domain.Representation)
+        problem = "is required" if not name else f"unknown representation {name!r}"
+        raise InvalidArgument("representation", f"{problem}; expected one of {expected}") from None
 
 
 def _pooling(name: str, index: int) -> domain.Pooling:
@@ -68,8 +145,7 @@ def _crop(crop: pb.ImageCrop, field: str) -> domain.ImageCrop:
     return domain.ImageCrop(crop.x, crop.y, crop.size)
 
 
-def _prompt_item(item: pb.PromptItem, index: int) -> domain.PromptItem:
-    field = f"prompt.items[{index}]"
+def _prompt_item(item: pb.PromptItem, field: str) -> domain.PromptItem:
     kind = item.WhichOneof("item")
     if kind == "text":
         return domain.TextItem(
@@ -134,11 +210,7 @@ def embed_response(result: domain.EmbedResult) -> pb.EmbedResponse:
     response = pb.EmbedResponse(
         model_version=result.model_version,
         num_tokens_prompt_total=result.num_tokens_prompt_total,
-        timing=pb.RequestTiming(
-            queue_seconds=result.timing.queue_seconds,
-            tokenization_seconds=result.timing.tokenization_seconds,
-            inference_seconds=result.timing.inference_seconds,
-        ),
+        timing=_timing(result.timing),
     )
     for layer, vectors in result.embeddings.items():
         entry = response.embeddings[f"layer_{layer}"]
@@ -147,6 +219,35 @@ def embed_response(result: domain.EmbedResult) -> pb.EmbedResponse:
     if result.tokens is not None:
         response.tokens.tokens.extend(result.tokens)
     return response
+
+
+def semantic_embed_response(result: domain.SemanticEmbedResult) -> pb.SemanticEmbedResponse:
+    (embedding,) = result.embeddings
+    return pb.SemanticEmbedResponse(
+        model_version=result.model_version,
+        embedding=embedding.tolist(),
+        num_tokens_prompt_total=result.num_tokens_prompt_total,
+        timing=_timing(result.timing),
+    )
+
+
+def batch_semantic_embed_response(
+    result: domain.SemanticEmbedResult,
+) -> pb.BatchSemanticEmbedResponse:
+    return pb.BatchSemanticEmbedResponse(
+        model_version=result.model_version,
+        embeddings=[pb.Vector(values=e.tolist()) for e in result.embeddings],
+        num_tokens_prompt_total=result.num_tokens_prompt_total,
+        timing=_timing(result.timing),
+    )
+
+
+def _timing(timing: domain.Timing) -> pb.RequestTiming:
+    return pb.RequestTiming(
+        queue_seconds=timing.queue_seconds,
+        tokenization_seconds=timing.tokenization_seconds,
+        inference_seconds=timing.inference_seconds,
+    )
 
 
 def model_info(model: domain.ModelDescription) -> pb.ModelInfo:

@@ -55,6 +55,40 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         hosting = request.hosting if request.hosting in convert.HOSTINGS else None
         return await self._serve("Embed", request.model, context, answer, request.nice, hosting)
 
+    async def SemanticEmbed(
+        self,
+        request: pb.SemanticEmbedRequest,
+        context: grpc.aio.ServicerContext[pb.SemanticEmbedRequest, pb.SemanticEmbedResponse],
+    ) -> pb.SemanticEmbedResponse:
+        async def answer() -> pb.SemanticEmbedResponse:
+            result = await self.engine.semantic_embed(
+                convert.semantic_embed_request(request), timeout=context.time_remaining()
+            )
+            return convert.semantic_embed_response(result)
+
+        hosting = request.hosting if request.hosting in convert.HOSTINGS else None
+        return await self._serve(
+            "SemanticEmbed", request.model, context, answer, request.nice, hosting
+        )
+
+    async def BatchSemanticEmbed(
+        self,
+        request: pb.BatchSemanticEmbedRequest,
+        context: grpc.aio.ServicerContext[
+            pb.BatchSemanticEmbedRequest, pb.BatchSemanticEmbedResponse
+        ],
+    ) -> pb.BatchSemanticEmbedResponse:
+        async def answer() -> pb.BatchSemanticEmbedResponse:
+            result = await self.engine.semantic_embed(
+                convert.batch_semantic_embed_request(request), timeout=context.time_remaining()
+            )
+            return convert.batch_semantic_embed_response(result)
+
+        hosting = request.hosting if request.hosting in convert.HOSTINGS else None
+        return await self._serve(
+            "BatchSemanticEmbed", request.model, context, answer, request.nice, hosting
+        )
+
     async def ModelsAvailable(
         self,
         request: pb.ModelsAvailableRequest,

