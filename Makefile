@@ -10,8 +10,13 @@ REFERENCE ?= .venv-reference
 PORT ?= 50051
 METRICS_PORT ?= 9090
 export LAMINA_HOME LAMINA_MODEL_REPOSITORY
+# Container images: lamina:<version>-cpu and -gpu; MODELS=baked converts the models into them.
+IMAGE ?= lamina
+IMAGE_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+MODELS ?= none
+CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 
-.PHONY: serve test install models protos lint fixtures bench clean help
+.PHONY: serve test install models protos lint fixtures bench clean help image deploy-check
 
 help:
 	@echo "make serve    create .venv, install, prepare the default models, serve gRPC on :$(PORT)"
@@ -21,6 +26,8 @@ help:
 	@echo "make lint     ruff + mypy"
 	@echo "make bench    throughput, depth cost, priority, starvation, padding -> docs/bench.md"
 	@echo "make fixtures regenerate the transformers parity fixtures (in $(REFERENCE), with torch)"
+	@echo "make image    build $(IMAGE):$(IMAGE_VERSION)-cpu and -gpu (MODELS=baked puts the models inside)"
+	@echo "make deploy-check  lint the Dockerfiles, render and validate the Kubernetes overlays"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +55,24 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# tests/deploy (Dockerfiles linted, overlays rendered and validated) runs with the rest.
 test: lint models
 	$(BIN)/pytest -q
+
+deploy-check: install
+	$(BIN)/pytest -q tests/deploy
+
+# Needs a running container engine; says so and fails when there is none (a docker client
+# without its daemon included).
+image:
+	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
+		echo "make image: no container engine found (docker or podman); nothing built" >&2; exit 1; fi
+	@if ! $(CONTAINER_ENGINE) info >/dev/null 2>&1; then \
+		echo "make image: '$(CONTAINER_ENGINE) info' failed: the container engine is not running here; nothing built" >&2; exit 1; fi
+	$(CONTAINER_ENGINE) build -f deploy/docker/Dockerfile.cpu --build-arg MODELS=$(MODELS) \
+		-t $(IMAGE):$(IMAGE_VERSION)-cpu .
+	$(CONTAINER_ENGINE) build -f deploy/docker/Dockerfile.gpu --build-arg MODELS=$(MODELS) \
+		-t $(IMAGE):$(IMAGE_VERSION)-gpu .
 
 # torch, transformers and sentence-transformers for reference figures only: never in .venv.
 $(REFERENCE)/bin/python:
