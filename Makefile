@@ -9,6 +9,7 @@ LAMINA_MODEL_REPOSITORY ?= $(LAMINA_HOME)/models
 REFERENCE ?= .venv-reference
 PORT ?= 50051
 METRICS_PORT ?= 9090
+HTTP_PORT ?= 8080
 export LAMINA_HOME LAMINA_MODEL_REPOSITORY
 # Container images: lamina:<version>-cpu and -gpu; MODELS=baked converts the models into them.
 IMAGE ?= lamina
@@ -44,7 +45,8 @@ models: install
 	$(BIN)/lamina prepare --model-repository "$(LAMINA_MODEL_REPOSITORY)"
 
 serve: models
-	$(BIN)/lamina serve --model-repository "$(LAMINA_MODEL_REPOSITORY)" --port $(PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/lamina serve --model-repository "$(LAMINA_MODEL_REPOSITORY)" --port $(PORT) --metrics-port $(METRICS_PORT) \
+		--http-port $(HTTP_PORT)
 
 protos: install
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=client --pyi_out=client \

@@ -38,6 +38,7 @@ class Settings:
     auth_tokens_file: Path | None = None
     reflection: bool = True
     max_connection_age_seconds: float = 300
+    http_port: int = 0  # the HTTP/JSON gateway (Aleph Alpha REST API); 0: off
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Settings:
@@ -85,6 +86,7 @@ class Settings:
             auth_tokens_file=Path(args.auth_tokens_file) if args.auth_tokens_file else None,
             reflection=not args.no_reflection,
             max_connection_age_seconds=args.max_connection_age_seconds,
+            http_port=args.http_port,
         )
 
 
@@ -170,6 +172,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     server.add("--host", "0.0.0.0", "address to listen on")
     server.add("--port", "50051", "gRPC port; 0 picks a free one", int)
     server.add("--metrics-port", "9090", "Prometheus /metrics port; 0 turns metrics off", int)
+    server.add(
+        "--http-port",
+        "0",
+        "HTTP/JSON gateway port serving the Aleph Alpha REST API (e.g. 8080); 0: no gateway",
+        int,
+    )
     add_repository_argument(parser)
 
     pools = _Options(
@@ -282,10 +290,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     security = _Options(
         parser.add_argument_group(
             "TLS and authentication",
-            "TLS on the gRPC port with --tls-cert and --tls-key; --tls-client-ca also requires "
-            "clients to present a certificate it signed (mTLS). With --auth-tokens-file every RPC "
-            "but grpc.health.v1 needs 'authorization: Bearer <token>', else UNAUTHENTICATED; the "
-            "file (one token per line) is re-read when it changes.",
+            "TLS on the gRPC port (and the HTTP gateway's) with --tls-cert and --tls-key; "
+            "--tls-client-ca also requires clients to present a certificate it signed (mTLS). "
+            "With --auth-tokens-file every RPC but grpc.health.v1 (and every HTTP route but "
+            "health and version) needs 'authorization: Bearer <token>', else UNAUTHENTICATED; "
+            "the file (one token per line) is re-read when it changes.",
         )
     )
     security.add("--tls-cert", "", "PEM certificate chain of the server", default_text="")

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import ParamSpec, TypeVar
 
+from tokenizers import Tokenizer
+
 from lamina.server.domain import (
     EmbedRequest,
     EmbedResult,
@@ -228,6 +230,11 @@ class Engine:
 
     async def detokenize(self, model_name: str, ids: list[int]) -> str:
         return await self._on_cpu(self._version(model_name).prompts.detokenize, ids)
+
+    def tokenizer(self, model_name: str) -> Tokenizer | None:
+        """The serving version's tokenizer; None for a model without one (an image encoder)."""
+        version = self._version(model_name)
+        return version.prompts.tokenizer if version.manifest.text_support else None
 
     def _admit(self, job: Job) -> None:
         try:

@@ -1,6 +1,7 @@
 """Who may call: TLS (optionally mutual) on the gRPC port, and bearer tokens on every RPC but
-grpc.health.v1, read from a file that is re-read when it changes (a mounted Secret updates in
-place). Tokens are never logged: only the file's path and how many it holds."""
+grpc.health.v1 (and on the HTTP gateway's routes), read from a file that is re-read when it
+changes (a mounted Secret updates in place). Tokens are never logged: only the file's path and how
+many it holds."""
 
 from __future__ import annotations
 
@@ -116,14 +117,19 @@ class BearerTokenInterceptor(_ServerInterceptor):
 
     def _problem(self, metadata: Any) -> str | None:
         values = [value for key, value in metadata or () if key == "authorization"]
-        if not values:
-            return "missing credentials: send 'authorization: Bearer <token>'"
-        scheme, _, token = str(values[0]).partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return "the authorization metadata must be 'Bearer <token>'"
-        if not self.tokens.accepts(token.strip()):
-            return "the bearer token is not accepted"
-        return None
+        return bearer_problem(self.tokens, str(values[0]) if values else None)
+
+
+def bearer_problem(tokens: TokenFile, authorization: str | None) -> str | None:
+    """Why an `authorization` value (gRPC metadata or HTTP header) is refused; None: accepted."""
+    if authorization is None:
+        return "missing credentials: send 'authorization: Bearer <token>'"
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return "the authorization must be 'Bearer <token>'"
+    if not tokens.accepts(token.strip()):
+        return "the bearer token is not accepted"
+    return None
 
 
 def _refusal(

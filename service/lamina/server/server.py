@@ -1,4 +1,5 @@
-"""The grpc.aio server: EmbedService, grpc.health.v1, reflection, metrics, start-up and drain."""
+"""The grpc.aio server: EmbedService, grpc.health.v1, reflection, metrics, the optional HTTP
+gateway on the same event loop, start-up and drain."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from lamina.server.api.servicer import EmbedServicer, ServingState
 from lamina.server.config import Settings
 from lamina.server.engine import Engine
+from lamina.server.gateway.app import Gateway
+from lamina.server.gateway.listener import HttpListener
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry
 from lamina.server.security import BearerTokenInterceptor, TokenFile
@@ -45,9 +48,13 @@ class LaminaServer:
         self._watcher: asyncio.Task[None] | None = None
         self.port = 0
         self.health_port = 0
+        self.http_port = 0
+        # One token file for gRPC and HTTP: a rotation reaches both at once.
+        tokens = (
+            TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file is not None else None
+        )
         interceptors = []
-        if settings.auth_tokens_file is not None:
-            tokens = TokenFile(settings.auth_tokens_file)
+        if tokens is not None:
             interceptors.append(BearerTokenInterceptor(tokens, self.metrics.auth_refused.inc))
         self._server = grpc.aio.server(
             interceptors=interceptors, options=_channel_options(settings)
@@ -66,6 +73,22 @@ class LaminaServer:
         if settings.health_port:
             self._health_server = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+        # The Aleph Alpha REST API, answered by the same engine under the same serving state.
+        self._gateway: HttpListener | None = None
+        if settings.http_port:
+            gateway = Gateway(
+                self.engine,
+                self.state,
+                self.metrics,
+                tokens=tokens,
+                max_body_bytes=settings.max_message_bytes,
+            )
+            self._gateway = HttpListener(
+                gateway.app(),
+                settings.host,
+                settings.http_port,
+                tls=settings.tls,
+            )
 
     async def start(self) -> int:
         """Listen and answer health checks (NOT_SERVING); returns the bound port."""
@@ -86,6 +109,8 @@ class LaminaServer:
             if self.health_port == 0:
                 raise OSError(f"could not bind {health_address}")
             await self._health_server.start()
+        if self._gateway is not None:
+            self.http_port = await self._gateway.start()
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
         self.metrics.track(self.engine.queue, lambda: self.state.in_flight)
@@ -101,6 +126,8 @@ class LaminaServer:
             ", bearer tokens" if self.settings.auth_tokens_file else ", no authentication",
             f", health also on :{self.health_port}" if self.health_port else "",
         )
+        if self.http_port:
+            log.info("HTTP gateway on %s:%d", self.settings.host, self.http_port)
         return self.port
 
     async def load_models(self) -> None:
@@ -130,7 +157,11 @@ class LaminaServer:
         self.state.reason = "draining: the server is shutting down"
         self.metrics.ready.set(0)
         await self._set_health(NOT_SERVING)
-        await self._server.stop(grace_seconds)
+        # In flight on either edge finish; new calls get UNAVAILABLE (HTTP 503) meanwhile.
+        stopping = [self._server.stop(grace_seconds)]
+        if self._gateway is not None:
+            stopping.append(self._gateway.stop(grace_seconds))
+        await asyncio.gather(*stopping)
         await self.engine.close()
         if self._health_server is not None:
             await self._health_server.stop(0)

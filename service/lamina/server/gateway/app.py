@@ -1,0 +1,290 @@
+"""The HTTP routes: the Aleph Alpha REST API over the same conversion and engine as gRPC.
+
+Each POST route reads its JSON into the protobuf request a gRPC caller would send, runs it through
+api/convert.py and the Engine exactly as api/servicer.py does, and writes the protobuf reply back
+as JSON. The gates are the gRPC ones too: the bearer token (TokenFile), then ServingState
+(UNAVAILABLE while starting or draining), and every answered request is counted under its gRPC
+method name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from lamina.server.api import convert
+from lamina.server.api.servicer import ServingState
+from lamina.server.engine import Engine
+from lamina.server.errors import ErrorCode, InvalidArgument, LaminaError, Unavailable
+from lamina.server.gateway import json_api
+from lamina.server.gateway.errors import (
+    UNAUTHENTICATED,
+    BodyTooLarge,
+    NoTokenizer,
+    error_body,
+    error_response,
+)
+from lamina.server.metrics import Metrics
+from lamina.server.security import TokenFile, bearer_problem
+from lamina.v1 import embed_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# The Aleph Alpha API version whose embedding routes the gateway serves: the official client's
+# validate_version() wants 1.x at or above its MIN_API_VERSION (1.19.0 in aleph-alpha-client 11).
+API_VERSION = "1.19.0"
+# A caller's deadline, in seconds, as gRPC callers send theirs: a request still queued when it
+# passes fails with 408 instead of running.
+TIMEOUT_HEADER = "X-Lamina-Timeout-Seconds"
+OPENAPI = resources.files("lamina.server.gateway").joinpath("openapi.json")
+
+Answer = Callable[["_Labels"], Awaitable[object]]
+
+
+@dataclass
+class _Labels:
+    """What the metrics label a request with, known once its body is read."""
+
+    model: str = ""
+    nice: bool = False
+    hosting: str | None = None
+
+    def of(self, message: convert.AnyEmbedRequest) -> None:
+        self.model = message.model
+        self.nice = message.nice
+        # A hosting value outside the API's set is rejected before it would count.
+        self.hosting = message.hosting if message.hosting in convert.HOSTINGS else None
+
+
+class Gateway:
+    def __init__(
+        self,
+        engine: Engine,
+        state: ServingState,
+        metrics: Metrics,
+        *,
+        tokens: TokenFile | None = None,
+        max_body_bytes: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.state = state
+        self.metrics = metrics
+        self.tokens = tokens
+        self.max_body_bytes = max_body_bytes
+
+    def app(self) -> Starlette:
+        """Every route at the root and again under /v1/, as the official client may be pointed
+        at either."""
+        routes: list[BaseRoute] = [
+            Route("/embed", self._post("Embed", self._embed), methods=["POST"]),
+            Route(
+                "/semantic_embed",
+                self._post("SemanticEmbed", self._semantic_embed),
+                methods=["POST"],
+            ),
+            Route(
+                "/batch_semantic_embed",
+                self._post("BatchSemanticEmbed", self._batch_semantic_embed),
+                methods=["POST"],
+            ),
+            Route("/tokenize", self._post("Tokenize", self._tokenize), methods=["POST"]),
+            Route("/detokenize", self._post("Detokenize", self._detokenize), methods=["POST"]),
+            Route("/models_available", self._models_available, methods=["GET"]),
+            Route("/models/{model}/tokenizer", self._tokenizer, methods=["GET"]),
+            Route("/version", self._version, methods=["GET"]),
+            Route("/health", self._health, methods=["GET"]),
+            Route("/openapi.json", self._openapi, methods=["GET"]),
+        ]
+        return Starlette(
+            routes=[*routes, Mount("/v1", routes=routes)],
+            exception_handlers={HTTPException: _http_error},
+        )
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    async def _embed(self, request: Request, labels: _Labels) -> object:
+        message = json_api.embed_request(await self._body(request), _nice(request))
+        labels.of(message)
+        result = await self.engine.embed(convert.embed_request(message), _timeout(request))
+        return json_api.embed_response(convert.embed_response(result))
+
+    async def _semantic_embed(self, request: Request, labels: _Labels) -> object:
+        message = json_api.semantic_embed_request(await self._body(request), _nice(request))
+        labels.of(message)
+        result = await self.engine.semantic_embed(
+            convert.semantic_embed_request(message), _timeout(request)
+        )
+        return json_api.semantic_embed_response(convert.semantic_embed_response(result))
+
+    async def _batch_semantic_embed(self, request: Request, labels: _Labels) -> object:
+        message = json_api.batch_semantic_embed_request(await self._body(request), _nice(request))
+        labels.of(message)
+        result = await self.engine.semantic_embed(
+            convert.batch_semantic_embed_request(message), _timeout(request)
+        )
+        return json_api.batch_semantic_embed_response(convert.batch_semantic_embed_response(result))
+
+    async def _tokenize(self, request: Request, labels: _Labels) -> object:
+        message = json_api.tokenize_request(await self._body(request))
+        labels.model = message.model
+        pieces, ids = await self.engine.tokenize(message.model, message.prompt)
+        reply = pb.TokenizeResponse()
+        if message.tokens:
+            reply.tokens.SetInParent()
+            reply.tokens.tokens.extend(pieces)
+        if message.token_ids:
+            reply.token_ids.SetInParent()
+            reply.token_ids.ids.extend(ids)
+        return json_api.tokenize_response(reply)
+
+    async def _detokenize(self, request: Request, labels: _Labels) -> object:
+        message = json_api.detokenize_request(await self._body(request))
+        labels.model = message.model
+        text = await self.engine.detokenize(message.model, list(message.token_ids))
+        return json_api.detokenize_response(pb.DetokenizeResponse(result=text))
+
+    async def _models_available(self, request: Request) -> Response:
+        async def answer(labels: _Labels) -> object:
+            return [json_api.model_info(convert.model_info(m)) for m in self.engine.models()]
+
+        return await self._serve("ModelsAvailable", request, answer)
+
+    async def _tokenizer(self, request: Request) -> Response:
+        model = request.path_params["model"]
+
+        async def answer(labels: _Labels) -> object:
+            labels.model = model
+            tokenizer = self.engine.tokenizer(model)
+            if tokenizer is None:
+                raise NoTokenizer(model)
+            text: str = await asyncio.to_thread(tokenizer.to_str)
+            return PlainTextResponse(text, media_type="application/json")
+
+        return await self._serve("Tokenizer", request, answer)
+
+    async def _version(self, request: Request) -> Response:
+        # Open, like health: it tells nothing about the models or the traffic.
+        return PlainTextResponse(API_VERSION)
+
+    async def _health(self, request: Request) -> Response:
+        """200 while serving; 503 while starting up or draining (open, for load balancers)."""
+        if self.state.reason is not None:
+            return error_response(Unavailable(self.state.reason))
+        return JSONResponse({"status": "SERVING"})
+
+    async def _openapi(self, request: Request) -> Response:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        return PlainTextResponse(OPENAPI.read_text(), media_type="application/json")
+
+    # -- the gates, metrics and errors, shared by the routes ----------------------------------
+
+    def _post(
+        self, method: str, handler: Callable[[Request, _Labels], Awaitable[object]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await self._serve(method, request, lambda labels: handler(request, labels))
+
+        return endpoint
+
+    async def _serve(self, method: str, request: Request, answer: Answer) -> Response:
+        # As gRPC's interceptor: a refused call never reaches the serving state nor the counts.
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        started = time.monotonic()
+        labels = _Labels()
+        code = "OK"
+        self.state.in_flight += 1
+        try:
+            self.state.check()
+            reply = await answer(labels)
+            return reply if isinstance(reply, Response) else JSONResponse(reply)
+        except LaminaError as error:
+            code = error.code.value
+            return error_response(error)
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the connection went away: nothing to answer or log
+            raise
+        except Exception:
+            log.exception("%s failed", method)
+            code = ErrorCode.INTERNAL.value
+            message = f"{method}: internal error; the server logged the details"
+            return error_body(500, code, message)
+        finally:
+            self.state.in_flight -= 1
+            # Label only served model names: arbitrary client strings would explode the series.
+            known = labels.model if labels.model in self.engine else ""
+            elapsed = time.monotonic() - started
+            self.metrics.observe_rpc(method, known, code, elapsed, labels.nice, labels.hosting)
+
+    async def _body(self, request: Request) -> Any:
+        """The JSON body, read no further than --max-message-mb."""
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if limit is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(int(declared), limit)
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if limit is not None and len(raw) > limit:
+                raise BodyTooLarge(len(raw), limit)
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InvalidArgument("body", f"not valid JSON ({error})") from None
+
+    def _refusal(self, request: Request) -> Response | None:
+        if self.tokens is None:
+            return None
+        problem = bearer_problem(self.tokens, request.headers.get("authorization"))
+        if problem is None:
+            return None
+        self.metrics.auth_refused.inc()
+        return error_body(401, UNAUTHENTICATED, problem)
+
+
+def _nice(request: Request) -> bool:
+    value = request.query_params.get("nice")
+    if value is None:
+        return False
+    if value.lower() not in ("true", "false"):
+        raise InvalidArgument("nice", f"expected true or false, got {value!r}")
+    return value.lower() == "true"
+
+
+def _timeout(request: Request) -> float | None:
+    value = request.headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidArgument(TIMEOUT_HEADER, f"expected seconds > 0, got {value!r}")
+    return seconds
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method) in the same body."""
+    assert isinstance(error, HTTPException)
+    codes = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}
+    code = codes.get(error.status_code, ErrorCode.INVALID_ARGUMENT.value)
+    response = error_body(error.status_code, code, f"{request.url.path}: {error.detail}")
+    response.headers.update(error.headers or {})  # e.g. Allow on 405
+    return response

@@ -1,0 +1,292 @@
+"""api-reference.md's error table over HTTP: each case's status, `{"error", "code"}` body and
+Retry-After, and the exception the official client raises for it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aleph_alpha_client as aa
+import pytest
+import requests
+
+from lamina.server.scheduling.policy import SchedulingPolicy
+from lamina.server.server import LaminaServer
+from tests.conftest import DINOV2, MINILM
+from tests.gateway.support import Gateway, threaded_server
+from tests.integration.test_scheduling import tiny_repository
+
+EMBED = {"model": MINILM, "prompt": "Hello", "layers": [-1], "pooling": ["mean"]}
+TOKEN = "token-gamma-5e1a"
+
+
+def post(gateway: Gateway, route: str, body: Any, **kwargs: Any) -> requests.Response:
+    return requests.post(gateway.url + route, json=body, timeout=60, **kwargs)
+
+
+def assert_error(reply: requests.Response, status: int, code: str, text: str = "") -> None:
+    assert reply.status_code == status, reply.text
+    body = reply.json()
+    assert set(body) == {"error", "code"}
+    assert body["code"] == code
+    assert text in body["error"]
+
+
+def client_error(gateway: Gateway, call: Callable[[aa.Client], object], **options: Any) -> Any:
+    client = aa.Client(
+        token=options.pop("token", "unused"), host=gateway.url, total_retries=0, **options
+    )
+    with pytest.raises(Exception) as raised:
+        call(client)
+    return raised.value
+
+
+def embed(prompt: aa.Prompt, **fields: Any) -> Callable[[aa.Client], object]:
+    fields.setdefault("layers", [-1])
+    fields.setdefault("pooling", ["mean"])
+    model = fields.pop("model", MINILM)
+    return lambda client: client.embed(aa.EmbeddingRequest(prompt=prompt, **fields), model=model)
+
+
+# -- INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION on the shared server ---------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({**EMBED, "layers": [99]}, "layers[0]: layer 99 is out of range"),
+        ({**EMBED, "pooling": ["median"]}, "pooling[0]: unknown pooling 'median'"),
+        ({**EMBED, "prompt": []}, "prompt: the prompt is empty"),
+        (
+            {**EMBED, "prompt": "x " * 600},
+            "602 tokens (special tokens included), more than the 512",
+        ),
+        (
+            {**EMBED, "prompt": [{"type": "token_ids", "data": [1, 10**6]}]},
+            "prompt[0].data[1]: token id 1000000 is outside the vocabulary",
+        ),
+        (
+            {
+                **EMBED,
+                "prompt": [
+                    {
+                        "type": "text",
+                        "data": "Hi",
+                        "controls": [{"start": 0, "length": 1, "factor": -1}],
+                    }
+                ],
+            },
+            "prompt[0].controls[0].factor: control factor must be finite and >= 0",
+        ),
+        (
+            {
+                **EMBED,
+                "prompt": [
+                    {
+                        "type": "text",
+                        "data": "Hi",
+                        "controls": [{"start": 0, "length": 1, "factor": "big"}],
+                    }
+                ],
+            },
+            "prompt[0].controls[0].factor: expected a number, got a string",
+        ),
+        (
+            {**EMBED, "model": DINOV2, "prompt": [{"type": "image", "data": "bm90IGFuIGltYWdl"}]},
+            "prompt[0].data",
+        ),
+        (
+            {**EMBED, "model": DINOV2, "prompt": [{"type": "image", "data": "!!"}]},
+            "prompt[0].data: not valid base64",
+        ),
+        (
+            {**EMBED, "model": DINOV2, "prompt": [{"type": "image", "data": "", "x": 1}]},
+            "prompt[0]: give x, y and size together",
+        ),
+        ({**EMBED, "prompt": [{"type": "audio", "data": ""}]}, "prompt[0].type: unknown item"),
+        ({**EMBED, "layer": [1]}, "layer: unknown field"),
+        ({**EMBED, "nice": True}, "nice: unknown field"),
+        ({**EMBED, "normalize": "yes"}, "normalize: expected true or false"),
+        ({**EMBED, "hosting": "elsewhere"}, "hosting: unknown hosting 'elsewhere'"),
+        ([1, 2], "body: expected a JSON object, got a list"),
+    ],
+)
+def test_bad_requests_are_400_naming_the_field(gateway: Gateway, body: object, text: str) -> None:
+    assert_error(post(gateway, "embed", body), 400, "INVALID_ARGUMENT", text)
+
+
+def test_bad_json_and_bad_query_parameters(gateway: Gateway) -> None:
+    reply = requests.post(gateway.url + "embed", data=b"{not json", timeout=60)
+    assert_error(reply, 400, "INVALID_ARGUMENT", "body: not valid JSON")
+    reply = post(gateway, "embed", EMBED, params={"nice": "very"})
+    assert_error(reply, 400, "INVALID_ARGUMENT", "nice: expected true or false")
+    reply = post(gateway, "embed", EMBED, headers={"X-Lamina-Timeout-Seconds": "-1"})
+    assert_error(reply, 400, "INVALID_ARGUMENT", "X-Lamina-Timeout-Seconds")
+    semantic = {"model": MINILM, "prompts": [], "representation": "symmetric"}
+    reply = post(gateway, "batch_semantic_embed", semantic)
+    assert_error(reply, 400, "INVALID_ARGUMENT", "prompts: 0 prompts; a batch takes 1 to 100")
+    semantic = {"model": "smollm2-135m-instruct", "prompt": "Hi", "representation": "query"}
+    assert_error(post(gateway, "semantic_embed", semantic), 400, "INVALID_ARGUMENT", "model: ")
+
+
+def test_the_client_raises_value_error_for_400(gateway: Gateway) -> None:
+    error = client_error(gateway, embed(aa.Prompt.from_text("Hello"), layers=[99]))
+    assert isinstance(error, ValueError)
+    assert error.args[0] == 400 and "INVALID_ARGUMENT" in error.args[1]
+
+
+def test_unknown_models_are_404(gateway: Gateway) -> None:
+    assert_error(post(gateway, "embed", {**EMBED, "model": "nope"}), 404, "NOT_FOUND", "'nope'")
+    tokenize = {"model": "nope", "prompt": "Hi", "tokens": True, "token_ids": True}
+    assert_error(post(gateway, "tokenize", tokenize), 404, "NOT_FOUND", "model: unknown model")
+    reply = requests.get(gateway.url + "models/nope/tokenizer", timeout=60)
+    assert_error(reply, 404, "NOT_FOUND", "unknown model")
+    reply = requests.get(gateway.url + f"models/{DINOV2}/tokenizer", timeout=60)
+    assert_error(reply, 404, "NOT_FOUND", "has no tokenizer")
+    assert_error(requests.get(gateway.url + "nowhere", timeout=60), 404, "NOT_FOUND")
+    error = client_error(gateway, embed(aa.Prompt.from_text("Hello"), model="nope"))
+    assert isinstance(error, RuntimeError) and error.args[0] == 404
+
+
+def test_a_hosting_no_pool_honours_is_400_failed_precondition(gateway: Gateway) -> None:
+    reply = post(gateway, "embed", {**EMBED, "hosting": "aleph-alpha"})
+    assert_error(reply, 400, "FAILED_PRECONDITION", "no worker pool may process")
+    error = client_error(gateway, embed(aa.Prompt.from_text("Hello")), hosting="aleph-alpha")
+    assert isinstance(error, ValueError) and "FAILED_PRECONDITION" in error.args[1]
+
+
+# -- UNAUTHENTICATED ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_only(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("repository")
+    (repository / MINILM).symlink_to(model_repository / MINILM, target_is_directory=True)
+    return repository
+
+
+def test_bearer_tokens_guard_every_route_but_health_and_version(
+    minilm_only: Path, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# accepted\n{TOKEN}\n")
+    with threaded_server(minilm_only, auth_tokens_file=tokens) as gateway:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            reply = post(gateway, "embed", EMBED, headers=headers)
+            assert_error(reply, 401, "UNAUTHENTICATED")
+            assert reply.headers["WWW-Authenticate"] == "Bearer"
+        for route in ("models_available", f"models/{MINILM}/tokenizer", "openapi.json"):
+            assert_error(requests.get(gateway.url + route, timeout=60), 401, "UNAUTHENTICATED")
+        assert requests.get(gateway.url + "health", timeout=60).status_code == 200
+        assert requests.get(gateway.url + "version", timeout=60).text.startswith("1.")
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert post(gateway, "embed", EMBED, headers=good).status_code == 200
+        refused = gateway.instance.metrics.auth_refused._value.get()
+        assert refused == 6
+
+        error = client_error(gateway, embed(aa.Prompt.from_text("Hello")), token="wrong")
+        assert isinstance(error, PermissionError) and error.args[0] == 401
+        client = aa.Client(token=TOKEN, host=gateway.url, total_retries=0)
+        assert [m["name"] for m in client.models()] == [MINILM]
+
+
+# -- UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, body size ------------------------------
+
+
+def test_starting_up_is_503_with_retry_after(minilm_only: Path) -> None:
+    with threaded_server(minilm_only, load=False) as gateway:
+        for reply in (post(gateway, "embed", EMBED), requests.get(gateway.url + "health")):
+            assert_error(reply, 503, "UNAVAILABLE", "starting up")
+            assert reply.headers["Retry-After"] == "1"
+        assert requests.get(gateway.url + "version", timeout=60).status_code == 200
+        error = client_error(gateway, embed(aa.Prompt.from_text("Hello")))
+        assert isinstance(error, aa.BusyError) and error.args[0] == 503
+
+
+def test_draining_is_503_like_grpc_unavailable(minilm_only: Path) -> None:
+    with threaded_server(minilm_only) as gateway:
+        assert requests.get(gateway.url + "health", timeout=60).status_code == 200
+        gateway.instance.state.reason = "draining: the server is shutting down"
+        reply = post(gateway, "embed", EMBED)
+        assert_error(reply, 503, "UNAVAILABLE", "draining")
+        assert reply.headers["Retry-After"] == "1"
+        gateway.instance.state.reason = None
+
+
+def hold_pools(server: LaminaServer) -> Callable[[], None]:
+    release = threading.Event()
+    for runner in server.engine.runners:
+        runner._executor.submit(release.wait)  # test-only hold
+    return release.set
+
+
+TINY = {
+    "model": "tiny",
+    "prompt": [{"type": "token_ids", "data": [4, 5, 6]}],
+    "layers": [-1],
+    "pooling": ["mean"],
+}
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A tiny model, a queue of at most one waiting request, and 2 KiB bodies."""
+    policy = SchedulingPolicy(max_wait_seconds=0, max_queue_requests=1)
+    repository = tiny_repository(tmp_path_factory.mktemp("tiny"))
+    with threaded_server(repository, scheduling=policy, max_message_bytes=2048) as gateway:
+        yield gateway
+
+
+def test_a_full_queue_is_429_with_retry_after(busy: Gateway) -> None:
+    release = hold_pools(busy.instance)
+    with ThreadPoolExecutor(4) as pool:
+        running = pool.submit(post, busy, "embed", TINY)  # taken by the held pool
+        time.sleep(0.3)
+        queued = pool.submit(post, busy, "embed", TINY)
+        time.sleep(0.3)
+        refused = post(busy, "embed", TINY)
+        error = client_error(
+            busy,
+            lambda c: c.embed(
+                aa.EmbeddingRequest(
+                    prompt=aa.Prompt.from_tokens([4, 5]), layers=[-1], pooling=["mean"]
+                ),
+                model="tiny",
+            ),
+        )
+        release()
+        replies = [running.result(), queued.result()]
+    assert_error(refused, 429, "RESOURCE_EXHAUSTED", "queue full")
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert isinstance(error, RuntimeError) and error.args[0] == 429
+    assert [r.status_code for r in replies] == [200, 200]  # nothing accepted is lost
+
+
+def test_a_request_past_its_deadline_is_408(busy: Gateway) -> None:
+    release = hold_pools(busy.instance)
+    late = {"X-Lamina-Timeout-Seconds": "0.3"}
+    client = aa.Client(token="unused", host=busy.url, total_retries=0)
+    client.session.headers.update(late)  # the official client's session, with the deadline added
+    request = aa.EmbeddingRequest(
+        prompt=aa.Prompt.from_tokens([4, 5]), layers=[-1], pooling=["mean"]
+    )
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(post, busy, "embed", TINY)
+        time.sleep(0.3)
+        expiring: Future[object] = pool.submit(client.embed, request, "tiny")
+        time.sleep(0.6)
+        release()
+        assert running.result().status_code == 200
+        with pytest.raises(TimeoutError) as error:
+            expiring.result()
+    assert error.value.args[0] == 408 and "DEADLINE_EXCEEDED" in error.value.args[1]
+    assert post(busy, "embed", TINY, headers=late).status_code == 200  # in time: it runs
+
+
+def test_a_body_over_the_message_limit_is_413(busy: Gateway) -> None:
+    big = {**TINY, "prompt": [{"type": "token_ids", "data": [4] * 2000}]}
+    assert_error(post(busy, "embed", big), 413, "RESOURCE_EXHAUSTED")

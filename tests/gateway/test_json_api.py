@@ -1,0 +1,147 @@
+"""The Aleph Alpha JSON shapes to the protobuf requests gRPC callers send, and error paths as the
+HTTP caller wrote them."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from lamina.server.errors import InvalidArgument
+from lamina.server.gateway import json_api
+from lamina.server.gateway.errors import json_field
+from lamina.v1 import embed_pb2 as pb
+
+
+def test_a_plain_string_prompt_is_one_text_item_and_null_means_unset() -> None:
+    body = {
+        "model": "m",
+        "prompt": "Hello",
+        "layers": [-1],
+        "pooling": ["mean"],
+        "type": None,
+        "tokens": False,
+        "normalize": None,
+        "contextual_control_threshold": None,
+        "control_log_additive": None,
+        "hosting": None,
+        "tags": ["ignored"],
+    }
+    request = json_api.embed_request(body, nice=True)
+    assert request == pb.EmbedRequest(
+        model="m",
+        prompt=pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data="Hello"))]),
+        layers=[-1],
+        pooling=["mean"],
+        tokens=False,
+        nice=True,
+    )
+    for field in ("normalize", "control_log_additive", "hosting", "type"):
+        assert not request.HasField(field)  # control_log_additive unset: true, below
+
+
+def test_the_official_clients_item_shapes() -> None:
+    picture = b"\x89PNG fake"
+    body = {
+        "model": "m",
+        "prompt": [
+            {
+                "type": "text",
+                "data": "Hi there",
+                "controls": [{"start": 3, "length": 5, "factor": 0.5, "token_overlap": "complete"}],
+            },
+            {
+                "type": "image",
+                "data": base64.b64encode(picture).decode(),
+                "x": 1,
+                "y": 2,
+                "size": 30,
+                "controls": [
+                    {"rect": {"left": 0, "top": 0, "width": 0.5, "height": 1}, "factor": 0.0}
+                ],
+            },
+            {"type": "token_ids", "data": [7, 8], "controls": [{"index": 1, "factor": 2}]},
+        ],
+        "representation": "query",
+        "compress_to_size": None,
+        "normalize": False,
+        "control_log_additive": False,
+    }
+    request = json_api.semantic_embed_request(body, nice=False)
+    text, image, tokens = request.prompt.items
+    assert text.text == pb.TextItem(
+        data="Hi there",
+        controls=[pb.TextControl(start=3, length=5, factor=0.5, token_overlap="complete")],
+    )
+    assert image.image == pb.ImageItem(
+        data=picture,
+        crop=pb.ImageCrop(x=1, y=2, size=30),
+        controls=[pb.ImageControl(rect=pb.Rect(width=0.5, height=1), factor=0.0)],
+    )
+    assert tokens.token_ids == pb.TokenIdsItem(
+        data=[7, 8], controls=[pb.TokenControl(index=1, factor=2)]
+    )
+    assert request.representation == "query" and not request.HasField("compress_to_size")
+    assert request.HasField("normalize") and not request.normalize
+    assert request.HasField("control_log_additive") and not request.control_log_additive
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "problem"),
+    [
+        ({"layers": [1.5]}, "layers[0]", "expected an integer"),
+        ({"layers": [2**40]}, "layers[0]", "outside"),
+        ({"layers": 3}, "layers", "expected a list"),
+        ({"pooling": [True]}, "pooling[0]", "expected a string"),
+        ({"prompt": 5}, "prompt", "expected a list"),
+        ({"prompt": [{"type": "text", "data": "x", "extra": 1}]}, "prompt[0].extra", "unknown"),
+        (
+            {"prompt": [{"type": "text", "controls": [{"start": 0}]}]},
+            "prompt[0].controls[0].factor",
+            "required",
+        ),
+        (
+            {"prompt": [{"type": "token_ids", "controls": [{"index": -1, "factor": 1}]}]},
+            "prompt[0].controls[0].index",
+            "outside",
+        ),
+        (
+            {"prompt": [{"type": "image", "controls": [{"factor": 1}]}]},
+            "prompt[0].controls[0].rect",
+            "required",
+        ),
+        ({"prompt": [{"data": "x"}]}, "prompt[0].type", "unknown item type None"),
+        ({"tokens": 1}, "tokens", "expected true or false"),
+    ],
+)
+def test_wrong_json_types_name_the_field(body: dict[str, object], field: str, problem: str) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        json_api.embed_request({"model": "m", **body}, nice=False)
+    assert error.value.field == field
+    assert problem in error.value.problem
+
+
+def test_batch_prompts_and_json_integers_written_as_floats() -> None:
+    request = json_api.batch_semantic_embed_request(
+        {"model": "m", "prompts": ["a", [{"type": "token_ids", "data": [3.0]}], None]},
+        nice=False,
+    )
+    assert [len(p.items) for p in request.prompts] == [1, 1, 0]  # null: empty, named below
+    assert list(request.prompts[1].items[0].token_ids.data) == [3]
+
+
+@pytest.mark.parametrize(
+    ("grpc_field", "http_field"),
+    [
+        ("prompt.items[0].text.controls[1].factor", "prompt[0].controls[1].factor"),
+        ("prompt.items[2].image.crop", "prompt[2]"),
+        ("prompt.items[0].image.data", "prompt[0].data"),
+        ("prompt.items[3].token_ids.data[4]", "prompt[3].data[4]"),
+        ("prompts[5].items[0].text.data", "prompts[5][0].data"),
+        ("prompt.items", "prompt"),
+        ("layers[1]", "layers[1]"),
+        ("token_ids[2]", "token_ids[2]"),
+    ],
+)
+def test_error_paths_read_as_the_json_was_written(grpc_field: str, http_field: str) -> None:
+    assert json_field(grpc_field) == http_field
