@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import Mount, Route
 
+from lamina.server.api.calls import Calls
 from lamina.server.gateway.app import API_VERSION
 from lamina.server.gateway.app import Gateway as GatewayApp
 from tests.conftest import DINOV2, MINILM, SMOLLM2
@@ -81,7 +82,8 @@ def test_the_served_description_is_the_packaged_one(gateway: Gateway) -> None:
 
 
 def test_every_route_is_described(gateway: Gateway) -> None:
-    app = GatewayApp(gateway.instance.engine, gateway.instance.state, gateway.instance.metrics)
+    instance = gateway.instance
+    app = GatewayApp(Calls(instance.engine, instance.state, instance.metrics))
     routes = app.app().routes
     served = {r.path for r in routes if isinstance(r, Route)}
     assert served == set(DESCRIPTION["paths"])

@@ -11,7 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lamina.server.api.servicer import EmbedServicer, ServingState
+from lamina.server.api.calls import Calls, ServingState
+from lamina.server.api.servicer import EmbedServicer
 from lamina.server.config import Settings
 from lamina.server.engine import Engine
 from lamina.server.gateway.app import Gateway
@@ -53,15 +54,15 @@ class LaminaServer:
         tokens = (
             TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file is not None else None
         )
+        # Both edges answer through the same calls: one conversion, one count, one state.
+        calls = Calls(self.engine, self.state, self.metrics)
         interceptors = []
         if tokens is not None:
             interceptors.append(BearerTokenInterceptor(tokens, self.metrics.auth_refused.inc))
         self._server = grpc.aio.server(
             interceptors=interceptors, options=_channel_options(settings)
         )
-        embed_pb2_grpc.add_EmbedServiceServicer_to_server(
-            EmbedServicer(self.engine, self.state, self.metrics), self._server
-        )
+        embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(calls), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if settings.reflection:
             reflection.enable_server_reflection(
@@ -77,9 +78,7 @@ class LaminaServer:
         self._gateway: HttpListener | None = None
         if settings.http_port:
             gateway = Gateway(
-                self.engine,
-                self.state,
-                self.metrics,
+                calls,
                 tokens=tokens,
                 max_body_bytes=settings.max_message_bytes,
             )

@@ -1,21 +1,17 @@
-"""The HTTP routes: the Aleph Alpha REST API over the same conversion and engine as gRPC.
+"""The HTTP routes: the Aleph Alpha REST API over the same calls as gRPC.
 
 Each POST route reads its JSON into the protobuf request a gRPC caller would send, runs it through
-api/convert.py and the Engine exactly as api/servicer.py does, and writes the protobuf reply back
-as JSON. The gates are the gRPC ones too: the bearer token (TokenFile), then ServingState
-(UNAVAILABLE while starting or draining), and every answered request is counted under its gRPC
-method name.
+api/calls.py exactly as api/servicer.py does, and writes the protobuf reply back as JSON. The
+gates are the gRPC ones too: the bearer token (TokenFile), then the serving state (503 while
+starting or draining), and every answered request is counted under its gRPC method name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -25,9 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from lamina.server.api import convert
-from lamina.server.api.servicer import ServingState
-from lamina.server.engine import Engine
+from lamina.server.api.calls import CallRecord, Calls
 from lamina.server.errors import ErrorCode, InvalidArgument, LaminaError, Unavailable
 from lamina.server.gateway import json_api
 from lamina.server.gateway.errors import (
@@ -37,11 +31,7 @@ from lamina.server.gateway.errors import (
     error_body,
     error_response,
 )
-from lamina.server.metrics import Metrics
 from lamina.server.security import TokenFile, bearer_problem
-from lamina.v1 import embed_pb2 as pb
-
-log = logging.getLogger(__name__)
 
 # The Aleph Alpha API version whose embedding routes the gateway serves: the official client's
 # validate_version() wants 1.x at or above its MIN_API_VERSION (1.19.0 in aleph-alpha-client 11).
@@ -51,37 +41,18 @@ API_VERSION = "1.19.0"
 TIMEOUT_HEADER = "X-Lamina-Timeout-Seconds"
 OPENAPI = resources.files("lamina.server.gateway").joinpath("openapi.json")
 
-Answer = Callable[["_Labels"], Awaitable[object]]
-
-
-@dataclass
-class _Labels:
-    """What the metrics label a request with, known once its body is read."""
-
-    model: str = ""
-    nice: bool = False
-    hosting: str | None = None
-
-    def of(self, message: convert.AnyEmbedRequest) -> None:
-        self.model = message.model
-        self.nice = message.nice
-        # A hosting value outside the API's set is rejected before it would count.
-        self.hosting = message.hosting if message.hosting in convert.HOSTINGS else None
+Answer = Callable[[CallRecord], Awaitable[object]]
 
 
 class Gateway:
     def __init__(
         self,
-        engine: Engine,
-        state: ServingState,
-        metrics: Metrics,
+        calls: Calls,
         *,
         tokens: TokenFile | None = None,
         max_body_bytes: int | None = None,
     ) -> None:
-        self.engine = engine
-        self.state = state
-        self.metrics = metrics
+        self.calls = calls
         self.tokens = tokens
         self.max_body_bytes = max_body_bytes
 
@@ -115,59 +86,40 @@ class Gateway:
 
     # -- routes ---------------------------------------------------------------------------------
 
-    async def _embed(self, request: Request, labels: _Labels) -> object:
+    async def _embed(self, request: Request, record: CallRecord) -> object:
         message = json_api.embed_request(await self._body(request), _nice(request))
-        labels.of(message)
-        result = await self.engine.embed(convert.embed_request(message), _timeout(request))
-        return json_api.embed_response(convert.embed_response(result))
+        reply = await self.calls.embed(message, _timeout(request), record)
+        return json_api.embed_response(reply)
 
-    async def _semantic_embed(self, request: Request, labels: _Labels) -> object:
+    async def _semantic_embed(self, request: Request, record: CallRecord) -> object:
         message = json_api.semantic_embed_request(await self._body(request), _nice(request))
-        labels.of(message)
-        result = await self.engine.semantic_embed(
-            convert.semantic_embed_request(message), _timeout(request)
-        )
-        return json_api.semantic_embed_response(convert.semantic_embed_response(result))
+        reply = await self.calls.semantic_embed(message, _timeout(request), record)
+        return json_api.semantic_embed_response(reply)
 
-    async def _batch_semantic_embed(self, request: Request, labels: _Labels) -> object:
+    async def _batch_semantic_embed(self, request: Request, record: CallRecord) -> object:
         message = json_api.batch_semantic_embed_request(await self._body(request), _nice(request))
-        labels.of(message)
-        result = await self.engine.semantic_embed(
-            convert.batch_semantic_embed_request(message), _timeout(request)
-        )
-        return json_api.batch_semantic_embed_response(convert.batch_semantic_embed_response(result))
+        reply = await self.calls.batch_semantic_embed(message, _timeout(request), record)
+        return json_api.batch_semantic_embed_response(reply)
 
-    async def _tokenize(self, request: Request, labels: _Labels) -> object:
+    async def _tokenize(self, request: Request, record: CallRecord) -> object:
         message = json_api.tokenize_request(await self._body(request))
-        labels.model = message.model
-        pieces, ids = await self.engine.tokenize(message.model, message.prompt)
-        reply = pb.TokenizeResponse()
-        if message.tokens:
-            reply.tokens.SetInParent()
-            reply.tokens.tokens.extend(pieces)
-        if message.token_ids:
-            reply.token_ids.SetInParent()
-            reply.token_ids.ids.extend(ids)
-        return json_api.tokenize_response(reply)
+        return json_api.tokenize_response(await self.calls.tokenize(message, record))
 
-    async def _detokenize(self, request: Request, labels: _Labels) -> object:
+    async def _detokenize(self, request: Request, record: CallRecord) -> object:
         message = json_api.detokenize_request(await self._body(request))
-        labels.model = message.model
-        text = await self.engine.detokenize(message.model, list(message.token_ids))
-        return json_api.detokenize_response(pb.DetokenizeResponse(result=text))
+        return json_api.detokenize_response(await self.calls.detokenize(message, record))
 
     async def _models_available(self, request: Request) -> Response:
-        async def answer(labels: _Labels) -> object:
-            return [json_api.model_info(convert.model_info(m)) for m in self.engine.models()]
+        async def answer(record: CallRecord) -> object:
+            return [json_api.model_info(m) for m in self.calls.models_available().models]
 
         return await self._serve("ModelsAvailable", request, answer)
 
     async def _tokenizer(self, request: Request) -> Response:
         model = request.path_params["model"]
 
-        async def answer(labels: _Labels) -> object:
-            labels.model = model
-            tokenizer = self.engine.tokenizer(model)
+        async def answer(record: CallRecord) -> object:
+            tokenizer = self.calls.tokenizer(model, record)
             if tokenizer is None:
                 raise NoTokenizer(model)
             text: str = await asyncio.to_thread(tokenizer.to_str)
@@ -181,8 +133,9 @@ class Gateway:
 
     async def _health(self, request: Request) -> Response:
         """200 while serving; 503 while starting up or draining (open, for load balancers)."""
-        if self.state.reason is not None:
-            return error_response(Unavailable(self.state.reason))
+        reason = self.calls.state.reason
+        if reason is not None:
+            return error_response(Unavailable(reason))
         return JSONResponse({"status": "SERVING"})
 
     async def _openapi(self, request: Request) -> Response:
@@ -194,10 +147,10 @@ class Gateway:
     # -- the gates, metrics and errors, shared by the routes ----------------------------------
 
     def _post(
-        self, method: str, handler: Callable[[Request, _Labels], Awaitable[object]]
+        self, method: str, handler: Callable[[Request, CallRecord], Awaitable[object]]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            return await self._serve(method, request, lambda labels: handler(request, labels))
+            return await self._serve(method, request, lambda record: handler(request, record))
 
         return endpoint
 
@@ -206,31 +159,13 @@ class Gateway:
         refused = self._refusal(request)
         if refused is not None:
             return refused
-        started = time.monotonic()
-        labels = _Labels()
-        code = "OK"
-        self.state.in_flight += 1
+        record = CallRecord(method)
         try:
-            self.state.check()
-            reply = await answer(labels)
-            return reply if isinstance(reply, Response) else JSONResponse(reply)
+            with self.calls.answering(record):
+                reply = await answer(record)
         except LaminaError as error:
-            code = error.code.value
             return error_response(error)
-        except asyncio.CancelledError:
-            code = "CANCELLED"  # the connection went away: nothing to answer or log
-            raise
-        except Exception:
-            log.exception("%s failed", method)
-            code = ErrorCode.INTERNAL.value
-            message = f"{method}: internal error; the server logged the details"
-            return error_body(500, code, message)
-        finally:
-            self.state.in_flight -= 1
-            # Label only served model names: arbitrary client strings would explode the series.
-            known = labels.model if labels.model in self.engine else ""
-            elapsed = time.monotonic() - started
-            self.metrics.observe_rpc(method, known, code, elapsed, labels.nice, labels.hosting)
+        return reply if isinstance(reply, Response) else JSONResponse(reply)
 
     async def _body(self, request: Request) -> Any:
         """The JSON body, read no further than --max-message-mb."""
@@ -254,7 +189,7 @@ class Gateway:
         problem = bearer_problem(self.tokens, request.headers.get("authorization"))
         if problem is None:
             return None
-        self.metrics.auth_refused.inc()
+        self.calls.metrics.auth_refused.inc()
         return error_body(401, UNAUTHENTICATED, problem)
 
 
