@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.integration.support import RunningServer
@@ -143,3 +144,50 @@ async def test_every_ghz_config_runs(server: RunningServer, tmp_path: Path, conf
     assert done.code == 0, done.stderr
     assert done.report["count"] == 6
     assert done.report["statusCodeDistribution"] == {"OK": 6}, done.report["errorDistribution"]
+
+
+def _call_through_reflection(target: str, config: dict[str, Any]) -> list[Any]:
+    """What ghz does with a config: descriptors from the server's reflection alone (no compiled
+    stubs), the call data rendered and parsed into the method's request type, then the call."""
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    from lamina.client.load_templates import CallContext, compile_template
+
+    service_name, _, method_name = config["call"].rpartition(".")
+    with grpc.insecure_channel(target) as channel:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        method = pool.FindServiceByName(service_name).FindMethodByName(method_name)
+        request_type = message_factory.GetMessageClass(method.input_type)
+        reply_type = message_factory.GetMessageClass(method.output_type)
+        call = channel.unary_unary(
+            f"/{service_name}/{method_name}",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=reply_type.FromString,
+        )
+        data = config["data"] if isinstance(config["data"], list) else [config["data"]]
+        replies = []
+        for number, item in enumerate(data):
+            context = CallContext.now(
+                "0", number, config["call"], method.input_type.name, method.output_type.name
+            )
+            text = compile_template(json.dumps(item)).render(context)
+            replies.append(call(json_format.Parse(text, request_type()), timeout=60))
+        return replies
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in GHZ.glob("*.json")))
+async def test_each_ghz_config_works_through_reflection_alone(
+    server: RunningServer, config: str
+) -> None:
+    settings = json.loads((GHZ / config).read_text())
+    assert settings.get("insecure") is True and "proto" not in settings  # reflection, plaintext
+    assert settings["max-recv-message-size"] == "64MiB"
+    replies = await asyncio.to_thread(_call_through_reflection, server.target, settings)
+    assert replies and all(reply.num_tokens_prompt_total > 0 for reply in replies)
+    vectors = [
+        v for r in replies for layer in r.embeddings.values() for v in layer.pooling.values()
+    ]
+    assert vectors and all(len(vector.values) >= 384 for vector in vectors)
