@@ -111,3 +111,26 @@ async def test_cli_models_and_errors(server: RunningServer) -> None:
     )
     assert code == 1 and out == ""
     assert err.startswith("error: INVALID_ARGUMENT: pooling[0]: unknown pooling 'median'")
+
+
+async def test_cli_semantic_embed_is_the_normalised_last_layer_mean(server: RunningServer) -> None:
+    code, out, err = await _cli(
+        server, "semantic-embed", "--model", MODEL, "--prompt", "Hello world"
+    )
+    assert code == 0, err
+    semantic = json.loads(out)
+    code, out, err = await _cli(
+        server, "embed", "--model", MODEL, "--prompt", "Hello world", "--normalize"
+    )
+    assert code == 0, err
+    embedded = json.loads(out)["embeddings"]["layer_6"]["mean"]
+    np.testing.assert_allclose(semantic["embedding"], embedded, rtol=1e-6, atol=1e-7)
+    assert semantic["num_tokens_prompt_total"] == 4
+    code, out, _ = await _cli(
+        server, "semantic-embed", "--model", MODEL, "--prompt", "x", "--no-normalize"
+    )
+    assert code == 0 and abs(np.linalg.norm(json.loads(out)["embedding"]) - 1) > 1e-3
+    code, _, err = await _cli(
+        server, "semantic-embed", "--model", "smollm2-135m-instruct", "--prompt", "x"
+    )
+    assert code == 1 and "has no semantic embedding" in err

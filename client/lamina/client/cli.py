@@ -65,31 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed a prompt: one vector per layer and pooling")
-    embed.add_argument("--model", required=True, help="model name, e.g. all-minilm-l6-v2")
-    # Both item options share one ordered list: the prompt is their concatenation.
-    embed.add_argument(
-        "--prompt",
-        action=_AppendItem,
-        dest="items",
-        metavar="TEXT",
-        help="a text item; repeat, and mix with --token-ids, to build one sequence in order",
-    )
-    embed.add_argument(
-        "--token-ids",
-        action=_AppendItem,
-        dest="items",
-        nargs="+",
-        type=int,
-        metavar="ID",
-        help="a token-id item, used as given (no special tokens added); repeatable like --prompt",
-    )
-    embed.add_argument(
-        "--image",
-        action=_AppendItem,
-        dest="items",
-        metavar="FILE",
-        help="an image item (PNG, JPEG, WebP, GIF), centre-cropped; repeatable like --prompt",
-    )
+    _add_prompt_arguments(embed)
     embed.add_argument(
         "--layers",
         type=int,
@@ -109,14 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--tokens", action="store_true", help="also return the prompt's tokens, one per position"
     )
-    embed.add_argument(
-        "--nice", action="store_true", help="run below concurrent requests that are not nice"
+
+    semantic = commands.add_parser(
+        "semantic-embed",
+        help="one vector for a prompt, in the model's own semantic configuration",
     )
-    embed.add_argument(
-        "--hosting",
+    _add_prompt_arguments(semantic)
+    semantic.add_argument(
+        "--representation",
+        choices=("symmetric", "document", "query"),
+        default="symmetric",
+        help="what the vector is for (default: %(default)s)",
+    )
+    semantic.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="'aleph-alpha': only worker pools in our own datacenter may run it "
-        "(default: any pool)",
+        help="L2-normalise, or not (default: the model's own setting)",
     )
 
     commands.add_parser("models", help="list the served models with their capabilities")
@@ -131,6 +116,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_load_command(commands)
     return parser
+
+
+def _add_prompt_arguments(command: argparse.ArgumentParser) -> None:
+    """The model, the prompt items in order, and the scheduling options every embedding shares."""
+    command.add_argument("--model", required=True, help="model name, e.g. all-minilm-l6-v2")
+    # The item options share one ordered list: the prompt is their concatenation.
+    command.add_argument(
+        "--prompt",
+        action=_AppendItem,
+        dest="items",
+        metavar="TEXT",
+        help="a text item; repeat, and mix with --token-ids, to build one sequence in order",
+    )
+    command.add_argument(
+        "--token-ids",
+        action=_AppendItem,
+        dest="items",
+        nargs="+",
+        type=int,
+        metavar="ID",
+        help="a token-id item, used as given (no special tokens added); repeatable like --prompt",
+    )
+    command.add_argument(
+        "--image",
+        action=_AppendItem,
+        dest="items",
+        metavar="FILE",
+        help="an image item (PNG, JPEG, WebP, GIF), centre-cropped; repeatable like --prompt",
+    )
+    command.add_argument(
+        "--nice", action="store_true", help="run below concurrent requests that are not nice"
+    )
+    command.add_argument(
+        "--hosting",
+        default=None,
+        help="'aleph-alpha': only worker pools in our own datacenter may run it "
+        "(default: any pool)",
+    )
 
 
 def add_security_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,8 +216,8 @@ def security_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Se
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "embed" and not getattr(args, "items", None):
-        parser.error("embed needs at least one --prompt, --token-ids or --image")
+    if args.command in ("embed", "semantic-embed") and not getattr(args, "items", None):
+        parser.error(f"{args.command} needs at least one --prompt, --token-ids or --image")
     security = security_of(parser, args)
     if args.command == "load":  # many calls on its own channels, not one Client call
         return load_command(args, security)
@@ -223,6 +246,21 @@ def _run(client: Client, args: argparse.Namespace) -> Any:
             hosting=args.hosting,
         )
         return embed_json(result)
+    if args.command == "semantic-embed":
+        semantic = client.semantic_embed(
+            args.model,
+            args.items,
+            representation=args.representation,
+            normalize=args.normalize,
+            nice=args.nice,
+            hosting=args.hosting,
+        )
+        return {
+            "model_version": semantic.model_version,
+            "num_tokens_prompt_total": semantic.num_tokens_prompt_total,
+            "embedding": _floats(semantic.embedding),
+            "timing": dataclasses.asdict(semantic.timing),
+        }
     if args.command == "models":
         return [dataclasses.asdict(model) for model in client.models()]
     if args.command == "tokenize":
