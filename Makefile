@@ -20,7 +20,7 @@ CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 .PHONY: serve test install models protos lint fixtures bench clean help image deploy-check
 
 help:
-	@echo "make serve    create .venv, install, prepare the default models, serve gRPC on :$(PORT)"
+	@echo "make serve    create .venv, install, prepare the default models, serve gRPC on :$(PORT), HTTP on :$(HTTP_PORT)"
 	@echo "make test     install test tools, lint, prepare models, run every test"
 	@echo "make models   prepare the default models into $(LAMINA_MODEL_REPOSITORY)"
 	@echo "make protos   regenerate the Python stubs from protos/"
