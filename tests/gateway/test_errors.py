@@ -3,6 +3,8 @@ Retry-After, and the exception the official client raises for it."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -290,3 +292,33 @@ def test_a_request_past_its_deadline_is_408(busy: Gateway) -> None:
 def test_a_body_over_the_message_limit_is_413(busy: Gateway) -> None:
     big = {**TINY, "prompt": [{"type": "token_ids", "data": [4] * 2000}]}
     assert_error(post(busy, "embed", big), 413, "RESOURCE_EXHAUSTED")
+
+
+def test_a_caller_that_hangs_up_leaves_the_queue(busy: Gateway) -> None:
+    """As a cancelled gRPC call: the queued request is dropped and its queue place freed."""
+    metrics = busy.instance.metrics
+    cancelled = metrics.requests.labels("Embed", "tiny", "CANCELLED", "false", "any")
+    before = cancelled._value.get()
+    release = hold_pools(busy.instance)
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(post, busy, "embed", TINY)  # taken by the held pool
+        time.sleep(0.3)
+        body = json.dumps(TINY).encode()
+        host, port = busy.url.removeprefix("http://").rstrip("/").split(":")
+        with socket.create_connection((host, int(port))) as caller:  # queued, then gone
+            caller.sendall(
+                b"POST /embed HTTP/1.1\r\nHost: lamina\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while cancelled._value.get() == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The queue holds one request: had the hung-up one stayed, this would be refused (429).
+        queued = pool.submit(post, busy, "embed", TINY)
+        time.sleep(0.3)
+        release()
+        replies = [running.result(), queued.result()]
+    assert cancelled._value.get() == before + 1
+    assert [r.status_code for r in replies] == [200, 200]

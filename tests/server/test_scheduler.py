@@ -215,6 +215,19 @@ async def test_admission_bounds_requests_and_tokens() -> None:
     assert len(q) == 2 and q.tokens == 100
 
 
+async def test_callers_gone_hold_no_place_in_the_queue() -> None:
+    loop = asyncio.get_running_loop()
+    q = queue_of(SchedulingPolicy(max_queue_requests=2, max_queue_tokens=100))
+    gone, waiting = make_job(loop, length=60), make_job(loop, length=30)
+    q.admit(gone)
+    q.admit(waiting)
+    gone.future.cancel()
+    q.admit(make_job(loop, length=70))  # full but for the cancelled job
+    assert len(q) == 2 and q.tokens == 100
+    with pytest.raises(AdmissionRefused):
+        q.admit(make_job(loop, length=1))
+
+
 async def test_depth_by_tier_and_hosting() -> None:
     loop = asyncio.get_running_loop()
     q = queue_of()

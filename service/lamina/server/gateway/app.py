@@ -39,6 +39,8 @@ API_VERSION = "1.19.0"
 # A caller's deadline, in seconds, as gRPC callers send theirs: a request still queued when it
 # passes fails with 408 instead of running.
 TIMEOUT_HEADER = "X-Lamina-Timeout-Seconds"
+# How often a waiting request checks that its caller is still connected.
+DISCONNECT_POLL_SECONDS = 0.1
 OPENAPI = resources.files("lamina.server.gateway").joinpath("openapi.json")
 
 Answer = Callable[[CallRecord], Awaitable[object]]
@@ -160,11 +162,17 @@ class Gateway:
         if refused is not None:
             return refused
         record = CallRecord(method)
+        work = asyncio.ensure_future(answer(record))
         try:
             with self.calls.answering(record):
-                reply = await answer(record)
+                reply = await _unless_disconnected(request, work)
         except LaminaError as error:
             return error_response(error)
+        except asyncio.CancelledError:
+            this = asyncio.current_task()
+            if not work.cancelled() or (this is not None and this.cancelling()):
+                raise  # the server itself is stopping this request
+            return Response(status_code=499)  # the caller hung up: nobody reads this
         return reply if isinstance(reply, Response) else JSONResponse(reply)
 
     async def _body(self, request: Request) -> Any:
@@ -178,6 +186,7 @@ class Gateway:
             raw += chunk
             if limit is not None and len(raw) > limit:
                 raise BodyTooLarge(len(raw), limit)
+        request.state.body_read = True  # from now on, only a disconnect can arrive
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -191,6 +200,23 @@ class Gateway:
             return None
         self.calls.metrics.auth_refused.inc()
         return error_body(401, UNAUTHENTICATED, problem)
+
+
+async def _unless_disconnected(request: Request, work: asyncio.Future[object]) -> object:
+    """The work's result, or CancelledError once the caller has hung up, so a request still
+    queued costs no compute, as with a cancelled gRPC call. The connection is watched only once
+    the body has been read (or for a GET), since watching reads from the same stream."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                return work.result()
+            readable = request.method == "GET" or getattr(request.state, "body_read", False)
+            if readable and await request.is_disconnected():
+                work.cancel()
+                return await work  # raises CancelledError, once the work has let go
+    finally:
+        work.cancel()  # a no-op once done; stops it when this wait itself is cancelled
 
 
 def _nice(request: Request) -> bool:

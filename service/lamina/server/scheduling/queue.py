@@ -57,10 +57,18 @@ class RequestQueue:
     def admit(self, job: Job) -> None:
         """Queue `job`, or raise AdmissionRefused when it would pass either bound."""
         p = self.policy
-        if (
-            len(self._jobs) + 1 > p.max_queue_requests
-            or self._tokens + job.tokens > p.max_queue_tokens
-        ):
+
+        def full() -> bool:
+            return (
+                len(self._jobs) + 1 > p.max_queue_requests
+                or self._tokens + job.tokens > p.max_queue_tokens
+            )
+
+        if full():
+            # Callers gone since they queued hold no place: a live caller must not be refused
+            # for them.
+            self._replace([j for j in self._jobs if not j.abandoned])
+        if full():
             raise AdmissionRefused(len(self._jobs), self._tokens, p)
         self._jobs.append(job)
         self._tokens += job.tokens
