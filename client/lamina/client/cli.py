@@ -163,37 +163,27 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="connect over TLS, checking the server with the system's roots",
     )
-    group.add_argument(
-        "--tls-ca",
-        default=os.environ.get("LAMINA_TLS_CA") or None,
-        metavar="FILE",
-        help="PEM file of the CA that signed the server's certificate; implies --tls "
-        "(env LAMINA_TLS_CA)",
+
+    def file_option(flag: str, help: str) -> None:
+        """A file flag defaulting to its LAMINA_ variable (--tls-ca reads LAMINA_TLS_CA)."""
+        env = "LAMINA_" + flag.removeprefix("--").replace("-", "_").upper()
+        default = os.environ.get(env) or None
+        group.add_argument(flag, default=default, metavar="FILE", help=f"{help} (env {env})")
+
+    file_option(
+        "--tls-ca", "PEM file of the CA that signed the server's certificate; implies --tls"
     )
-    group.add_argument(
-        "--tls-cert",
-        default=os.environ.get("LAMINA_TLS_CERT") or None,
-        metavar="FILE",
-        help="the client's PEM certificate, for servers that require mTLS (env LAMINA_TLS_CERT)",
-    )
-    group.add_argument(
-        "--tls-key",
-        default=os.environ.get("LAMINA_TLS_KEY") or None,
-        metavar="FILE",
-        help="the client's PEM private key (env LAMINA_TLS_KEY)",
-    )
+    file_option("--tls-cert", "the client's PEM certificate, for servers that require mTLS")
+    file_option("--tls-key", "the client's PEM private key")
     group.add_argument(
         "--tls-server-name",
         default=None,
         metavar="NAME",
         help="the name to expect in the server's certificate, when it differs from the target's",
     )
-    group.add_argument(
+    file_option(
         "--token-file",
-        default=os.environ.get("LAMINA_TOKEN_FILE") or None,
-        metavar="FILE",
-        help="file whose first line is the bearer token (env LAMINA_TOKEN_FILE; "
-        "or the token itself in env LAMINA_TOKEN)",
+        "file whose first line is the bearer token (or the token itself in env LAMINA_TOKEN)",
     )
 
 
