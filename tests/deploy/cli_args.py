@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import trustme
 
 from lamina.server import cli
 from lamina.server.config import Settings, add_serve_arguments
@@ -67,11 +68,18 @@ def parse(
 
 def settings(args: argparse.Namespace, tmp_path: Path) -> Settings:
     """Settings.from_args on the parsed flags. The TLS files live in a Secret on the cluster;
-    here stand-ins take their place, as from_args checks that they exist."""
+    here a certificate made for the test takes their place, as from_args loads them."""
     values = vars(args).copy()
-    for flag in ("tls_cert", "tls_key", "tls_client_ca"):
+    authority = trustme.CA()
+    issued = authority.issue_cert("lamina.lamina.svc")
+    blobs = {
+        "tls_cert": issued.cert_chain_pems[0],
+        "tls_key": issued.private_key_pem,
+        "tls_client_ca": authority.cert_pem,
+    }
+    for flag, blob in blobs.items():
         if values.get(flag):
             stand_in = tmp_path / flag
-            stand_in.write_text("PEM\n")
+            blob.write_to_path(str(stand_in))
             values[flag] = str(stand_in)
     return Settings.from_args(argparse.Namespace(**values))

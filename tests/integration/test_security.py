@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from lamina.client import AsyncClient, LaminaError, Security
 from lamina.client.cli import main as client_main
+from lamina.server.cli import main as server_main
 from lamina.server.security import TlsFiles
 from lamina.server.server import LaminaServer
 from lamina.v1 import embed_pb2 as pb
@@ -270,6 +271,23 @@ async def test_the_served_cli_with_tls_tokens_and_a_health_port(
 def test_serve_refuses_half_a_tls_key_pair(tmp_path: Path) -> None:
     from lamina.server.cli import main as server_main
 
-    with pytest.raises(SystemExit) as exit:
+    with pytest.raises(SystemExit) as stopped:
         server_main(["serve", "--tls-cert", str(tmp_path / "missing.pem")])
-    assert exit.value.code == 2
+    assert stopped.value.code == 2
+
+
+def test_serve_refuses_a_key_that_is_not_its_certificates(
+    pki: Pki, minilm_only: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Caught at start, not at the first client's handshake.
+    with pytest.raises(SystemExit) as stopped:
+        server_main(
+            [
+                "serve",
+                *("--model-repository", str(minilm_only)),
+                *("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.client_key)),
+            ]
+        )
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert str(pki.server_cert) in error and str(pki.client_key) in error and "do not load" in error

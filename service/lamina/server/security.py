@@ -1,15 +1,17 @@
-"""Who may call: TLS (optionally mutual) on the gRPC port, and bearer tokens on every RPC but
-grpc.health.v1 (and on the HTTP gateway's routes), read from a file that is re-read when it
-changes (a mounted Secret updates in place). Tokens are never logged: only the file's path and how
-many it holds."""
+"""Who may call: TLS (optionally mutual) on the gRPC and HTTP ports, and bearer tokens on every
+RPC but grpc.health.v1 (and on the HTTP gateway's routes). Certificates and tokens are read from
+files that are re-read when they change (a mounted Secret updates in place), so rotating either
+needs no restart. Secrets are never logged: only the files' paths and how many tokens they hold."""
 
 from __future__ import annotations
 
 import hmac
 import logging
 import os
+import ssl
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,18 +28,149 @@ else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
+class FileWatch:
+    """Whether any of some files changed since last asked, looking at most every
+    `recheck_seconds`: cheap enough to ask on every call or connection.
+
+    A change is a new inode, mtime, ctime or size; a Secret's update swaps a symlink, which gives
+    new inodes. A file that cannot be looked at counts as changed, so the reader tries it and
+    says why it fails. The first question always answers yes.
+    """
+
+    def __init__(self, paths: Sequence[Path], recheck_seconds: float = 1.0) -> None:
+        self.paths = tuple(paths)
+        self.recheck_seconds = recheck_seconds
+        self._seen: tuple[tuple[int, int, int, int], ...] | None = None
+        self._checked_at = -float("inf")
+
+    def changed(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked_at < self.recheck_seconds:
+            return False
+        self._checked_at = now
+        try:
+            stats = [os.stat(path) for path in self.paths]
+        except OSError:
+            self._seen = None
+            return True
+        seen = tuple((s.st_ino, s.st_mtime_ns, s.st_ctime_ns, s.st_size) for s in stats)
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        return True
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     certificate: Path  # PEM chain the server presents
     private_key: Path
     client_ca: Path | None = None  # when set, clients must present a certificate it signed (mTLS)
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.private_key.read_bytes(), self.certificate.read_bytes())],
-            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
-            require_client_auth=self.client_ca is not None,
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self.certificate, self.private_key) + ((self.client_ca,) if self.client_ca else ())
+
+    def load(self) -> TlsIdentity:
+        """The files' contents, checked: a ValueError names the file that does not load."""
+        try:
+            chain = self.certificate.read_bytes()
+            key = self.private_key.read_bytes()
+            client_ca = self.client_ca.read_bytes() if self.client_ca else None
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            # Checks that the key is the certificate's: gRPC would only find out at a handshake.
+            context.load_cert_chain(self.certificate, self.private_key)
+            if client_ca is not None:
+                context.load_verify_locations(cadata=client_ca.decode("ascii"))
+        except (OSError, ValueError, ssl.SSLError) as error:
+            raise ValueError(
+                f"TLS: {self.certificate} with {self.private_key}"
+                + (f" and client CA {self.client_ca}" if self.client_ca else "")
+                + f" do not load: {error}"
+            ) from error
+        return TlsIdentity(chain, key, client_ca, context)
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    """What the TLS files held when last read: PEM bytes for gRPC, a context for HTTP."""
+
+    certificate_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None
+    ssl_context: ssl.SSLContext
+
+    def grpc_configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.private_key, self.certificate_chain)], root_certificates=self.client_ca
         )
+
+
+class ServingCertificate:
+    """The server's TLS identity, re-read when its files change: a renewed certificate (say
+    cert-manager rewriting the mounted Secret) is presented from the next new connection on, on
+    the gRPC and the HTTP port alike, with no restart. Connections already open keep theirs.
+
+    Files that do not load, as while a certificate and its key are rewritten one after the other,
+    leave the last good identity in force. Whether clients must present a certificate is fixed
+    at start; the client CA it is checked against is reloaded like the rest.
+    """
+
+    def __init__(self, files: TlsFiles, *, recheck_seconds: float = 1.0) -> None:
+        self.files = files
+        self._watch = FileWatch(files.paths, recheck_seconds)
+        self._watch.changed()
+        self._identity = files.load()  # bad files at start: the ValueError stops the server
+        self.generation = 1  # counts the identities loaded
+        self._grpc_generation = 1
+        # gRPC asks for the identity from its own threads, HTTP from the event loop.
+        self._lock = threading.Lock()
+
+    @property
+    def mutual(self) -> bool:
+        return self.files.client_ca is not None
+
+    def current(self) -> TlsIdentity:
+        with self._lock:
+            if self._watch.changed():
+                try:
+                    self._identity = self.files.load()
+                except ValueError as error:
+                    log.warning("keeping the TLS certificate in use: %s", error)
+                else:
+                    self.generation += 1
+                    log.info("TLS: new certificate from %s", self.files.certificate)
+            return self._identity
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self._identity.grpc_configuration(),
+            # gRPC documents None as "keep the current one"; the type stubs leave it out.
+            self._grpc_configuration_if_new,  # type: ignore[arg-type]
+            require_client_authentication=self.mutual,
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The HTTP listener's context: it fixes whether client certificates are required and
+        hands each new connection, at its ClientHello, the current identity's context."""
+        front = self.files.load().ssl_context
+        front.verify_mode = ssl.CERT_REQUIRED if self.mutual else ssl.CERT_NONE
+        front.sni_callback = self._on_client_hello
+        return front
+
+    def _grpc_configuration_if_new(self) -> grpc.ServerCertificateConfiguration | None:
+        """Asked by gRPC before every TLS handshake; None keeps the configuration it has."""
+        identity = self.current()
+        with self._lock:
+            if self._grpc_generation == self.generation:
+                return None
+            self._grpc_generation = self.generation
+        return identity.grpc_configuration()
+
+    def _on_client_hello(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        # The verify mode stays the front context's; certificate, key and CA store are swapped.
+        connection.context = self.current().ssl_context
 
 
 class TokenFile:
@@ -51,16 +184,12 @@ class TokenFile:
 
     def __init__(self, path: Path, *, recheck_seconds: float = 1.0) -> None:
         self.path = path
-        self.recheck_seconds = recheck_seconds
+        self._watch = FileWatch((path,), recheck_seconds)
         self._tokens: tuple[bytes, ...] = ()
-        self._seen: tuple[int, int, int] | None = None
-        self._checked_at = -float("inf")
-        self._reload()
+        self._refresh()
 
     def accepts(self, token: str) -> bool:
-        now = time.monotonic()
-        if now - self._checked_at >= self.recheck_seconds:
-            self._reload()
+        self._refresh()
         offered = token.encode()
         # Every token is compared, in constant time each, so timing tells nothing of which or how
         # much matched.
@@ -69,13 +198,10 @@ class TokenFile:
             matched |= hmac.compare_digest(offered, known)
         return matched
 
-    def _reload(self) -> None:
-        self._checked_at = time.monotonic()
+    def _refresh(self) -> None:
+        if not self._watch.changed():
+            return
         try:
-            stat = os.stat(self.path)
-            seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-            if seen == self._seen:
-                return
             lines = self.path.read_text().splitlines()
         except OSError as error:
             log.warning("cannot read the auth tokens file %s: %s", self.path, error.strerror)
@@ -85,7 +211,6 @@ class TokenFile:
             for line in lines
             if line.strip() and not line.strip().startswith("#")
         )
-        self._seen = seen
         log.info("auth: %d token(s) from %s", len(self._tokens), self.path)
         if not self._tokens:
             log.warning("auth: %s holds no token, so every call is refused", self.path)

@@ -19,7 +19,7 @@ from lamina.server.gateway.app import Gateway
 from lamina.server.gateway.listener import HttpListener
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry
-from lamina.server.security import BearerTokenInterceptor, TokenFile
+from lamina.server.security import BearerTokenInterceptor, ServingCertificate, TokenFile
 from lamina.v1 import embed_pb2, embed_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ class LaminaServer:
         self.port = 0
         self.health_port = 0
         self.http_port = 0
-        # One token file for gRPC and HTTP: a rotation reaches both at once.
+        # One certificate and one token file for gRPC and HTTP: a rotation reaches both at once.
+        self.certificate = ServingCertificate(settings.tls) if settings.tls is not None else None
         tokens = (
             TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file is not None else None
         )
@@ -86,17 +87,17 @@ class LaminaServer:
                 gateway.app(),
                 settings.host,
                 settings.http_port,
-                tls=settings.tls,
+                certificate=self.certificate,
             )
 
     async def start(self) -> int:
         """Listen and answer health checks (NOT_SERVING); returns the bound port."""
         await self._set_health(NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
-        tls = self.settings.tls
+        certificate = self.certificate
         self.port = (
-            self._server.add_secure_port(address, tls.server_credentials())
-            if tls is not None
+            self._server.add_secure_port(address, certificate.grpc_credentials())
+            if certificate is not None
             else self._server.add_insecure_port(address)
         )
         if self.port == 0:
@@ -117,11 +118,7 @@ class LaminaServer:
             "listening on %s:%d (%s%s%s; not serving until models are loaded)",
             self.settings.host,
             self.port,
-            "plaintext"
-            if tls is None
-            else "TLS"
-            if tls.client_ca is None or tls.client_ca is None
-            else "mutual TLS",
+            "plaintext" if certificate is None else "mutual TLS" if certificate.mutual else "TLS",
             ", bearer tokens" if self.settings.auth_tokens_file else ", no authentication",
             f", health also on :{self.health_port}" if self.health_port else "",
         )

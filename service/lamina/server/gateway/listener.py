@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import math
 import socket
-import ssl
 from collections.abc import Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from lamina.server.security import TlsFiles
+from lamina.server.security import ServingCertificate
 
 
 class _Server(uvicorn.Server):
@@ -23,7 +22,9 @@ class _Server(uvicorn.Server):
 
 
 class HttpListener:
-    def __init__(self, app: ASGIApp, host: str, port: int, *, tls: TlsFiles | None) -> None:
+    def __init__(
+        self, app: ASGIApp, host: str, port: int, *, certificate: ServingCertificate | None
+    ) -> None:
         self.host = host
         self.port = port
         config = uvicorn.Config(
@@ -32,11 +33,9 @@ class HttpListener:
             log_config=None,  # the server's logging as configured, not uvicorn's
             access_log=False,
             server_header=False,
-            # The same TLS as the gRPC port: --tls-cert/--tls-key, and --tls-client-ca for mTLS.
-            ssl_certfile=tls.certificate if tls else None,
-            ssl_keyfile=tls.private_key if tls else None,
-            ssl_ca_certs=tls.client_ca if tls else None,
-            ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
+            # The gRPC port's certificate, reloaded the same way: --tls-cert/--tls-key, and
+            # --tls-client-ca for mTLS.
+            ssl_context_factory=(lambda *_: certificate.ssl_context()) if certificate else None,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
