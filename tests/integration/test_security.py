@@ -269,8 +269,6 @@ async def test_the_served_cli_with_tls_tokens_and_a_health_port(
 
 
 def test_serve_refuses_half_a_tls_key_pair(tmp_path: Path) -> None:
-    from lamina.server.cli import main as server_main
-
     with pytest.raises(SystemExit) as stopped:
         server_main(["serve", "--tls-cert", str(tmp_path / "missing.pem")])
     assert stopped.value.code == 2

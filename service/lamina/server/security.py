@@ -78,9 +78,11 @@ class TlsFiles:
             client_ca = self.client_ca.read_bytes() if self.client_ca else None
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             # Checks that the key is the certificate's: gRPC would only find out at a handshake.
+            # (ssl reads files only, hence the second read.)
             context.load_cert_chain(self.certificate, self.private_key)
             if client_ca is not None:
                 context.load_verify_locations(cadata=client_ca.decode("ascii"))
+                context.verify_mode = ssl.CERT_REQUIRED
         except (OSError, ValueError, ssl.SSLError) as error:
             raise ValueError(
                 f"TLS: {self.certificate} with {self.private_key}"
@@ -120,8 +122,7 @@ class ServingCertificate:
         self._watch = FileWatch(files.paths, recheck_seconds)
         self._watch.changed()
         self._identity = files.load()  # bad files at start: the ValueError stops the server
-        self.generation = 1  # counts the identities loaded
-        self._grpc_generation = 1
+        self._given_to_grpc = self._identity
         # gRPC asks for the identity from its own threads, HTTP from the event loop.
         self._lock = threading.Lock()
 
@@ -137,7 +138,6 @@ class ServingCertificate:
                 except ValueError as error:
                     log.warning("keeping the TLS certificate in use: %s", error)
                 else:
-                    self.generation += 1
                     log.info("TLS: new certificate from %s", self.files.certificate)
             return self._identity
 
@@ -150,10 +150,10 @@ class ServingCertificate:
         )
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The HTTP listener's context: it fixes whether client certificates are required and
-        hands each new connection, at its ClientHello, the current identity's context."""
-        front = self.files.load().ssl_context
-        front.verify_mode = ssl.CERT_REQUIRED if self.mutual else ssl.CERT_NONE
+        """The HTTP listener's context: the identity loaded at start, which fixes whether client
+        certificates are required, handing each new connection, at its ClientHello, the current
+        identity's context."""
+        front = self._identity.ssl_context
         front.sni_callback = self._on_client_hello
         return front
 
@@ -161,9 +161,9 @@ class ServingCertificate:
         """Asked by gRPC before every TLS handshake; None keeps the configuration it has."""
         identity = self.current()
         with self._lock:
-            if self._grpc_generation == self.generation:
+            if identity is self._given_to_grpc:
                 return None
-            self._grpc_generation = self.generation
+            self._given_to_grpc = identity
         return identity.grpc_configuration()
 
     def _on_client_hello(
