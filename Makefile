@@ -17,7 +17,7 @@ IMAGE_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 MODELS ?= none
 CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 
-.PHONY: serve test install models protos lint fixtures bench clean help image deploy-check
+.PHONY: serve test install models protos lint fixtures bench clean help image deploy-check mutate fuzz
 
 help:
 	@echo "make serve    create .venv, install, prepare the default models, serve gRPC on :$(PORT), HTTP on :$(HTTP_PORT)"
@@ -29,6 +29,8 @@ help:
 	@echo "make fixtures regenerate the transformers parity fixtures (in $(REFERENCE), with torch)"
 	@echo "make image    build $(IMAGE):$(IMAGE_VERSION)-cpu and -gpu (MODELS=baked puts the models inside)"
 	@echo "make deploy-check  lint the Dockerfiles, render and validate the Kubernetes overlays"
+	@echo "make fuzz     the fuzz suite of tests/fuzz, long (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test; make test runs it short)"
+	@echo "make mutate   mutation testing of the core rules by their unit tests (slow; docs/testing.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +65,37 @@ test: lint models
 
 deploy-check: install
 	$(BIN)/pytest -q tests/deploy
+
+# `make test` runs tests/fuzz at CI size (profile ci); this runs it long, with random examples and
+# an example database under $(LAMINA_HOME)/fuzz so that failures replay. FUZZ_LOG=file.jsonl
+# writes every failure there and keeps going, to collect all failure classes in one run.
+FUZZ_EXAMPLES ?= 10000
+fuzz: models
+	LAMINA_FUZZ_PROFILE=long LAMINA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) LAMINA_FUZZ_LOG=$(FUZZ_LOG) \
+		$(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
+
+# Mutation testing, outside `make test`: mutmut (the `mutate` extra) in a staging copy with the
+# packages under src/lamina/, so service/ is never touched; [tool.mutmut] in pyproject.toml names
+# the files and their unit tests, MUTANTS the functions. ~16 min on two cores; docs/testing.md.
+MUTATE_DIR ?= build/mutate
+MUTANTS ?= 'lamina.server.pooling.*' 'lamina.server.prompt.x__text_factors_*' \
+	'lamina.server.prompt.x__token_factors_*' 'lamina.server.prompt.x__check_combined_*' \
+	'lamina.server.prompt.xǁPromptEncoderǁ_spread_*' 'lamina.server.scheduling.queue.*' \
+	'lamina.server.scheduling.policy.*' 'lamina.server.security.*' \
+	'lamina.server.api.servicer.xǁEmbedServicerǁ*' 'lamina.server.gateway.errors.*'
+
+$(VENV)/.mutate-installed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/pip install --quiet --progress-bar off -e '.[mutate]'
+	touch $@
+
+mutate: $(VENV)/.mutate-installed
+	rm -rf $(MUTATE_DIR)
+	mkdir -p $(MUTATE_DIR)/src/lamina
+	cp -r service/lamina/server client/lamina/client client/lamina/v1 $(MUTATE_DIR)/src/lamina/
+	cp -r tests pyproject.toml $(MUTATE_DIR)/
+	find $(MUTATE_DIR) -name __pycache__ -prune -exec rm -rf {} +
+	cd $(MUTATE_DIR) && $(abspath $(BIN))/mutmut run --max-children 2 $(MUTANTS)
+	cd $(MUTATE_DIR) && $(abspath $(BIN))/python -m tests.mutation_score $(MUTANTS)
 
 # Needs a running container engine; says so and fails when there is none (a docker client
 # without its daemon included).

@@ -20,6 +20,7 @@ from lamina.server.scheduling.policy import SchedulingPolicy
 from lamina.server.server import LaminaServer
 from tests.conftest import DINOV2, MINILM
 from tests.gateway.support import Gateway, threaded_server
+from tests.integration.support import eventually_blocking, queued, tokenized
 from tests.integration.test_scheduling import tiny_repository
 
 EMBED = {"model": MINILM, "prompt": "Hello", "layers": [-1], "pooling": ["mean"]}
@@ -82,7 +83,7 @@ def embed(prompt: aa.Prompt, **fields: Any) -> Callable[[aa.Client], object]:
                     }
                 ],
             },
-            "prompt[0].controls[0].factor: control factor must be finite and >= 0",
+            "prompt[0].controls[0].factor: control factor must be finite, >= 0 and at most 1e+30",
         ),
         (
             {
@@ -226,6 +227,26 @@ def hold_pools(server: LaminaServer) -> Callable[[], None]:
     return release.set
 
 
+def settles(gateway: Gateway, condition: Callable[[], bool], what: str) -> None:
+    """Wait until `condition` holds, asked on the server's own loop between two of its steps
+    (never halfway through admitting a request)."""
+
+    async def ask() -> bool:
+        return condition()
+
+    eventually_blocking(lambda: gateway.run(ask()), what=what)
+
+
+def taken_by_the_held_pool(gateway: Gateway, tokenized_before: int) -> None:
+    """One more request was admitted, and the pool took it: the queue is empty again."""
+    server = gateway.instance
+    settles(
+        gateway,
+        lambda: tokenized(server, "tiny") == tokenized_before + 1 and queued(server) == 0,
+        "the held pool taking the running request",
+    )
+
+
 TINY = {
     "model": "tiny",
     "prompt": [{"type": "token_ids", "data": [4, 5, 6]}],
@@ -244,12 +265,14 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 
 def test_a_full_queue_is_429_with_retry_after(busy: Gateway) -> None:
-    release = hold_pools(busy.instance)
+    server = busy.instance
+    before = tokenized(server, "tiny")
+    release = hold_pools(server)
     with ThreadPoolExecutor(4) as pool:
         running = pool.submit(post, busy, "embed", TINY)  # taken by the held pool
-        time.sleep(0.3)
-        queued = pool.submit(post, busy, "embed", TINY)
-        time.sleep(0.3)
+        taken_by_the_held_pool(busy, before)
+        waiting = pool.submit(post, busy, "embed", TINY)
+        settles(busy, lambda: queued(server) == 1, "the second request queued")
         refused = post(busy, "embed", TINY)
         error = client_error(
             busy,
@@ -261,7 +284,7 @@ def test_a_full_queue_is_429_with_retry_after(busy: Gateway) -> None:
             ),
         )
         release()
-        replies = [running.result(), queued.result()]
+        replies = [running.result(), waiting.result()]
     assert_error(refused, 429, "RESOURCE_EXHAUSTED", "queue full")
     assert int(refused.headers["Retry-After"]) >= 1
     assert isinstance(error, RuntimeError) and error.args[0] == 429
@@ -269,7 +292,9 @@ def test_a_full_queue_is_429_with_retry_after(busy: Gateway) -> None:
 
 
 def test_a_request_past_its_deadline_is_408(busy: Gateway) -> None:
-    release = hold_pools(busy.instance)
+    server = busy.instance
+    before = tokenized(server, "tiny")
+    release = hold_pools(server)
     late = {"X-Lamina-Timeout-Seconds": "0.3"}
     client = aa.Client(token="unused", host=busy.url, total_retries=0)
     client.session.headers.update(late)  # the official client's session, with the deadline added
@@ -278,9 +303,17 @@ def test_a_request_past_its_deadline_is_408(busy: Gateway) -> None:
     )
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(post, busy, "embed", TINY)
-        time.sleep(0.3)
+        taken_by_the_held_pool(busy, before)
         expiring: Future[object] = pool.submit(client.embed, request, "tiny")
-        time.sleep(0.6)
+        # Queued, and waiting longer than its 0.3 s deadline allows.
+        settles(
+            busy,
+            lambda: (
+                queued(server) == 1
+                and server.engine.queue.oldest_wait(time.monotonic(), nice=False) > 0.3
+            ),
+            "the expiring request queued past its deadline",
+        )
         release()
         assert running.result().status_code == 200
         with pytest.raises(TimeoutError) as error:
@@ -299,10 +332,12 @@ def test_a_caller_that_hangs_up_leaves_the_queue(busy: Gateway) -> None:
     metrics = busy.instance.metrics
     cancelled = metrics.requests.labels("Embed", "tiny", "CANCELLED", "false", "any")
     before = cancelled._value.get()
-    release = hold_pools(busy.instance)
+    server = busy.instance
+    tokenized_before = tokenized(server, "tiny")
+    release = hold_pools(server)
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(post, busy, "embed", TINY)  # taken by the held pool
-        time.sleep(0.3)
+        taken_by_the_held_pool(busy, tokenized_before)
         body = json.dumps(TINY).encode()
         host, port = busy.url.removeprefix("http://").rstrip("/").split(":")
         with socket.create_connection((host, int(port))) as caller:  # queued, then gone
@@ -311,14 +346,12 @@ def test_a_caller_that_hangs_up_leaves_the_queue(busy: Gateway) -> None:
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            time.sleep(0.3)
-        deadline = time.monotonic() + 5
-        while cancelled._value.get() == before and time.monotonic() < deadline:
-            time.sleep(0.05)
+            settles(busy, lambda: queued(server) == 1, "the caller's request queued")
+        settles(busy, lambda: cancelled._value.get() != before, "the hang-up noticed")
         # The queue holds one request: had the hung-up one stayed, this would be refused (429).
-        queued = pool.submit(post, busy, "embed", TINY)
-        time.sleep(0.3)
+        waiting = pool.submit(post, busy, "embed", TINY)
+        settles(busy, lambda: queued(server) == 1 or waiting.done(), "the request queued")
         release()
-        replies = [running.result(), queued.result()]
+        replies = [running.result(), waiting.result()]
     assert cancelled._value.get() == before + 1
     assert [r.status_code for r in replies] == [200, 200]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +87,48 @@ async def scrape(metrics_port: int) -> Samples:
 def sample(samples: Samples, name: str, **labels: str) -> float:
     """The value of one series; 0 when the series does not exist (yet)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+POLL_SECONDS = 0.01
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30, what: str = ""
+) -> None:
+    """Wait until `condition()` holds (looked at every POLL_SECONDS; it may be a coroutine): the
+    way a test waits for the server to reach a state, instead of sleeping for a guess.
+    TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not await _holds(condition):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what or condition}")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    answer = condition()
+    return bool(await answer) if inspect.isawaitable(answer) else bool(answer)
+
+
+def eventually_blocking(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
+    """`eventually` for tests that drive a server on another thread (tests/gateway)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what or condition}")
+        time.sleep(POLL_SECONDS)
+
+
+def queued(server: LaminaServer) -> int:
+    """Requests waiting in the server's queue for a batch (callers gone not counted)."""
+    depth = server.engine.queue.depth(time.monotonic())
+    return sum(d.requests for d in depth.values())
+
+
+def tokenized(server: LaminaServer, model: str) -> int:
+    """Embed requests (and semantic rows) of `model` tokenized so far: each is admitted to the
+    queue, or refused, right after it is counted."""
+    value = server.metrics.registry.get_sample_value(
+        "lamina_tokenization_duration_seconds_count", {"model": model}
+    )
+    return int(value or 0)

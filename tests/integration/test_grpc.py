@@ -115,10 +115,15 @@ async def test_tokens_only_when_asked(stub: pb_grpc.EmbedServiceStub) -> None:
 async def test_token_id_items_are_used_as_is(stub: pb_grpc.EmbedServiceStub) -> None:
     ids = pb.PromptItem(token_ids=pb.TokenIdsItem(data=[7592, 2088]))
     by_ids = await stub.Embed(embed_request(prompt=pb.Prompt(items=[ids]), tokens=True))
+    # Token ids alone get no template: exactly the two positions the caller chose.
+    assert list(by_ids.tokens.tokens) == ["hello", "world"]
+    assert by_ids.num_tokens_prompt_total == 2
+    # With the template's ids written out, the same sequence as the text gives.
+    wrapped = pb.PromptItem(token_ids=pb.TokenIdsItem(data=[101, 7592, 2088, 102]))
+    by_wrapped = await stub.Embed(embed_request(prompt=pb.Prompt(items=[wrapped]), tokens=True))
     by_text = await stub.Embed(embed_request())
-    # The template still wraps the whole sequence once: [CLS] hello world [SEP].
-    assert list(by_ids.tokens.tokens) == ["[CLS]", "hello", "world", "[SEP]"]
-    np.testing.assert_allclose(vector(by_ids, 6, "mean"), vector(by_text, 6, "mean"), atol=1e-6)
+    assert list(by_wrapped.tokens.tokens) == ["[CLS]", "hello", "world", "[SEP]"]
+    np.testing.assert_allclose(vector(by_wrapped, 6, "mean"), vector(by_text, 6, "mean"), atol=1e-6)
 
 
 async def test_models_available_describes_the_model(stub: pb_grpc.EmbedServiceStub) -> None:
@@ -183,7 +188,7 @@ NEGATIVE_FACTOR = pb.Prompt(
             "layers[1]: layer 7 is out of range",
         ),
         ({"layers": [-8]}, grpc.StatusCode.INVALID_ARGUMENT, "layers[0]: layer -8 is out of range"),
-        ({"prompt": LONG_IDS}, grpc.StatusCode.INVALID_ARGUMENT, "602 tokens"),
+        ({"prompt": LONG_IDS}, grpc.StatusCode.INVALID_ARGUMENT, "600 tokens"),
         (
             {
                 "prompt": pb.Prompt(
@@ -202,7 +207,7 @@ NEGATIVE_FACTOR = pb.Prompt(
         (
             {"prompt": NEGATIVE_FACTOR},
             grpc.StatusCode.INVALID_ARGUMENT,
-            "factor must be finite and >= 0",
+            "factor must be finite, >= 0 and at most 1e+30",
         ),
         (
             {"prompt": pb.Prompt(items=[pb.PromptItem()])},
@@ -236,7 +241,7 @@ async def test_context_error_says_both_numbers(stub: pb_grpc.EmbedServiceStub) -
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.Embed(embed_request(prompt=LONG_IDS))
     details = error.value.details() or ""
-    assert "602 tokens" in details and "512 positions" in details
+    assert "600 tokens" in details and "512 positions" in details
 
 
 @pytest.mark.parametrize(

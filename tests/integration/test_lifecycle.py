@@ -15,14 +15,20 @@ from lamina.server.server import LaminaServer
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.conftest import free_port
-from tests.integration.support import settings_for, wait_until_serving
+from tests.integration.support import (
+    eventually,
+    sample,
+    scrape,
+    settings_for,
+    wait_until_serving,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # 512 positions: a batch of eight takes long enough to be caught in flight.
 REQUEST = pb.EmbedRequest(
     model="all-minilm-l6-v2",
-    prompt=pb.Prompt(items=[pb.PromptItem(token_ids=pb.TokenIdsItem(data=[2000] * 510))]),
+    prompt=pb.Prompt(items=[pb.PromptItem(token_ids=pb.TokenIdsItem(data=[2000] * 512))]),
     layers=[-1],
     pooling=["mean"],
 )
@@ -69,7 +75,7 @@ async def test_drain_finishes_in_flight_requests(model_repository: Path) -> None
 
 
 async def test_sigterm_drains_and_exits_cleanly(model_repository: Path) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -80,7 +86,7 @@ async def test_sigterm_drains_and_exits_cleanly(model_repository: Path) -> None:
         "--port",
         str(port),
         "--metrics-port",
-        "0",
+        str(metrics_port),
         "--model-repository",
         str(model_repository),
         "--threads",
@@ -92,7 +98,13 @@ async def test_sigterm_drains_and_exits_cleanly(model_repository: Path) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.EmbedServiceStub(channel)
             in_flight = [asyncio.ensure_future(stub.Embed(REQUEST)) for _ in range(8)]
-            await asyncio.sleep(0.3)  # received: eight 512-token rows take seconds on one thread
+
+            async def all_received() -> bool:
+                served = await scrape(metrics_port)
+                return sample(served, "lamina_in_flight_requests") == len(in_flight)
+
+            await eventually(all_received, what="the server answering all eight calls")
+            # Received, not answered: eight 512-token rows take seconds on one thread.
             assert not any(call.done() for call in in_flight)
             process.send_signal(signal.SIGTERM)
             replies = await asyncio.gather(*in_flight)

@@ -8,7 +8,6 @@ import logging
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,10 +16,11 @@ import numpy as np
 import pytest
 
 from lamina.server.convert.pipeline import convert_checkpoint
+from lamina.server.models.registry import ModelVersion
 from lamina.server.server import LaminaServer
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
-from tests.integration.support import settings_for
+from tests.integration.support import eventually, settings_for, tokenized
 from tests.server.test_convert_bert import random_bert_weights, write_checkpoint
 
 
@@ -34,13 +34,6 @@ def request(model: str) -> pb.EmbedRequest:
     return pb.EmbedRequest(
         model=model, prompt=pb.Prompt(items=[item]), layers=[-1], pooling=["mean"]
     )
-
-
-async def eventually(check: object, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "the server did not pick the change up in time"
-        await asyncio.sleep(0.05)
 
 
 class Running:
@@ -71,7 +64,7 @@ async def test_a_new_model_is_served_without_a_restart(running: Running, tmp_pat
     async def listed() -> bool:
         return "tiny-two" in await running.versions()
 
-    await eventually(listed)
+    await eventually(listed, timeout=10, what="the server picking the new model up")
     reply = await running.stub.Embed(request("tiny-two"))
     assert reply.model_version == "tiny-two@1"
 
@@ -84,14 +77,15 @@ async def test_a_new_version_replaces_the_old_and_in_flight_requests_finish_on_i
     release = threading.Event()
     running.server.engine.runners[0]._executor.submit(release.wait)  # test-only hold
     in_flight = asyncio.ensure_future(running.stub.Embed(request("tiny")))
-    await asyncio.sleep(0.1)
+    # Tokenized for version 1 and admitted (it holds that version from then on).
+    await eventually(lambda: tokenized(running.server, "tiny") == 2)
 
     add_version(running.server.settings.model_repository, "tiny", seed=3, tmp=tmp_path)
 
     async def replaced() -> bool:
         return (await running.versions())["tiny"] == "2"
 
-    await eventually(replaced)
+    await eventually(replaced, timeout=10, what="the server picking the new version up")
     assert not in_flight.done()
     release.set()
     after = await running.stub.Embed(request("tiny"))
@@ -110,8 +104,18 @@ async def test_a_new_version_replaces_the_old_and_in_flight_requests_finish_on_i
 
 
 async def test_a_broken_version_is_rejected_and_the_old_keeps_serving(
-    running: Running, caplog: pytest.LogCaptureFixture
+    running: Running, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    registry = running.server.registry
+    scans = 0
+    scan = registry.refresh
+
+    def counted_scan() -> list[ModelVersion]:
+        nonlocal scans
+        scans += 1
+        return scan()
+
+    monkeypatch.setattr(registry, "refresh", counted_scan)  # what the repository watch calls
     repository = running.server.settings.model_repository
     good = repository / "tiny" / "1"
     broken = repository / "tiny" / "2"
@@ -124,10 +128,11 @@ async def test_a_broken_version_is_rejected_and_the_old_keeps_serving(
         async def rejected() -> bool:
             return any("rejected tiny version 2" in r.getMessage() for r in caplog.records)
 
-        await eventually(rejected)
+        await eventually(rejected, timeout=10, what="the broken version rejected")
     assert (await running.versions())["tiny"] == "1"
     assert (await running.stub.Embed(request("tiny"))).model_version == "tiny@1"
-    await asyncio.sleep(0.5)  # several scans later it is still not retried
+    rejected_at = scans
+    await eventually(lambda: scans >= rejected_at + 3)  # several scans later: still not retried
     assert sum("rejected tiny version 2" in r.getMessage() for r in caplog.records) == 1
 
 

@@ -21,7 +21,14 @@ from lamina.server.server import LaminaServer
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.conftest import MINILM, free_port
-from tests.integration.support import sample, scrape, settings_for
+from tests.integration.support import (
+    eventually,
+    queued,
+    sample,
+    scrape,
+    settings_for,
+    tokenized,
+)
 from tests.server.test_convert_bert import random_bert_weights, write_checkpoint
 
 OURS = PoolSpec("ours", "cpu", 1, frozenset({"aleph-alpha"}))
@@ -94,13 +101,14 @@ async def test_a_full_queue_refuses_at_once_with_a_retry_hint(tmp_path: Path) ->
     async with serving(tiny_repository(tmp_path), scheduling=policy) as (server, stub, _metrics):
         release = hold_pools(server)
         running = asyncio.ensure_future(stub.Embed(embed("tiny"), timeout=30))
-        await asyncio.sleep(0.2)  # taken by the (held) pool: the queue is empty again
-        queued = [asyncio.ensure_future(stub.Embed(embed("tiny"), timeout=30)) for _ in range(4)]
-        await asyncio.sleep(0.2)
+        # Taken by the (held) pool: admitted, and the queue is empty again.
+        await eventually(lambda: tokenized(server, "tiny") == 1 and queued(server) == 0)
+        waiting = [asyncio.ensure_future(stub.Embed(embed("tiny"), timeout=30)) for _ in range(4)]
+        await eventually(lambda: queued(server) == 4)
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await stub.Embed(embed("tiny"), timeout=30)
         release()
-        replies = await asyncio.gather(running, *queued)
+        replies = await asyncio.gather(running, *waiting)
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "queue full: 4 requests" in (error.value.details() or "")
     trailers: Any = error.value.trailing_metadata()  # grpc.aio.Metadata, untyped in the stubs
@@ -127,17 +135,20 @@ async def test_a_nice_flood_does_not_starve_normal_requests(
     repository.mkdir()
     (repository / MINILM).symlink_to(model_repository / MINILM)
     policy = SchedulingPolicy(max_wait_seconds=0.002, max_batch_rows=8, nice_max_wait_seconds=60)
-    async with serving(repository, scheduling=policy) as (_, stub, _metrics):
+    async with serving(repository, scheduling=policy) as (server, stub, _metrics):
         flood = [
             asyncio.ensure_future(stub.Embed(embed(MINILM, 64, nice=True))) for _ in range(160)
         ]
-        await asyncio.sleep(0.3)  # the flood is queued and running
+        # The flood is queued (every request admitted) and running (the pool took a batch).
+        await eventually(
+            lambda: tokenized(server, MINILM) == len(flood) and queued(server) < len(flood)
+        )
         started = time.monotonic()
         normal = await asyncio.gather(*(stub.Embed(embed(MINILM, 64)) for _ in range(4)))
         normal_seconds = time.monotonic() - started
         pending = sum(not f.done() for f in flood)
         await asyncio.gather(*flood)
-    assert all(reply.num_tokens_prompt_total == 66 for reply in normal)
+    assert all(reply.num_tokens_prompt_total == 64 for reply in normal)
     # Served ahead of the flood: most of it was still queued when the normal requests were done.
     assert pending > 80, (
         f"only {pending} nice requests were still waiting after {normal_seconds:.2f} s"

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from lamina.client import AsyncClient, LaminaError, Security
 from lamina.client.cli import main as client_main
+from lamina.server import security
 from lamina.server.cli import main as server_main
 from lamina.server.security import TlsFiles
 from lamina.server.server import LaminaServer
@@ -132,9 +133,15 @@ async def test_mutual_tls_requires_a_client_certificate_from_its_ca(
 
 
 async def test_bearer_tokens_accept_refuse_and_reload_without_secrets_in_the_log(
-    minilm_only: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    minilm_only: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # The tokens file is looked at on every call, not at most once a second: a change is in
+    # force from the next call on (the throttle itself: tests/server/test_security.py).
+    monkeypatch.setattr(security, "RECHECK_SECONDS", 0.0)
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# rotated 2026-11\n{GOOD}\n\n")
     settings = dataclasses.replace(settings_for(minilm_only), auth_tokens_file=tokens)
@@ -155,13 +162,12 @@ async def test_bearer_tokens_accept_refuse_and_reload_without_secrets_in_the_log
             )
 
         tokens.write_text(f"{OTHER}\n")  # the Secret rotates
-        await asyncio.sleep(1.2)  # the file is checked at most once a second
         assert await embeds(target, Security(token=OTHER))
         assert (await refusal(target, Security(token=GOOD))).code == "UNAUTHENTICATED"
 
         tokens.unlink()  # unreadable: the tokens in force stay
-        await asyncio.sleep(1.2)
         assert await embeds(target, Security(token=OTHER))
+        assert "cannot read the auth tokens file" in caplog.text  # it was looked at
     refused = server.metrics.auth_refused._value.get()
     assert refused >= 4
     logged = "\n".join(record.getMessage() for record in caplog.records)

@@ -118,7 +118,7 @@ def truncated_png() -> bytes:
         (ImageItem(b""), "p.data", "empty"),
         (ImageItem(b"not an image at all"), "p.data", "cannot decode"),
         (ImageItem(truncated_png()), "p.data", "cannot decode"),
-        (ImageItem(encoded(Image.new("RGB", (8, 8)), "BMP")), "p.data", "format BMP"),
+        (ImageItem(encoded(Image.new("RGB", (8, 8)), "BMP")), "p.data", "PNG, JPEG, WEBP, GIF"),
         (
             ImageItem(encoded(quadrants(), "PNG"), crop=ImageCrop(60, 0, 48)),
             "p.crop",

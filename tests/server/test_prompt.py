@@ -40,13 +40,63 @@ def test_empty_prompt_is_invalid(minilm: LoadedModel, items: tuple[TextItem, ...
 
 def test_prompt_longer_than_the_context_names_both_numbers(minilm: LoadedModel) -> None:
     with pytest.raises(InvalidArgument) as error:
-        minilm.prompts.encode((TokenIdsItem(tuple([1000] * 511)),))
+        minilm.prompts.encode((TextItem("a"), TokenIdsItem(tuple([1000] * 510))))
     assert error.value.field == "prompt"
     assert "513 tokens" in error.value.message and "512 positions" in error.value.message
 
 
 def test_prompt_exactly_at_the_context_is_accepted(minilm: LoadedModel) -> None:
-    assert minilm.prompts.encode((TokenIdsItem(tuple([1000] * 510)),)).length == 512
+    assert minilm.prompts.encode((TextItem("a"), TokenIdsItem(tuple([1000] * 509)))).length == 512
+
+
+def test_token_ids_alone_are_used_exactly_as_given(minilm: LoadedModel) -> None:
+    # No text item: no template (api-reference.md, Tokenization), the caller chose every id.
+    encoded = minilm.prompts.encode((TokenIdsItem((7592, 2088)),))
+    assert encoded.ids.tolist() == [7592, 2088]
+    assert minilm.prompts.token_strings(encoded) == ("hello", "world")
+    assert minilm.prompts.encode((TokenIdsItem(tuple([1000] * 512)),)).length == 512
+    with pytest.raises(InvalidArgument, match="513 tokens"):
+        minilm.prompts.encode((TokenIdsItem(tuple([1000] * 513)),))
+
+
+def test_a_text_item_anywhere_brings_the_template(minilm: LoadedModel) -> None:
+    encoded = minilm.prompts.encode((TokenIdsItem((7592,)), TextItem("world")))
+    assert encoded.ids.tolist() == [CLS, 7592, 2088, SEP]
+
+
+def test_an_instruction_counts_as_text(minilm: LoadedModel) -> None:
+    encoded = minilm.prompts.encode((TokenIdsItem((2088,)),), instruction="hello")
+    assert encoded.ids.tolist() == [CLS, 7592, 2088, SEP]
+
+
+def test_text_that_cannot_fit_is_refused_before_tokenizing(minilm: LoadedModel) -> None:
+    prompts = minilm.prompts
+    # WordPiece: a word of more than 100 characters is one [UNK], so no token stands for more.
+    assert prompts.chars_per_token == 100
+    assert prompts.max_text_chars == 512 * 100
+    with pytest.raises(InvalidArgument) as error:
+        prompts.check_size((TextItem("x" * 30_000), TextItem("y" * 21_201)))
+    assert error.value.field == "prompt"
+    assert "51201 characters" in error.value.message and "51200" in error.value.message
+    prompts.check_size((TextItem("x" * 30_000), TextItem("y" * 21_200)))  # may fit: not refused
+
+
+def test_the_text_bound_is_the_longest_piece_for_byte_level_bpe(smollm2: LoadedModel) -> None:
+    prompts = smollm2.prompts
+    longest = max(len(piece) for piece in prompts.tokenizer.get_vocab())
+    assert prompts.chars_per_token == longest  # a byte-level piece stands for >= its characters
+    assert prompts.max_text_chars == prompts.max_context * longest
+
+
+def test_token_ids_and_images_are_counted_before_any_work(dinov2: LoadedModel) -> None:
+    # Corrupt bytes: the count alone refuses the prompt, so nothing is ever decoded.
+    fits = dinov2.prompts.max_context // 144
+    images = tuple(ImageItem(b"not an image") for _ in range(fits + 1))
+    with pytest.raises(InvalidArgument) as error:
+        dinov2.prompts.encode(images)
+    assert error.value.field == "prompt"
+    assert f"at least {(fits + 1) * 144} tokens" in error.value.message
+    assert f"{fits + 1} images" in error.value.message
 
 
 @pytest.mark.parametrize("bad_id", [30522, -1])

@@ -39,6 +39,11 @@ class Settings:
     reflection: bool = True
     max_connection_age_seconds: float = 300
     http_port: int = 0  # the HTTP/JSON gateway (Aleph Alpha REST API); 0: off
+    # The gateway's connections: a request head / body not in within its timeout is answered 408
+    # and closed; beyond the cap, a new connection is answered 503 and closed.
+    http_header_timeout_seconds: float = 10
+    http_body_timeout_seconds: float = 30
+    http_max_connections: int = 1024
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Settings:
@@ -62,6 +67,7 @@ class Settings:
             pools=pools,
             scheduling=SchedulingPolicy(
                 max_batch_tokens=args.max_batch_tokens,
+                max_batch_memory_bytes=args.max_batch_memory_mb * 1024 * 1024,
                 max_batch_rows=args.max_batch_rows,
                 max_wait_seconds=args.max_batch_wait_ms / 1000,
                 nice_max_wait_seconds=args.nice_max_wait_seconds,
@@ -78,8 +84,12 @@ class Settings:
                 max_prompt_items=args.max_prompt_items,
                 max_layers=args.max_layers,
                 max_poolings=args.max_poolings,
+                max_controls=args.max_controls,
                 max_image_bytes=int(args.max_image_mb * 1024 * 1024),
                 max_image_pixels=int(args.max_image_megapixels * 1_000_000),
+                max_request_pixels=int(args.max_request_megapixels * 1_000_000),
+                max_tokenize_chars=args.max_tokenize_chars,
+                max_detokenize_ids=args.max_detokenize_ids,
             ),
             health_port=args.health_port,
             tls=_tls_files(args),
@@ -87,6 +97,9 @@ class Settings:
             reflection=not args.no_reflection,
             max_connection_age_seconds=args.max_connection_age_seconds,
             http_port=args.http_port,
+            http_header_timeout_seconds=args.http_header_timeout_seconds,
+            http_body_timeout_seconds=args.http_body_timeout_seconds,
+            http_max_connections=args.http_max_connections,
         )
 
 
@@ -177,6 +190,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "HTTP/JSON gateway port serving the Aleph Alpha REST API (e.g. 8080); 0: no gateway",
         int,
     )
+    server.add(
+        "--http-header-timeout-seconds",
+        "10",
+        "HTTP gateway: a connection whose request line and headers are not in this long after "
+        "it opened (or after their first byte, on a kept-alive one) is answered 408 and closed",
+        float,
+    )
+    server.add(
+        "--http-body-timeout-seconds",
+        "30",
+        "HTTP gateway: a request body not in this long after its headers is answered 408 and "
+        "closed, and a caller that reads none of its answer for this long is reset; raise it "
+        "for large images over slow links",
+        float,
+    )
+    server.add(
+        "--http-max-connections",
+        "1024",
+        "HTTP gateway: open connections at most; beyond, a new one is answered 503 and closed",
+        int,
+    )
     add_repository_argument(parser)
 
     pools = _Options(
@@ -213,6 +247,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     batching = _Options(batching_group)
     batching.add(
         "--max-batch-tokens", "16384", "token budget of one batch, rows x padded length", int
+    )
+    batching.add(
+        "--max-batch-memory-mb",
+        "2048",
+        "working memory one batch may need (MiB), estimated from its rows, padded length, layers "
+        "and images: attention grows with the square of the length; a request that alone needs "
+        "more runs alone (docs/memory.md)",
+        int,
     )
     batching.add("--max-batch-rows", "64", "requests per batch at most", int)
     batching.add(
@@ -312,6 +354,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add("--max-prompt-items", str(defaults.max_prompt_items), "prompt items", int)
     limits.add("--max-layers", str(defaults.max_layers), "layers per request", int)
     limits.add("--max-poolings", str(defaults.max_poolings), "poolings per request", int)
+    limits.add("--max-controls", str(defaults.max_controls), "attention controls per prompt", int)
     limits.add(
         "--max-image-mb",
         str(defaults.max_image_bytes / 1024 / 1024),
@@ -323,6 +366,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         str(defaults.max_image_pixels / 1_000_000),
         "pixels of one image, millions",
         float,
+    )
+    limits.add(
+        "--max-request-megapixels",
+        str(defaults.max_request_pixels / 1_000_000),
+        "pixels of all the images of one prompt together, millions",
+        float,
+    )
+    limits.add(
+        "--max-tokenize-chars",
+        str(defaults.max_tokenize_chars),
+        "characters of text one Tokenize call takes",
+        int,
+    )
+    limits.add(
+        "--max-detokenize-ids",
+        str(defaults.max_detokenize_ids),
+        "token ids one Detokenize call takes",
+        int,
     )
 
 

@@ -7,6 +7,12 @@ from enum import StrEnum
 
 import numpy as np
 
+# The largest attention-control factor, alone or as the product of the controls on one
+# position: the graph computes in float32, with s + ln f (log-additive) or (s - min s) * f, and
+# 1e30 leaves eight orders of magnitude of headroom below float32's largest value (3.4e38) for
+# the scores it multiplies.
+MAX_CONTROL_FACTOR = 1e30
+
 
 class Pooling(StrEnum):
     MEAN = "mean"

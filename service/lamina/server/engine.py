@@ -1,7 +1,8 @@
 """The router: from a validated domain request to its result, through the queue and a pool.
 
-The event loop only coordinates; tokenization runs on the CPU executor, inference and pooling on
-each pool's inference thread.
+The event loop only coordinates; tokenization and image decoding run on a CPU executor, inference
+and pooling on each pool's inference thread. Large prompts (long text, many pixels) are prepared on
+an executor of their own, so a huge request never holds up the preparation of small ones.
 """
 
 from __future__ import annotations
@@ -12,19 +13,29 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import ParamSpec, TypeVar
+from typing import TypeVar
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from lamina.server.domain import (
     EmbedRequest,
     EmbedResult,
     ModelDescription,
+    Pooling,
     SemanticEmbedRequest,
     SemanticEmbedResult,
+    TextItem,
     Timing,
+    TokenIdsItem,
 )
-from lamina.server.errors import HostingUnavailable, InvalidArgument, ModelNotFound, QueueFull
+from lamina.server.errors import (
+    HostingUnavailable,
+    InvalidArgument,
+    ModelNotFound,
+    NonFiniteResult,
+    QueueFull,
+)
 from lamina.server.limits import RequestLimits
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry, ModelVersion
@@ -36,8 +47,12 @@ from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
 T = TypeVar("T")
+
+# Beyond either, preparing a prompt takes long enough (tens of milliseconds and up) to go to the
+# executor for large work.
+HEAVY_TEXT_CHARS = 20_000
+HEAVY_PIXELS = 4_000_000
 
 
 class Engine:
@@ -58,6 +73,7 @@ class Engine:
         self.queue = RequestQueue(policy)
         self._clock = clock
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-cpu")
+        self._cpu_heavy = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-cpu-heavy")
         self._serving: dict[str, ModelVersion] = {}
         self._refreshing = asyncio.Lock()
         self._seconds_per_token = 1e-4  # running estimate, for the retry hint
@@ -95,6 +111,7 @@ class Engine:
             runner.close()
         await asyncio.gather(*self._tasks)
         self._cpu.shutdown(wait=False)
+        self._cpu_heavy.shutdown(wait=False)
 
     def __contains__(self, name: str) -> bool:
         return name in self._serving
@@ -181,12 +198,21 @@ class Engine:
         layers = self._layers(version, request)
         if not request.pooling:
             raise InvalidArgument("pooling", "at least one pooling is required")
+        # Cheap bounds first: what cannot fit the model is never tokenized nor decoded.
+        version.prompts.check_size(request.prompt, request.instruction)
+        pixels = self.limits.check_pixels(request)
+        chars = sum(len(item.data) for item in request.prompt if isinstance(item, TextItem))
+        ids = sum(len(item.data) for item in request.prompt if isinstance(item, TokenIdsItem))
+        # Spreading controls compares every distinct token with every controlled one.
+        spreading = request.contextual_control_threshold is not None and chars + ids > 2_000
+        heavy = chars > HEAVY_TEXT_CHARS or pixels > HEAVY_PIXELS or spreading
         started = time.monotonic()
         prompt = await self._on_cpu(
             version.prompts.encode,
             request.prompt,
             request.contextual_control_threshold,
             request.instruction,
+            heavy=heavy,
         )
         tokens = (
             await self._on_cpu(version.prompts.token_strings, prompt) if request.tokens else None
@@ -207,9 +233,11 @@ class Engine:
             enqueued_at=now,
             deadline=None if timeout is None else now + timeout - tokenization_seconds,
             future=asyncio.get_running_loop().create_future(),
+            memory=version.primary.session.memory,
         )
         self._admit(job)
         result = await job.future
+        self._check_finite(version, result.embeddings)
         self.metrics.observe_request(
             version.name, prompt.length, result.queue_seconds, request.nice
         )
@@ -226,10 +254,19 @@ class Engine:
         )
 
     async def tokenize(self, model_name: str, text: str) -> tuple[list[str], list[int]]:
-        return await self._on_cpu(self._version(model_name).prompts.tokenize, text)
+        version = self._version(model_name)
+        self.limits.check_tokenize(text)
+        heavy = len(text) > HEAVY_TEXT_CHARS
+        return await self._on_cpu(version.prompts.tokenize, text, heavy=heavy)
 
-    async def detokenize(self, model_name: str, ids: list[int]) -> str:
-        return await self._on_cpu(self._version(model_name).prompts.detokenize, ids)
+    async def detokenize(self, model_name: str, ids: Sequence[int]) -> str:
+        """`ids` as they came (a protobuf repeated field): copied off the event loop."""
+        version = self._version(model_name)
+        self.limits.check_detokenize(ids)
+        heavy = len(ids) > HEAVY_TEXT_CHARS
+        return await self._on_cpu(
+            lambda: version.prompts.detokenize(np.asarray(ids, dtype=np.int64)), heavy=heavy
+        )
 
     def tokenizer(self, model_name: str) -> Tokenizer | None:
         """The serving version's tokenizer; None for a model without one (an image encoder)."""
@@ -251,6 +288,16 @@ class Engine:
             ) from None
         for runner in self.runners:
             runner.notify()
+
+    def _check_finite(self, version: ModelVersion, embeddings: Embeddings) -> None:
+        """The last line of defence behind the control-factor bounds: NaN or infinity is never
+        answered as an embedding."""
+        where = first_nonfinite(embeddings)
+        if where is None:
+            return
+        self.metrics.nonfinite_results.labels(version.name).inc()
+        log.error("%s: non-finite %s embedding of layer %d", version.model_version, *where[::-1])
+        raise NonFiniteResult(version.model_version, where[0], where[1].value)
 
     def _observe_batch(self, pool: PoolSpec, jobs: Sequence[Job], seconds: float) -> None:
         padded = max(job.tokens for job in jobs) * len(jobs)
@@ -290,9 +337,19 @@ class Engine:
         ]
         return tuple(dict.fromkeys(absolute))
 
-    async def _on_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def _on_cpu(self, fn: Callable[..., T], *args: object, heavy: bool = False) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._cpu, partial(fn, *args, **kwargs))
+        executor = self._cpu_heavy if heavy else self._cpu
+        return await loop.run_in_executor(executor, partial(fn, *args))
+
+
+def first_nonfinite(embeddings: Embeddings) -> tuple[int, Pooling] | None:
+    """The first layer and pooling whose vector holds NaN or infinity; None when all are finite."""
+    for layer, vectors in embeddings.items():
+        for pooling, vector in vectors.items():
+            if not np.isfinite(vector).all():
+                return layer, pooling
+    return None
 
 
 async def _all_or_first_error(calls: Sequence[Awaitable[T]]) -> list[T]:

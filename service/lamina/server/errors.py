@@ -15,6 +15,18 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
 
 
+# How much of a caller's string an error message repeats: enough to recognise it, never so much
+# that the message outgrows what a client accepts as metadata.
+SHOWN_CHARS = 64
+
+
+def shown(value: str) -> str:
+    """A caller's string as an error message quotes it: repr, cut to SHOWN_CHARS."""
+    if len(value) <= SHOWN_CHARS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
+
+
 class LaminaError(Exception):
     code = ErrorCode.INTERNAL
     retry_after_seconds: float | None = None  # set where retrying later can succeed
@@ -45,7 +57,7 @@ class ModelNotFound(LaminaError):
 
     def __init__(self, model: str, available: list[str]) -> None:
         listed = ", ".join(available) or "none"
-        super().__init__(f"model: unknown model {model!r}; available: {listed}")
+        super().__init__(f"model: unknown model {shown(model)}; available: {listed}")
 
 
 class Unavailable(LaminaError):
@@ -58,7 +70,7 @@ class HostingUnavailable(LaminaError):
     def __init__(self, hosting: str, available: tuple[str, ...]) -> None:
         labels = ", ".join(available) or "none"
         super().__init__(
-            f"hosting: no worker pool may process a request with hosting {hosting!r} "
+            f"hosting: no worker pool may process a request with hosting {shown(hosting)} "
             f"(this server's pool hostings: {labels})"
         )
 
@@ -81,3 +93,15 @@ class QueueFull(LaminaError):
             f"retry after {retry_after_seconds:.1f} s"
         )
         self.retry_after_seconds = retry_after_seconds
+
+
+class NonFiniteResult(LaminaError):
+    """The graph produced NaN or infinity: never answered as if it were an embedding."""
+
+    code = ErrorCode.INTERNAL
+
+    def __init__(self, model_version: str, layer: int, pooling: str) -> None:
+        super().__init__(
+            f"the {pooling} embedding of layer {layer} from {model_version} is not finite; "
+            "nothing was returned (the server counted it in lamina_nonfinite_results_total)"
+        )

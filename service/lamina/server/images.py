@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lamina.server.convert import signature
-from lamina.server.domain import ImageCrop, ImageItem, TokenOverlap
+from lamina.server.domain import MAX_CONTROL_FACTOR, ImageCrop, ImageItem, TokenOverlap
 from lamina.server.errors import InvalidArgument
 
 GRID = signature.CELLS_PER_SIDE
@@ -66,7 +66,7 @@ def prepare_image(item: ImageItem, spec: ImageSpec, field: str) -> PreparedImage
 def image_size(data: bytes) -> tuple[int, int] | None:
     """Width and height from the header alone (no pixels decoded); None if unreadable."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             width, height = image.size
             return width, height
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
@@ -78,16 +78,18 @@ def _decode(data: bytes, field: str) -> Image.Image:
     if not data:
         raise InvalidArgument(field, "the image is empty")
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.format not in FORMATS:
-            raise InvalidArgument(
-                field, f"format {image.format} is not one of {', '.join(FORMATS)}"
-            )
+        # Only the accepted formats' decoders ever see the bytes.
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidArgument(
+            field, f"cannot decode the image: it is not one of the formats {', '.join(FORMATS)}"
+        ) from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise InvalidArgument(field, f"cannot decode the image: {error}") from None
+    try:
         image.seek(0)  # a GIF's first frame
         image.load()
-    except InvalidArgument:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise InvalidArgument(field, f"cannot decode the image: {error}") from None
     return image.convert("RGB")
 
@@ -142,4 +144,11 @@ def patch_factors(
             factors[covered > 0] *= control.factor
         else:
             factors *= 1 + (control.factor - 1) * covered
+    largest = float(factors.max())
+    if largest > MAX_CONTROL_FACTOR * (1 + 1e-6):  # before float32 would make it infinite
+        raise InvalidArgument(
+            f"{field}.controls",
+            f"the controls on one cell multiply to {largest:.3g}, more than the largest "
+            f"control factor {MAX_CONTROL_FACTOR:.0e}",
+        )
     return factors.astype(np.float32)

@@ -140,6 +140,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.nonfinite_results = Counter(
+            "lamina_nonfinite_results",
+            "Embeddings with NaN or infinity, answered INTERNAL instead (should stay 0).",
+            ["model"],
+            registry=r,
+        )
+        self.undecodable_requests = Counter(
+            "lamina_undecodable_requests",
+            "gRPC messages that did not parse as their request type (INVALID_ARGUMENT).",
+            ["method"],
+            registry=r,
+        )
         self.ready = Gauge("lamina_ready", "1 while the server is serving.", registry=r)
         self.in_flight = Gauge("lamina_in_flight_requests", "RPCs being answered now.", registry=r)
         self.auth_refused = Counter(

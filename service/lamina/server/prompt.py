@@ -2,7 +2,11 @@
 
 Text items are tokenized without special tokens, token-id items are placed as they are, each
 image takes 144 positions (its 12 x 12 cells), and the model's special-token template wraps the
-whole sequence once: a single text item gives exactly the ids of Hugging Face `tokenizer(text)`.
+whole sequence once when it has text: a single text item gives exactly the ids of Hugging Face
+`tokenizer(text)`, and a prompt of token ids and images only is used exactly as given.
+
+What a prompt costs to prepare is bounded before any of it is done (`check_size`), and every
+factor the graph will see is checked against what float32 can carry (`MAX_CONTROL_FACTOR`).
 """
 
 from __future__ import annotations
@@ -10,13 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
-from lamina.server.domain import ImageItem, PromptItem, TextItem, TokenIdsItem, TokenOverlap
+from lamina.server.domain import (
+    MAX_CONTROL_FACTOR,
+    ImageItem,
+    PromptItem,
+    TextItem,
+    TokenIdsItem,
+    TokenOverlap,
+)
 from lamina.server.errors import InvalidArgument
 from lamina.server.images import PLACEHOLDER, POSITIONS, ImageSpec, PreparedImage, prepare_image
 
 _SENTINEL_TEXT = "a"
+# Distinct controlled tokens compared at once when spreading controls: bounds the scratch memory.
+_SIMILARITY_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class SpecialTokenTemplate:
 class _Controlled:
     """The positions one control touched (prompt-wide) and its declared factor."""
 
-    positions: list[int]
+    positions: np.ndarray  # int64
     factor: float
 
 
@@ -92,6 +105,39 @@ class PromptEncoder:
         self.token_embeddings = token_embeddings
         self.image = image
         self.image_token_id = image_token_id  # what input_ids hold where an image's cells go
+        self.chars_per_token = _chars_per_token(tokenizer) if tokenizer else 0
+
+    @property
+    def max_text_chars(self) -> int:
+        """The most code points of text a prompt can have and still fit the context: no token of
+        the vocabulary stands for more than `chars_per_token` of them."""
+        return self.max_context * self.chars_per_token
+
+    def check_size(self, items: tuple[PromptItem, ...], instruction: str = "") -> None:
+        """Refuse, before tokenizing or decoding anything, a prompt that cannot fit: its token ids
+        and images alone (144 positions each) already pass the context, or its text has more code
+        points than any tokenization of it into `max_context` tokens could hold."""
+        images = sum(isinstance(item, ImageItem) for item in items)
+        exact = sum(len(item.data) for item in items if isinstance(item, TokenIdsItem))
+        exact += images * POSITIONS
+        has_text = bool(instruction) or any(isinstance(item, TextItem) for item in items)
+        if has_text:
+            exact += len(self.template.prefix) + len(self.template.suffix)
+        if exact > self.max_context:
+            raise InvalidArgument(
+                "prompt",
+                f"the prompt has at least {exact} tokens ({images} images of {POSITIONS} "
+                f"positions each, token ids and special tokens), more than the "
+                f"{self.max_context} positions of model {self.model!r}; it is never truncated",
+            )
+        chars = len(instruction) + sum(len(i.data) for i in items if isinstance(i, TextItem))
+        if has_text and self._tokenizer is not None and chars > self.max_text_chars:
+            raise InvalidArgument(
+                "prompt",
+                f"the prompt's text has {chars} characters, more than the {self.max_text_chars} "
+                f"that fit the {self.max_context} positions of model {self.model!r} (no token "
+                f"stands for more than {self.chars_per_token}); it is never truncated",
+            )
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -105,10 +151,15 @@ class PromptEncoder:
     ) -> EncodedPrompt:
         """`instruction`: text tokenized as its own item before `items` (never controlled), so
         the items keep their indices in errors and their controls' offsets."""
-        ids: list[int] = list(self.template.prefix)
+        self.check_size(items, instruction)
+        has_text = bool(instruction) or any(isinstance(item, TextItem) for item in items)
+        template = self.template if has_text else SpecialTokenTemplate((), ())
+        ids: list[int] = list(template.prefix)
         if instruction:
-            ids += self._text_input("instruction").encode(instruction, add_special_tokens=False).ids
+            ids += _encode(self._text_input("instruction"), instruction).ids
         body_start = len(ids)
+        owners: list[int] = [-1] * len(ids)  # the item each position came from
+        image_items: list[int] = []  # the item of each image
         factors: list[float] = [1.0] * len(ids)
         controlled: list[_Controlled] = []
         images: list[PreparedImage] = []
@@ -120,7 +171,7 @@ class PromptEncoder:
             match item:
                 case TextItem():
                     tokenizer = self._text_input(f"{field}.text")
-                    encoding = tokenizer.encode(item.data, add_special_tokens=False)
+                    encoding = _encode(tokenizer, item.data)
                     item_factors, touched = _text_factors(item, encoding.offsets, field)
                     ids += encoding.ids
                 case TokenIdsItem():
@@ -136,35 +187,43 @@ class PromptEncoder:
                     prepared = prepare_image(item, self.image, f"{field}.image")
                     cells += range(len(images) * POSITIONS, (len(images) + 1) * POSITIONS)
                     images.append(prepared)
+                    image_items.append(index)
                     item_factors = prepared.patch_factors.tolist()
                     ids += [self.image_token_id] * POSITIONS
             cells += [-1] * (len(ids) - len(cells))
+            owners += [index] * (len(ids) - len(owners))
             factors += item_factors
-            controlled += [
-                _Controlled([offset + p for p in t.positions], t.factor) for t in touched
-            ]
+            controlled += [_Controlled(offset + t.positions, t.factor) for t in touched]
         body_end = len(ids)
         if body_end == body_start:
             raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
-        ids += self.template.suffix
-        factors += [1.0] * len(self.template.suffix)
+        ids += template.suffix
+        factors += [1.0] * len(template.suffix)
         if len(ids) > self.max_context:
             raise InvalidArgument(
                 "prompt",
                 f"the prompt has {len(ids)} tokens (special tokens included), more than the "
                 f"{self.max_context} positions of model {self.model!r}; it is never truncated",
             )
-        cells += [-1] * len(self.template.suffix)
+        cells += [-1] * len(template.suffix)
         factor_array = np.asarray(factors, dtype=np.float64)
         cell_array = np.asarray(cells, dtype=np.int64)
         if contextual_threshold is not None and controlled:
-            tokens = np.flatnonzero(cell_array[len(self.template.prefix) : body_end] < 0)
+            tokens = np.flatnonzero(cell_array[len(template.prefix) : body_end] < 0)
             self._spread(
                 np.asarray(ids),
                 factor_array,
                 controlled,
                 contextual_threshold,
-                tokens + len(self.template.prefix),
+                tokens + len(template.prefix),
+            )
+        _check_combined(factor_array, items, owners, spread=contextual_threshold is not None)
+        for k, image in enumerate(images):
+            _check_combined(
+                image.key_factors.astype(np.float64),
+                items,
+                [image_items[k]] * image.key_factors.size,
+                spread=False,
             )
         return EncodedPrompt(
             ids=np.asarray(ids, dtype=np.int64),
@@ -196,24 +255,45 @@ class PromptEncoder:
         positions it controls. Several such controls multiply, like overlapping ones.
 
         `positions` are the text and token-id positions (special tokens aside): image cells have
-        no input token embedding (the encoder makes theirs), so they neither spread nor receive."""
+        no input token embedding (the encoder makes theirs), so they neither spread nor receive.
+
+        Similarity depends on the token ids alone, so it is computed once between the distinct
+        ids of the prompt and the distinct controlled ones (at most context x context, in
+        blocks), whatever the number of controls."""
         if self.token_embeddings is None:
             raise InvalidArgument(
                 "contextual_control_threshold",
                 f"model {self.model!r} has no token embeddings; convert it again to use it",
             )
-        vectors = np.asarray(self.token_embeddings[ids[positions]], dtype=np.float32)
+        distinct, at = np.unique(ids[positions], return_inverse=True)
+        vectors = np.asarray(self.token_embeddings[distinct], dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         unit = vectors / np.where(norms == 0, 1, norms)
-        for control in controlled:
-            if not control.positions:
+        # Each control's own positions, as indices into `positions` and into `distinct`.
+        owns = [np.flatnonzero(np.isin(positions, c.positions)) for c in controlled]
+        keys = np.unique(np.concatenate([at[own] for own in owns]))
+        if not keys.size:
+            return
+        column = np.full(distinct.size, -1, dtype=np.int64)
+        column[keys] = np.arange(keys.size)
+        membership = np.zeros((keys.size, len(controlled)), dtype=np.float32)
+        for c, own in enumerate(owns):
+            membership[column[at[own]], c] = 1
+        reached = np.zeros((distinct.size, len(controlled)), dtype=np.float32)
+        for block in range(0, keys.size, _SIMILARITY_BLOCK):
+            chosen = keys[block : block + _SIMILARITY_BLOCK]
+            similar = unit @ unit[chosen].T >= threshold
+            # A token is exactly as similar to itself as cosine allows (1), which float32's dot
+            # of a unit vector with itself can miss by an ulp.
+            same = np.arange(distinct.size)[:, None] == chosen[None, :]
+            similar |= same & (norms[chosen, 0] > 0)[None, :] & (threshold <= 1)
+            reached += similar.astype(np.float32) @ membership[block : block + _SIMILARITY_BLOCK]
+        for c, control in enumerate(controlled):
+            if not owns[c].size:
                 continue
-            own = np.flatnonzero(np.isin(positions, control.positions))
-            if not own.size:
-                continue
-            similar: np.ndarray = np.asarray((unit[own] @ unit.T >= threshold).any(axis=0))
-            similar[own] = False
-            factors[positions[similar]] *= control.factor
+            similar_positions = reached[at, c] > 0
+            similar_positions[owns[c]] = False
+            factors[positions[similar_positions]] *= control.factor
 
     def token_strings(self, prompt: EncodedPrompt) -> tuple[str, ...]:
         """Each position decoded on its own (a byte-level piece `Ġhello` reads ` hello`); image
@@ -230,22 +310,61 @@ class PromptEncoder:
 
     def tokenize(self, text: str) -> tuple[list[str], list[int]]:
         """Raw vocabulary pieces and ids, without special tokens."""
-        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        encoding = _encode(self.tokenizer, text)
         return list(encoding.tokens), list(encoding.ids)
 
-    def detokenize(self, ids: list[int]) -> str:
+    def detokenize(self, ids: np.ndarray | list[int]) -> str:
         self._check_ids(ids, "token_ids")
-        text: str = self.tokenizer.decode(ids, skip_special_tokens=False)
-        return text
+        # decode_batch lets go of the GIL (decode does not): a long list stalls no other request.
+        (text,) = self.tokenizer.decode_batch([np.asarray(ids).tolist()], skip_special_tokens=False)
+        return str(text)
 
-    def _check_ids(self, ids: tuple[int, ...] | list[int], field: str) -> None:
-        for position, token in enumerate(ids):
-            if not 0 <= token < self.vocab_size:
-                raise InvalidArgument(
-                    f"{field}[{position}]",
-                    f"token id {token} is outside the vocabulary of model {self.model!r} "
-                    f"(0..{self.vocab_size - 1})",
-                )
+    def _check_ids(self, ids: np.ndarray | tuple[int, ...] | list[int], field: str) -> None:
+        values = np.asarray(ids, dtype=np.int64)
+        outside = np.flatnonzero((values < 0) | (values >= self.vocab_size))
+        if outside.size:
+            position = int(outside[0])
+            raise InvalidArgument(
+                f"{field}[{position}]",
+                f"token id {int(values[position])} is outside the vocabulary of model "
+                f"{self.model!r} (0..{self.vocab_size - 1})",
+            )
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> Encoding:
+    """The text's tokens without special tokens. encode_batch releases the GIL while it works
+    (encode holds it), so a long text on the CPU executor never stops the event loop."""
+    (encoding,) = tokenizer.encode_batch([text], add_special_tokens=False)
+    return encoding
+
+
+def _chars_per_token(tokenizer: Tokenizer) -> int:
+    """The most code points one token can stand for: the vocabulary's longest piece (its
+    continuation marker aside), or for WordPiece the word length past which a whole word
+    becomes one unknown token."""
+    longest = max((len(piece.removeprefix("##")) for piece in tokenizer.get_vocab()), default=1)
+    unknown_word = getattr(tokenizer.model, "max_input_chars_per_word", 0)
+    return max(1, longest, int(unknown_word or 0))
+
+
+def _check_combined(
+    factors: np.ndarray, items: tuple[PromptItem, ...], owners: list[int], *, spread: bool
+) -> None:
+    """Overlapping controls multiply: their product must stay a factor float32 (and its log)
+    can carry, as each factor alone must (api-reference: Attention controls)."""
+    # Image factors arrive as float32: the largest factor itself rounds up a little.
+    over = np.flatnonzero(factors > MAX_CONTROL_FACTOR * (1 + 1e-6))
+    if not over.size:
+        return
+    position = int(over[0])
+    index = owners[position]
+    kind = {TextItem: "text", TokenIdsItem: "token_ids", ImageItem: "image"}[type(items[index])]
+    how = "with contextual_control_threshold spreading them, " if spread else ""
+    raise InvalidArgument(
+        f"prompt.items[{index}].{kind}.controls",
+        f"the controls on one position multiply to {factors[position]:.3g}, {how}more than the "
+        f"largest control factor {MAX_CONTROL_FACTOR:.0e}",
+    )
 
 
 def _text_factors(
@@ -253,9 +372,12 @@ def _text_factors(
 ) -> tuple[list[float], list[_Controlled]]:
     """Per-token factors of a text item: a control over code points [start, start + length)
     touches each token its span overlaps; `partial` scales by the covered share of the token."""
-    factors = [1.0] * len(offsets)
+    factors = np.ones(len(offsets), dtype=np.float64)
     touched = []
     length = len(item.data)
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    first, last = spans[:, 0], spans[:, 1]
+    width = last - first
     for j, control in enumerate(item.controls):
         where = f"{field}.text.controls[{j}]"
         if control.length < 1:
@@ -267,18 +389,14 @@ def _text_factors(
                 f"start {control.start} + length {control.length} goes past the item's "
                 f"{length} code points",
             )
-        positions = []
-        for token, (first, last) in enumerate(offsets):
-            covered = min(last, end) - max(first, control.start)
-            if covered <= 0 or last <= first:
-                continue
-            if control.token_overlap is TokenOverlap.COMPLETE:
-                factors[token] *= control.factor
-            else:
-                factors[token] *= 1 + (control.factor - 1) * covered / (last - first)
-            positions.append(token)
-        touched.append(_Controlled(positions, control.factor))
-    return factors, touched
+        covered = np.minimum(last, end) - np.maximum(first, control.start)
+        hit = np.flatnonzero((covered > 0) & (width > 0))
+        if control.token_overlap is TokenOverlap.COMPLETE:
+            factors[hit] *= control.factor
+        else:
+            factors[hit] *= 1 + (control.factor - 1) * covered[hit] / width[hit]
+        touched.append(_Controlled(hit, control.factor))
+    return factors.tolist(), touched
 
 
 def _token_factors(item: TokenIdsItem, field: str) -> tuple[list[float], list[_Controlled]]:
@@ -291,5 +409,5 @@ def _token_factors(item: TokenIdsItem, field: str) -> tuple[list[float], list[_C
                 f"index {control.index} is past the item's {len(item.data)} token ids",
             )
         factors[control.index] *= control.factor
-        touched.append(_Controlled([control.index], control.factor))
+        touched.append(_Controlled(np.array([control.index], dtype=np.int64), control.factor))
     return factors, touched

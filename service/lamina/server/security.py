@@ -21,6 +21,9 @@ import grpc
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# How often, at most, a watched file is looked at (FileWatch), unless a caller says otherwise:
+# read when each watch is made, so a test can lower it before starting a server.
+RECHECK_SECONDS = 1.0
 
 if TYPE_CHECKING:  # generic in the type stubs only
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -30,21 +33,29 @@ else:
 
 class FileWatch:
     """Whether any of some files changed since last asked, looking at most every
-    `recheck_seconds`: cheap enough to ask on every call or connection.
+    `recheck_seconds` (default RECHECK_SECONDS) on `clock`: cheap enough to ask on every call or
+    connection.
 
     A change is a new inode, mtime, ctime or size; a Secret's update swaps a symlink, which gives
     new inodes. A file that cannot be looked at counts as changed, so the reader tries it and
     says why it fails. The first question always answers yes.
     """
 
-    def __init__(self, paths: Sequence[Path], recheck_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        recheck_seconds: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.paths = tuple(paths)
-        self.recheck_seconds = recheck_seconds
+        self.recheck_seconds = RECHECK_SECONDS if recheck_seconds is None else recheck_seconds
+        self._clock = clock
         self._seen: tuple[tuple[int, int, int, int], ...] | None = None
         self._checked_at = -float("inf")
 
     def changed(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._checked_at < self.recheck_seconds:
             return False
         self._checked_at = now
@@ -117,7 +128,7 @@ class ServingCertificate:
     at start; the client CA it is checked against is reloaded like the rest.
     """
 
-    def __init__(self, files: TlsFiles, *, recheck_seconds: float = 1.0) -> None:
+    def __init__(self, files: TlsFiles, *, recheck_seconds: float | None = None) -> None:
         self.files = files
         self._watch = FileWatch(files.paths, recheck_seconds)
         self._watch.changed()
@@ -176,13 +187,13 @@ class ServingCertificate:
 class TokenFile:
     """The accepted bearer tokens: one per line; blank lines and lines starting with # ignored.
 
-    The file is checked for changes at most every `recheck_seconds`, on the calls themselves, so a
-    rotated Secret takes effect without a restart. If the file cannot be read, the tokens read last
-    stay in force (a Secret update swaps a symlink, and a half-written file must not lock all
-    callers out); with none ever read, every call is refused.
+    The file is checked for changes at most every `recheck_seconds` (default RECHECK_SECONDS), on
+    the calls themselves, so a rotated Secret takes effect without a restart. If the file cannot
+    be read, the tokens read last stay in force (a Secret update swaps a symlink, and a
+    half-written file must not lock all callers out); with none ever read, every call is refused.
     """
 
-    def __init__(self, path: Path, *, recheck_seconds: float = 1.0) -> None:
+    def __init__(self, path: Path, *, recheck_seconds: float | None = None) -> None:
         self.path = path
         self._watch = FileWatch((path,), recheck_seconds)
         self._tokens: tuple[bytes, ...] = ()

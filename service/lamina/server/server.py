@@ -12,15 +12,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lamina.server.api.calls import Calls, ServingState
-from lamina.server.api.servicer import EmbedServicer
+from lamina.server.api.servicer import EmbedServicer, add_to_server
 from lamina.server.config import Settings
 from lamina.server.engine import Engine
 from lamina.server.gateway.app import Gateway
-from lamina.server.gateway.listener import HttpListener
+from lamina.server.gateway.listener import ConnectionLimits, HttpListener
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry
 from lamina.server.security import BearerTokenInterceptor, ServingCertificate, TokenFile
-from lamina.v1 import embed_pb2, embed_pb2_grpc
+from lamina.v1 import embed_pb2
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,11 @@ class LaminaServer:
         self._server = grpc.aio.server(
             interceptors=interceptors, options=_channel_options(settings)
         )
-        embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(calls), self._server)
+        add_to_server(
+            EmbedServicer(calls),
+            self._server,
+            lambda method: self.metrics.undecodable_requests.labels(method).inc(),
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if settings.reflection:
             reflection.enable_server_reflection(
@@ -88,6 +92,11 @@ class LaminaServer:
                 settings.host,
                 settings.http_port,
                 certificate=self.certificate,
+                limits=ConnectionLimits(
+                    header_timeout_seconds=settings.http_header_timeout_seconds,
+                    body_timeout_seconds=settings.http_body_timeout_seconds,
+                    max_connections=settings.http_max_connections,
+                ),
             )
 
     async def start(self) -> int:

@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
+from google.protobuf.message import Message
 from tokenizers import Tokenizer
 
 from lamina.server.api import convert
@@ -91,14 +93,16 @@ class Calls:
         self, message: pb.EmbedRequest, timeout: float | None, record: CallRecord
     ) -> pb.EmbedResponse:
         record.describe(message)
-        result = await self.engine.embed(convert.embed_request(message), timeout)
+        result = await self.engine.embed(await _converted(convert.embed_request, message), timeout)
         return convert.embed_response(result)
 
     async def semantic_embed(
         self, message: pb.SemanticEmbedRequest, timeout: float | None, record: CallRecord
     ) -> pb.SemanticEmbedResponse:
         record.describe(message)
-        result = await self.engine.semantic_embed(convert.semantic_embed_request(message), timeout)
+        result = await self.engine.semantic_embed(
+            await _converted(convert.semantic_embed_request, message), timeout
+        )
         return convert.semantic_embed_response(result)
 
     async def batch_semantic_embed(
@@ -106,7 +110,7 @@ class Calls:
     ) -> pb.BatchSemanticEmbedResponse:
         record.describe(message)
         result = await self.engine.semantic_embed(
-            convert.batch_semantic_embed_request(message), timeout
+            await _converted(convert.batch_semantic_embed_request, message), timeout
         )
         return convert.batch_semantic_embed_response(result)
 
@@ -129,7 +133,7 @@ class Calls:
         self, message: pb.DetokenizeRequest, record: CallRecord
     ) -> pb.DetokenizeResponse:
         record.model = message.model
-        text = await self.engine.detokenize(message.model, list(message.token_ids))
+        text = await self.engine.detokenize(message.model, message.token_ids)
         return pb.DetokenizeResponse(result=text)
 
     def models_available(self) -> pb.ModelsAvailableResponse:
@@ -140,3 +144,16 @@ class Calls:
     def tokenizer(self, model: str, record: CallRecord) -> Tokenizer | None:
         record.model = model
         return self.engine.tokenizer(model)
+
+
+# Converting a message walks every token id in Python: past this size it runs on a thread, so the
+# event loop keeps answering others while it does.
+LARGE_MESSAGE_BYTES = 1 << 20
+M = TypeVar("M", bound=Message)
+D = TypeVar("D")
+
+
+async def _converted(conversion: Callable[[M], D], message: M) -> D:
+    if message.ByteSize() > LARGE_MESSAGE_BYTES:
+        return await asyncio.to_thread(conversion, message)
+    return conversion(message)

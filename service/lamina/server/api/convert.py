@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from lamina.server import domain
-from lamina.server.errors import InvalidArgument
+from lamina.server.errors import InvalidArgument, shown
 from lamina.v1 import embed_pb2 as pb
 
 HOSTINGS = ("aleph-alpha",)
@@ -98,7 +98,7 @@ def _hosting(message: AnyEmbedRequest) -> str | None:
     hosting = message.hosting if message.HasField("hosting") else None
     if hosting is not None and hosting not in HOSTINGS:
         raise InvalidArgument(
-            "hosting", f"unknown hosting {hosting!r}; expected unset or one of {HOSTINGS}"
+            "hosting", f"unknown hosting {shown(hosting)}; expected unset or one of {HOSTINGS}"
         )
     return hosting
 
@@ -122,7 +122,7 @@ def _representation(name: str) -> domain.Representation:
         return domain.Representation(name)
     except ValueError:
         expected = ", ".join(r.value for r in domain.Representation)
-        problem = "is required" if not name else f"unknown representation {name!r}"
+        problem = "is required" if not name else f"unknown representation {shown(name)}"
         raise InvalidArgument("representation", f"{problem}; expected one of {expected}") from None
 
 
@@ -132,7 +132,7 @@ def _pooling(name: str, index: int) -> domain.Pooling:
     except ValueError:
         expected = ", ".join(p.value for p in domain.Pooling)
         raise InvalidArgument(
-            f"pooling[{index}]", f"unknown pooling {name!r}; expected one of {expected}"
+            f"pooling[{index}]", f"unknown pooling {shown(name)}; expected one of {expected}"
         ) from None
 
 
@@ -190,8 +190,12 @@ def _prompt_item(item: pb.PromptItem, field: str) -> domain.PromptItem:
 
 
 def _factor(value: float, field: str) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise InvalidArgument(field, f"control factor must be finite and >= 0, got {value}")
+    if not (0 <= value <= domain.MAX_CONTROL_FACTOR):  # NaN fails every comparison
+        raise InvalidArgument(
+            field,
+            f"control factor must be finite, >= 0 and at most {domain.MAX_CONTROL_FACTOR:.0e}, "
+            f"got {value:.6g}",
+        )
     return value
 
 
@@ -202,7 +206,8 @@ def _overlap(control: pb.TextControl | pb.ImageControl, field: str) -> domain.To
         return domain.TokenOverlap(control.token_overlap)
     except ValueError:
         raise InvalidArgument(
-            field, f"unknown token_overlap {control.token_overlap!r}; expected partial or complete"
+            field,
+            f"unknown token_overlap {shown(control.token_overlap)}; expected partial or complete",
         ) from None
 
 

@@ -8,7 +8,7 @@ import re
 
 from starlette.responses import JSONResponse
 
-from lamina.server.errors import ErrorCode, InvalidArgument, LaminaError
+from lamina.server.errors import ErrorCode, InvalidArgument, LaminaError, shown
 
 HTTP_STATUS = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -21,6 +21,10 @@ HTTP_STATUS = {
     ErrorCode.INTERNAL: 500,
 }
 UNAUTHENTICATED = "UNAUTHENTICATED"  # raised by the gateway itself, never by the domain
+INTERNAL_MESSAGE = "internal error; the server logged the details"
+# A caller's string quoted in an error message is cut short (errors.shown); a whole message, as a
+# last resort against one a layer below builds from a caller's strings, to this many UTF-8 bytes.
+MAX_MESSAGE_BYTES = 1024
 # Starting up or draining carries no estimate of its own: a second is the client's first backoff.
 UNAVAILABLE_RETRY_SECONDS = 1.0
 
@@ -34,6 +38,16 @@ def json_field(field: str) -> str:
     """A field path as the HTTP caller wrote it: `prompt.items[0].text.data` -> `prompt[0].data`,
     `prompts[2].items[0].image.crop` -> `prompts[2][0]`."""
     return _ITEMS.sub("", _ITEM.sub(r"\1", field))
+
+
+def _bounded(message: str) -> str:
+    """A message any JSON encoder takes (lone surrogates escaped), of bounded size, whatever it
+    quotes."""
+    encoded = message.encode("utf-8", "backslashreplace")
+    if len(encoded) <= MAX_MESSAGE_BYTES:
+        return encoded.decode("utf-8")
+    cut = encoded[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")  # no character cut in two
+    return f"{cut}... ({len(message)} characters)"
 
 
 class BodyTooLarge(LaminaError):
@@ -50,7 +64,7 @@ class NoTokenizer(LaminaError):
     code = ErrorCode.NOT_FOUND
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"model: {model!r} is an image encoder and has no tokenizer")
+        super().__init__(f"model: {shown(model)} is an image encoder and has no tokenizer")
 
 
 def error_response(error: LaminaError) -> JSONResponse:
@@ -74,4 +88,10 @@ def error_body(
         headers["Retry-After"] = str(max(1, round(retry_after_seconds)))
     if code == UNAUTHENTICATED:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+    body = {"error": _bounded(message), "code": code}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def internal_error() -> JSONResponse:
+    """A bug of the server's own, in the same body; the details belong in the log."""
+    return error_body(500, ErrorCode.INTERNAL.value, INTERNAL_MESSAGE)

@@ -7,22 +7,40 @@ Only JSON types are checked here (every error names the field as the caller wrot
 
 JSON `null` means unset, exactly like a missing field. `nice` is not a body field: it comes from
 the query string (`?nice=true`), as the official client sends it.
+
+Whatever the body holds, reading it ends in a message or an InvalidArgument, never another
+exception: bytes that are not UTF-8, JSON nested deeper than Python's parser goes, NaN and
+Infinity (which Python's json reads, JSON has not), lone surrogates (valid `\\ud800` escapes that
+no protobuf string can hold) and numbers beyond a field's protobuf range are all refused here, with
+the field named. Error messages quote a caller's strings cut short (`shown`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from lamina.server.errors import InvalidArgument
+from lamina.server.errors import InvalidArgument, shown
 from lamina.v1 import embed_pb2 as pb
 
 T = TypeVar("T")
 
 # Sent by the official client when its caller sets them; they mean nothing to Lamina.
 IGNORED_FIELDS = frozenset({"tags"})
+
+# JSON values one body may hold at most, counted by its commas and brackets before parsing: above
+# any request the default limits let through (every token id one value; a Detokenize of 1,000,000
+# ids), and far below what would hold the event loop (json.loads keeps the GIL) or memory (each
+# value a Python object) for long: 64 MiB of `[{},{},...]` would be 22 million dicts, 4 s and
+# 1.8 GB to parse.
+MAX_JSON_VALUES = 2**20
+# A JSON string (escapes included), to leave the commas and brackets of text out of that count.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 INT32 = (-(2**31), 2**31 - 1)
 UINT32 = (0, 2**32 - 1)
@@ -38,6 +56,44 @@ _EMBEDDING_FIELDS = (
 _SEMANTIC_FIELDS = (*_EMBEDDING_FIELDS, "representation", "compress_to_size")
 
 
+class _Constant:
+    """NaN, Infinity or -Infinity: Python's json reads them, but JSON has no such numbers, so no
+    accessor takes one (each names the field instead)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def parse(raw: bytes) -> object:
+    """A request body as JSON: UTF-8 (a leading byte order mark ignored), any other failure an
+    InvalidArgument on `body`."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(
+            "body", f"not valid UTF-8 (byte {error.object[error.start]:#04x} at {error.start})"
+        ) from None
+    if _values(raw) > MAX_JSON_VALUES and _values(_STRING.sub(b'""', raw)) > MAX_JSON_VALUES:
+        raise InvalidArgument("body", f"more than {MAX_JSON_VALUES} JSON values")
+    try:
+        return json.loads(text, parse_constant=_Constant)
+    except RecursionError:
+        raise InvalidArgument("body", "not valid JSON (nested too deeply)") from None
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno} (char {error.pos})"
+        raise InvalidArgument("body", f"not valid JSON ({error.msg}: {where})") from None
+    except ValueError:
+        # The one other failure of json.loads: an integer of more than sys.int_info's digits.
+        raise InvalidArgument("body", "not valid JSON (an integer with too many digits)") from None
+
+
+def _values(raw: bytes) -> int:
+    """The JSON values in `raw` but the outermost (each value but a container's last is followed
+    by a comma, and each container has its bracket): exact once the strings are taken out, more
+    before (their text counts too), and quick either way (bytes.count)."""
+    return raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+
+
 class _Object:
     """A JSON object at a field path; each accessor returns None for a missing or null field."""
 
@@ -45,15 +101,19 @@ class _Object:
         if not isinstance(value, dict):
             raise InvalidArgument(path or "body", f"expected a JSON object, got {_kind(value)}")
         self.path = path
-        unknown = sorted(set(value) - set(fields) - IGNORED_FIELDS)
+        known = {*fields, *IGNORED_FIELDS}
+        unknown = [key for key in value if key not in known]
         if unknown:
+            more = f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""
             raise InvalidArgument(
-                self._at(unknown[0]), f"unknown field; expected {', '.join(fields)}"
+                self._at(min(unknown)), f"unknown field; expected {', '.join(fields)}{more}"
             )
         self.values: Mapping[str, object] = value
 
     def _at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+        """The path of a key; one that is no plain name (a caller's unknown key) quoted, cut."""
+        name = key if key.isidentifier() and len(key) <= 64 else shown(key)
+        return f"{self.path}.{name}" if self.path else name
 
     def _get(self, key: str, check: Callable[[object, str], T]) -> T | None:
         value = self.values.get(key)
@@ -71,9 +131,18 @@ class _Object:
     def number(self, key: str) -> float | None:
         return self._get(key, _number)
 
+    def integers(self, key: str, bounds: tuple[int, int]) -> list[int]:
+        """A list of integers (token ids, layers), in one pass when all are plain and in range."""
+        values = self._get(key, _list) or []
+        low, high = bounds
+        if all(type(v) is int and low <= v <= high for v in values):
+            return values  # type: ignore[return-value]
+        return self.list(key, lambda value, path: _integer(value, path, bounds))
+
     def list(self, key: str, item: Callable[[object, str], T]) -> list[T]:
         values = self._get(key, _list) or []
-        return [item(value, f"{self._at(key)}[{i}]") for i, value in enumerate(values)]
+        path = self._at(key)
+        return [item(value, f"{path}[{i}]") for i, value in enumerate(values)]
 
     def object(self, key: str, fields: tuple[str, ...]) -> _Object | None:
         value = self.values.get(key)
@@ -85,16 +154,29 @@ def _kind(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a number beyond the range of a double"  # 1e400 reads as inf
     if isinstance(value, int | float):
         return "a number"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, _Constant):
+        return f"{value.name}, which is not a JSON number"
     return "a list" if isinstance(value, list) else "an object"
 
 
 def _string(value: object, path: str) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(path, f"expected a string, got {_kind(value)}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            # A `\ud800` escape reads as a lone surrogate, which is no Unicode text.
+            lone = f"\\u{ord(value[error.start]):04x}"
+            raise InvalidArgument(
+                path, f"not valid Unicode (a lone surrogate {lone} at character {error.start})"
+            ) from None
     return value
 
 
@@ -112,14 +194,22 @@ def _integer(value: object, path: str, bounds: tuple[int, int]) -> int:
         raise InvalidArgument(path, f"expected an integer, got {_kind(value)}")
     low, high = bounds
     if not low <= value <= high:
-        raise InvalidArgument(path, f"{value} is outside {low}..{high}")
+        digits = len(str(abs(value)))  # within the 4300 digits json.loads reads
+        number = str(value) if digits <= 24 else f"an integer of {digits} digits"
+        raise InvalidArgument(path, f"{number} is outside {low}..{high}")
     return value
 
 
 def _number(value: object, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(path, f"expected a number, got {_kind(value)}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a double
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidArgument(path, _kind(number))
+    return number
 
 
 def _list(value: object, path: str) -> list[object]:
@@ -137,7 +227,7 @@ def embed_request(body: object, nice: bool) -> pb.EmbedRequest:
     o = _Object(body, "", fields)
     request = pb.EmbedRequest(
         prompt=_prompt(o.values.get("prompt"), "prompt"),
-        layers=o.list("layers", lambda v, p: _integer(v, p, INT32)),
+        layers=o.integers("layers", INT32),
         pooling=o.list("pooling", _string),
         nice=nice,
     )
@@ -177,7 +267,7 @@ def detokenize_request(body: object) -> pb.DetokenizeRequest:
     o = _Object(body, "", ("model", "token_ids"))
     return pb.DetokenizeRequest(
         model=o.string("model") or "",
-        token_ids=o.list("token_ids", lambda v, p: _integer(v, p, INT64)),
+        token_ids=o.integers("token_ids", INT64),
     )
 
 
@@ -208,7 +298,7 @@ def _prompt(value: object, path: str) -> pb.Prompt | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data=value))])
+        return pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data=_string(value, path)))])
     items = _list(value, path)
     return pb.Prompt(items=[_item(item, f"{path}[{i}]") for i, item in enumerate(items)])
 
@@ -226,7 +316,7 @@ def _item(value: object, path: str) -> pb.PromptItem:
         o = _Object(value, path, ("type", "data", "controls"))
         return pb.PromptItem(
             token_ids=pb.TokenIdsItem(
-                data=o.list("data", lambda v, p: _integer(v, p, INT64)),
+                data=o.integers("data", INT64),
                 controls=o.list("controls", _token_control),
             )
         )
@@ -243,8 +333,9 @@ def _item(value: object, path: str) -> pb.PromptItem:
             for name, number in corner.items():
                 _set(image.crop, name, number)
         return pb.PromptItem(image=image)
+    named = "None" if kind is None else shown(kind)
     raise InvalidArgument(
-        f"{path}.type", f"unknown item type {kind!r}; expected text, image or token_ids"
+        f"{path}.type", f"unknown item type {named}; expected text, image or token_ids"
     )
 
 

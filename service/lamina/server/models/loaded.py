@@ -1,18 +1,194 @@
-"""A model version loaded for serving: its manifest, prompt encoder and ONNX Runtime session."""
+"""A model version loaded for serving: its manifest, prompt encoder and ONNX Runtime session.
+
+A loaded version is immutable: every file it serves from is read into memory when it loads (the
+token embeddings included, never memory-mapped; the graph is handed to ONNX Runtime as bytes,
+which copies it, and so are any external-data files it names). A file rewritten, truncated or
+removed on disk afterwards can neither crash the process nor change what the version answers.
+"""
 
 from __future__ import annotations
 
+import io
+import math
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import onnx
+from tokenizers import Tokenizer
 
-from lamina.server.convert.tokenizer_file import load_plain_tokenizer
 from lamina.server.errors import InvalidArgument
 from lamina.server.images import ImageSpec
+from lamina.server.models.files import read_file
 from lamina.server.models.manifest import Manifest
 from lamina.server.models.store import VersionDir
 from lamina.server.prompt import PromptEncoder
 from lamina.server.runtime.session import HiddenStateSession, Providers
+
+# The serialized form of an external-data entry's key, `location`: a graph without these bytes
+# names no external data, and is handed to ONNX Runtime without being parsed here.
+_EXTERNAL_DATA_MARK = b"\x0a\x08location"
+
+
+@dataclass(frozen=True)
+class VersionContents:
+    """Everything a version serves from, read into memory in one go."""
+
+    manifest: Manifest
+    tokenizer: Tokenizer | None
+    token_embeddings: np.ndarray | None  # read-only, backed by memory, not by the file
+    graph: bytes
+    external_data: dict[str, bytes]  # location -> contents, for a graph naming external data
+
+    @staticmethod
+    def read(directory: Path) -> VersionContents:
+        """Any problem with the files is an exception saying what (OSError, ValueError, ...)."""
+        manifest = Manifest.read(directory)
+        tokenizer = None
+        if manifest.tokenizer:
+            with _reading(manifest.tokenizer):
+                tokenizer = _plain_tokenizer(read_file(directory / manifest.tokenizer))
+        embeddings = None
+        if manifest.token_embeddings:
+            with _reading(manifest.token_embeddings):
+                try:
+                    data = read_file(directory / manifest.token_embeddings)
+                except FileNotFoundError:
+                    pass  # converted before they were written: contextual controls say so
+                else:
+                    embeddings = _token_embeddings(data, manifest)
+        with _reading(manifest.graph):
+            graph = read_file(directory / manifest.graph)
+            external_data = _external_data(graph, directory)
+        return VersionContents(manifest, tokenizer, embeddings, graph, external_data)
+
+    def prompts(self, name: str) -> PromptEncoder:
+        manifest, image = self.manifest, self.manifest.image
+        return PromptEncoder(
+            self.tokenizer,
+            model=name,
+            vocab_size=manifest.vocab_size,
+            max_context=manifest.max_context_size,
+            token_embeddings=self.token_embeddings,
+            image=(
+                ImageSpec(image.size, image.mean, image.std, image.patches_per_side)
+                if image is not None
+                else None
+            ),
+            image_token_id=manifest.pad_token_id,
+        )
+
+
+@contextmanager
+def _reading(file: str) -> Iterator[None]:
+    """Any failure inside as a ValueError naming the file (native libraries raise odd types)."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:
+        raise ValueError(f"{file}: {error}") from error
+
+
+def _plain_tokenizer(data: bytes) -> Tokenizer:
+    """Padding and truncation off, as `convert.tokenizer_file.load_plain_tokenizer` has it."""
+    tokenizer = Tokenizer.from_str(data.decode())
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _token_embeddings(data: bytes, manifest: Manifest) -> np.ndarray:
+    """A .npy file's [rows, hidden] floating-point array, checked against its own header before
+    anything is allocated, and viewed in place over `data` (read-only)."""
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"format version {version} is not 1.0 or 2.0")
+    except (ValueError, SyntaxError, TypeError) as error:
+        raise ValueError(f"not a .npy array: {error}") from None
+    if dtype.kind != "f" or dtype.hasobject:
+        raise ValueError(f"expected floats, not {dtype}")
+    if len(shape) != 2 or shape[0] < manifest.vocab_size or shape[1] < 1:
+        raise ValueError(f"shape {shape} is not [rows >= vocab_size {manifest.vocab_size}, hidden]")
+    offset = stream.tell()
+    count = math.prod(shape)
+    if len(data) - offset != count * dtype.itemsize:
+        raise ValueError(
+            f"{len(data) - offset} bytes of data for shape {shape} "
+            f"of {dtype} ({count * dtype.itemsize} expected)"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    array: np.ndarray = flat.reshape(shape[::-1]).T if fortran_order else flat.reshape(shape)
+    return array
+
+
+def _external_data(graph: bytes, directory: Path) -> dict[str, bytes]:
+    """The external-data files a graph names, read into memory: ONNX Runtime would map them
+    (and then a file truncated on disk kills the process), or, for a graph given as bytes,
+    look for them in the working directory."""
+    if _EXTERNAL_DATA_MARK not in graph:
+        return {}
+    model = onnx.load_model_from_string(graph)
+    files: dict[str, bytes] = {}
+    for tensor in _tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if location in files:
+            continue
+        normal = posixpath.normpath(location)
+        if (
+            not location
+            or "\\" in location
+            or posixpath.isabs(normal)
+            or normal == "."
+            or normal.split("/")[0] == ".."
+        ):
+            raise ValueError(
+                f"tensor {tensor.name!r}: external data {location!r} is not a file inside the "
+                "version folder"
+            )
+        files[location] = read_file(directory / normal)
+    return files
+
+
+def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model that can hold data: initializers, sparse ones, and attribute
+    values, in the main graph, its subgraphs and the model's functions."""
+
+    def of_nodes(nodes: list[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors):
+                    yield sparse.values
+                    yield sparse.indices
+                if attribute.HasField("g"):
+                    yield from of_graph(attribute.g)
+                for graph in attribute.graphs:
+                    yield from of_graph(graph)
+
+    def of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from of_nodes(list(graph.node))
+
+    yield from of_graph(model.graph)
+    for function in model.functions:
+        yield from of_nodes(list(function.node))
 
 
 @dataclass(frozen=True)
@@ -24,37 +200,29 @@ class LoadedModel:
     session: HiddenStateSession
 
     @staticmethod
-    def load(entry: VersionDir, *, threads: int, providers: Providers) -> LoadedModel:
-        manifest = Manifest.read(entry.path)
-        tokenizer = (
-            load_plain_tokenizer(entry.path / manifest.tokenizer) if manifest.tokenizer else None
-        )
-        embeddings = entry.path / manifest.token_embeddings
-        image = manifest.image
-        prompts = PromptEncoder(
-            tokenizer,
-            model=entry.name,
-            vocab_size=manifest.vocab_size,
-            max_context=manifest.max_context_size,
-            # Memory-mapped: only the rows a contextual control compares are read.
-            token_embeddings=(
-                np.load(embeddings, mmap_mode="r")
-                if manifest.token_embeddings and embeddings.is_file()
-                else None
-            ),
-            image=(
-                ImageSpec(image.size, image.mean, image.std, image.patches_per_side)
-                if image is not None
-                else None
-            ),
-            image_token_id=manifest.pad_token_id,
-        )
-        session = HiddenStateSession(
-            entry.path / manifest.graph,
-            num_layers=manifest.num_layers,
-            threads=threads,
-            providers=providers,
-        )
+    def load(
+        entry: VersionDir,
+        *,
+        threads: int,
+        providers: Providers,
+        contents: VersionContents | None = None,
+        prompts: PromptEncoder | None = None,
+    ) -> LoadedModel:
+        """From the files of `entry`, or from `contents` already read from them (one read for
+        every pool, so all of them serve the same bytes)."""
+        if contents is None:
+            contents = VersionContents.read(entry.path)
+        manifest = contents.manifest
+        with _reading(manifest.graph):
+            session = HiddenStateSession(
+                entry.path / manifest.graph,
+                num_layers=manifest.num_layers,
+                threads=threads,
+                providers=providers,
+                model_bytes=contents.graph,
+                external_data=contents.external_data,
+            )
+        prompts = prompts if prompts is not None else contents.prompts(entry.name)
         return LoadedModel(entry.name, entry.version, manifest, prompts, session)
 
     @property

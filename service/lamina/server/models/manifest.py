@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lamina.server.domain import Pooling, Representation
+from lamina.server.models.files import read_file
 
 MANIFEST_FILE = "manifest.json"
+MANIFEST_LIMIT = 1 << 20  # bytes; a manifest is a few hundred
 GRAPH_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 TOKEN_EMBEDDINGS_FILE = "token_embeddings.npy"
@@ -124,23 +128,37 @@ class Manifest:
 
     @staticmethod
     def read(directory: Path) -> Manifest:
-        data = json.loads((directory / MANIFEST_FILE).read_text())
+        """The manifest of a version folder; any problem with it is an OSError or a ValueError."""
+        return Manifest.parse(read_file(directory / MANIFEST_FILE, limit=MANIFEST_LIMIT))
+
+    @staticmethod
+    def parse(text: str | bytes) -> Manifest:
+        """Strict: anything malformed (not JSON, not an object, a field of the wrong type or out
+        of range, a file name that leaves the version folder) is a ValueError saying what."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as error:  # also bad UTF-8 and absurd nesting
+            raise ValueError(f"{MANIFEST_FILE} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{MANIFEST_FILE} is not a JSON object")
         if data.get("format") != FORMAT_VERSION:
             raise ValueError(f"manifest format {data.get('format')!r} is not {FORMAT_VERSION}")
         data.setdefault("converter_revision", 1)  # written before revisions were recorded
         data.pop("image_support", None)  # written before the image section; derived now
         data.pop("embedding_types", None)  # written before the semantic section; derived now
-        if data.get("image") is not None:
-            image = dict(data["image"])
-            image["mean"], image["std"] = tuple(image["mean"]), tuple(image["std"])
-            data["image"] = ImageInput(**image)
         known = set(Manifest.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"manifest has unknown fields {sorted(unknown)}")
+        _check_fields(data)
+        if data.get("image") is not None:
+            data["image"] = _image_input(data["image"])
         if data.get("semantic") is not None:
             data["semantic"] = SemanticConfig.from_json(data["semantic"])
-        return Manifest(**data)
+        try:
+            return Manifest(**data)
+        except TypeError as error:  # a required field missing
+            raise ValueError(f"manifest: {error}") from None
 
     def __post_init__(self) -> None:
         """What the semantic section needs of the model, checked when written and when read."""
@@ -171,3 +189,74 @@ class Manifest:
     @property
     def text_support(self) -> bool:
         return bool(self.tokenizer)
+
+
+# Field -> (smallest, largest) for the integers; the bounds keep an absurd manifest from costing
+# memory or time when it is loaded (one output name per block, for instance).
+_INTEGERS = {
+    "num_layers": (1, 4096),
+    "hidden_size": (1, 1 << 20),
+    "max_context_size": (1, 1 << 24),
+    "vocab_size": (0, 1 << 31),
+    "pad_token_id": (0, 1 << 31),
+    "converter_revision": (0, 1 << 31),
+}
+_STRINGS = ("architecture", "description", "source")
+# Files of the version; "" means none, except for the graph.
+_FILES = {"graph": False, "tokenizer": True, "token_embeddings": True}
+# A plain file name inside the version folder: no separators, no '..', not hidden.
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def _check_fields(data: Mapping[str, Any]) -> None:
+    for name, (low, high) in _INTEGERS.items():
+        if name in data:
+            value = data[name]
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f"manifest {name}: expected an integer in {low}..{high}")
+    for name in _STRINGS:
+        if name in data and not isinstance(data[name], str):
+            raise ValueError(f"manifest {name}: expected a string")
+    for name, optional in _FILES.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if not isinstance(value, str) or not (
+            (optional and value == "") or _FILE_NAME.fullmatch(value)
+        ):
+            raise ValueError(
+                f"manifest {name}: expected the name of a file in the version folder "
+                f"(ASCII letters, digits, '.', '_', '-'){' or an empty string' if optional else ''}"
+            )
+    if "trained" in data and not isinstance(data["trained"], bool):
+        raise ValueError("manifest trained: expected true or false")
+    if "extra" in data and not isinstance(data["extra"], dict):
+        raise ValueError("manifest extra: expected an object")
+
+
+def _image_input(data: Any) -> ImageInput:
+    if not isinstance(data, Mapping):
+        raise ValueError("manifest image: expected an object or null")
+    fields = set(ImageInput.__dataclass_fields__)
+    if set(data) != fields:
+        raise ValueError(f"manifest image: expected exactly the fields {sorted(fields)}")
+    size, patches = data["size"], data["patches_per_side"]
+    if type(size) is not int or not 1 <= size <= 8192:
+        raise ValueError("manifest image.size: expected an integer in 1..8192")
+    if type(patches) is not int or not 1 <= patches <= size:
+        raise ValueError(f"manifest image.patches_per_side: expected an integer in 1..{size}")
+    colours = {}
+    for name in ("mean", "std"):
+        value = data[name]
+        if (
+            not isinstance(value, list)
+            or len(value) != 3
+            or not all(type(v) in (int, float) and math.isfinite(v) for v in value)
+        ):
+            raise ValueError(f"manifest image.{name}: expected 3 finite numbers")
+        colours[name] = (float(value[0]), float(value[1]), float(value[2]))
+    if any(v <= 0 for v in colours["std"]):
+        raise ValueError("manifest image.std: expected positive numbers")
+    if not isinstance(data["cells"], str):
+        raise ValueError("manifest image.cells: expected a string")
+    return ImageInput(size, colours["mean"], colours["std"], patches, data["cells"])

@@ -9,6 +9,7 @@ import numpy as np
 
 from lamina.server.domain import Pooling
 from lamina.server.prompt import EncodedPrompt
+from lamina.server.scheduling.policy import NO_ESTIMATE, BatchMemory
 
 Embeddings = dict[int, dict[Pooling, np.ndarray]]
 
@@ -35,6 +36,7 @@ class Job:
     enqueued_at: float
     deadline: float | None  # on the scheduler's clock
     future: asyncio.Future[JobResult]
+    memory: BatchMemory = NO_ESTIMATE  # its model's (the session's estimate)
 
     @property
     def tokens(self) -> int:

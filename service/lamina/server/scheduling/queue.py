@@ -7,7 +7,11 @@ Urgency: non-nice before nice, first come first served within a tier; a nice req
 waited `nice_max_wait_seconds` counts as non-nice from then on, so nice work never starves.
 A pool takes the most urgent request it is eligible for (a pinned request only goes to a pool
 carrying its hosting label) and fills the batch with requests of the same model version and tier,
-nearest in length first when grouping is on, under the row and token budgets.
+nearest in length first when grouping is on, under the row, token and memory budgets. The memory
+a batch needs is its model's estimate (BatchMemory, from the job): attention grows with the square
+of the padded length, so a few long prompts can need more than many short ones. The most urgent
+request always runs, alone if it alone passes a budget: nothing legal is refused or truncated for
+memory.
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ class RequestQueue:
                 key=lambda j: abs(j.tokens - head.tokens)
             )  # stable: ties keep arrival order
         batch, longest, real = [head], head.tokens, head.tokens
+        outputs, images = set(head.layers), len(head.prompt.images)  # what the batch returns, sees
         for job in others:
             if len(batch) >= p.max_batch_rows:
                 break
@@ -146,8 +151,12 @@ class RequestQueue:
                 continue  # a shorter one further on may still fit
             if p.length_grouping and 1 - (real + job.tokens) / padded > p.max_padding_ratio:
                 continue
+            returned, seen = outputs.union(job.layers), images + len(job.prompt.images)
+            needs = head.memory.batch_bytes(len(batch) + 1, widest, len(returned), seen)
+            if needs > p.max_batch_memory_bytes:
+                continue  # as for tokens: a shorter one may still fit
             batch.append(job)
-            longest, real = widest, real + job.tokens
+            longest, real, outputs, images = widest, real + job.tokens, returned, seen
         return batch
 
     def _replace(self, jobs: list[Job]) -> None:
