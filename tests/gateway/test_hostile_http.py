@@ -626,3 +626,14 @@ def served_once_room(gateway: Gateway) -> None:
         time.sleep(0.05)
     assert reply.status_code == 200, reply.text
     assert len(reply.json()["embeddings"]["layer_6"]["mean"]) == 384
+
+
+def test_answers_are_not_held_back_by_nagle(hostile: Gateway) -> None:
+    # The listener's TCP_NODELAY passes to every accepted connection (Linux): without it each
+    # answer on a kept-alive connection waited ~40 ms for the caller's delayed ACK.
+    listener = hostile.instance._gateway
+    assert listener is not None
+    (server,) = listener._server.servers
+    for sock in server.sockets:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    serves(hostile)

@@ -107,6 +107,12 @@ def test_rectangles_are_relative_to_the_uncropped_image() -> None:
     assert (factors_of(cropped)[:, :6] == 0).all()
 
 
+def misaligned_png() -> bytes:
+    """A byte slipped in before the last chunk: Pillow's PNG reader raises SyntaxError."""
+    data = encoded(Image.new("RGB", (16, 12), RED))
+    return data[:-12] + b"\x00" + data[-12:]
+
+
 def truncated_png() -> bytes:
     data = encoded(Image.new("RGB", (64, 64), RED))
     return data[: len(data) // 2]
@@ -118,6 +124,7 @@ def truncated_png() -> bytes:
         (ImageItem(b""), "p.data", "empty"),
         (ImageItem(b"not an image at all"), "p.data", "cannot decode"),
         (ImageItem(truncated_png()), "p.data", "cannot decode"),
+        (ImageItem(misaligned_png()), "p.data", "cannot decode"),
         (ImageItem(encoded(Image.new("RGB", (8, 8)), "BMP")), "p.data", "PNG, JPEG, WEBP, GIF"),
         (
             ImageItem(encoded(quadrants(), "PNG"), crop=ImageCrop(60, 0, 48)),

@@ -69,7 +69,7 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             width, height = image.size
             return width, height
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
 
@@ -84,12 +84,13 @@ def _decode(data: bytes, field: str) -> Image.Image:
         raise InvalidArgument(
             field, f"cannot decode the image: it is not one of the formats {', '.join(FORMATS)}"
         ) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise InvalidArgument(field, f"cannot decode the image: {error}") from None
     try:
         image.seek(0)  # a GIF's first frame
         image.load()
-    except (OSError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    # Pillow's PNG reader reports a broken chunk as a SyntaxError.
+    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as error:
         raise InvalidArgument(field, f"cannot decode the image: {error}") from None
     return image.convert("RGB")
 

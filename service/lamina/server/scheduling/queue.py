@@ -32,7 +32,8 @@ class WaitUntil:
     when: float
 
 
-@dataclass(frozen=True)
+# Not frozen: Python sets __traceback__ on an exception as it propagates.
+@dataclass
 class AdmissionRefused(Exception):
     requests: int
     tokens: int
