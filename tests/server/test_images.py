@@ -11,6 +11,7 @@ from PIL import Image
 from lamina.server.domain import ImageControl, ImageCrop, ImageItem, Rect, TokenOverlap
 from lamina.server.errors import InvalidArgument
 from lamina.server.images import GRID, ImageSpec, image_size, prepare_image
+from tests.fuzz.images import valid_images
 
 SPEC = ImageSpec(size=24, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -108,9 +109,10 @@ def test_rectangles_are_relative_to_the_uncropped_image() -> None:
 
 
 def misaligned_png() -> bytes:
-    """A byte slipped in before the last chunk: Pillow's PNG reader raises SyntaxError."""
-    data = encoded(Image.new("RGB", (16, 12), RED))
-    return data[:-12] + b"\x00" + data[-12:]
+    """A byte slipped into a chunk, which the fuzz found: Pillow's PNG reader raises SyntaxError
+    ("broken PNG file"), where other damage raises OSError."""
+    data = valid_images()["png-rgb-16x12"]
+    return data[:72] + b"\x00" + data[72:]
 
 
 def truncated_png() -> bytes:
