@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -196,3 +198,15 @@ def test_a_threshold_of_one_reaches_the_same_token(minilm: LoadedModel) -> None:
     for word in ("cat", "house", "running", "the", "paris"):
         item = TextItem(f"{word} {word}", (TextControl(0, len(word), 0.5, COMPLETE),))
         assert factors(minilm, item, threshold=1.0) == [1.0, 0.5, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("threshold", [1e300, -1e300, 1.5])
+def test_thresholds_outside_the_cosine_range_spread_all_or_nothing(
+    minilm: LoadedModel, threshold: float
+) -> None:
+    item = TextItem("cat dog cat", (TextControl(0, 3, 0.1, COMPLETE),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no float32 overflow on the way
+        result = factors(minilm, item, threshold=threshold)
+    spread = [1.0, 0.1, 0.1, 0.1, 1.0] if threshold < 0 else [1.0, 0.1, 1.0, 1.0, 1.0]
+    assert result == spread

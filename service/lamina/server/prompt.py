@@ -280,9 +280,12 @@ class PromptEncoder:
         for c, own in enumerate(owns):
             membership[column[at[own]], c] = 1
         reached = np.zeros((distinct.size, len(controlled)), dtype=np.float32)
+        # Cosines lie in -1..1: a threshold far outside compares the same, without overflowing
+        # float32 (the dtype of the products) on the way.
+        level = np.float32(min(max(threshold, -2.0), 2.0))
         for block in range(0, keys.size, _SIMILARITY_BLOCK):
             chosen = keys[block : block + _SIMILARITY_BLOCK]
-            similar = unit @ unit[chosen].T >= threshold
+            similar = unit @ unit[chosen].T >= level
             # A token is exactly as similar to itself as cosine allows (1), which float32's dot
             # of a unit vector with itself can miss by an ulp.
             same = np.arange(distinct.size)[:, None] == chosen[None, :]
