@@ -10,10 +10,18 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer, models
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.store import VersionDir
+
+
+def word_level_tokenizer(vocab: dict[str, int]) -> Tokenizer:
+    """One token per whitespace-separated word of `vocab` (which holds "[UNK]"), no special
+    tokens: prompt tests that choose every id and embedding."""
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lamina.server import prompt as prompt_module
 from lamina.server.domain import (
@@ -28,6 +27,7 @@ from lamina.server.domain import (
 from lamina.server.errors import InvalidArgument
 from lamina.server.images import ImageSpec
 from lamina.server.prompt import PromptEncoder
+from tests.tiny_models import word_level_tokenizer
 
 COMPLETE = TokenOverlap.COMPLETE
 
@@ -39,10 +39,8 @@ def encoder(
     of `embeddings` as their input token embeddings."""
     count = words if words is not None else len(embeddings) if embeddings is not None else 4
     vocab = {f"w{i}": i for i in range(count)} | {"[UNK]": count}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     return PromptEncoder(
-        tokenizer,
+        word_level_tokenizer(vocab),
         model="words",
         vocab_size=len(vocab),
         max_context=4096,

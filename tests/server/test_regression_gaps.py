@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lamina.server.domain import TokenControl, TokenIdsItem
 from lamina.server.engine import Engine
@@ -29,6 +28,7 @@ from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue
 from lamina.server.security import TokenFile, bearer_problem
 from tests.jobs import make_job
 from tests.server.test_scheduler import FakeClock, InlineExecutor, echo_lengths
+from tests.tiny_models import word_level_tokenizer
 
 ANYWHERE: frozenset[str] = frozenset()
 
@@ -41,10 +41,8 @@ EMBEDDINGS = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]], dtype=n
 def word_level_encoder(embeddings: np.ndarray = EMBEDDINGS) -> PromptEncoder:
     """A prompt encoder over a word-level vocabulary (no special tokens) and chosen embeddings."""
     vocab = {word: i for i, word in enumerate(("a", "b", "ab", "[UNK]"))}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     return PromptEncoder(
-        tokenizer,
+        word_level_tokenizer(vocab),
         model="words",
         vocab_size=len(vocab),
         max_context=64,

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
+from lamina.server.convert.tokenizer_file import plain_tokenizer
 from lamina.server.errors import InvalidArgument
 from lamina.server.images import ImageSpec
 from lamina.server.models.files import read_file
@@ -50,7 +51,7 @@ class VersionContents:
         tokenizer = None
         if manifest.tokenizer:
             with _reading(manifest.tokenizer):
-                tokenizer = _plain_tokenizer(read_file(directory / manifest.tokenizer))
+                tokenizer = plain_tokenizer(read_file(directory / manifest.tokenizer).decode())
         embeddings = None
         if manifest.token_embeddings:
             with _reading(manifest.token_embeddings):
@@ -91,14 +92,6 @@ def _reading(file: str) -> Iterator[None]:
         raise
     except BaseException as error:
         raise ValueError(f"{file}: {error}") from error
-
-
-def _plain_tokenizer(data: bytes) -> Tokenizer:
-    """Padding and truncation off, as `convert.tokenizer_file.load_plain_tokenizer` has it."""
-    tokenizer = Tokenizer.from_str(data.decode())
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
 
 
 def _token_embeddings(data: bytes, manifest: Manifest) -> np.ndarray:
