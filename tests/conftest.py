@@ -11,7 +11,7 @@ import pytest
 
 from lamina.server.config import default_home
 from lamina.server.models.loaded import LoadedModel
-from lamina.server.models.store import list_versions
+from lamina.server.repository.layout import list_versions
 from lamina.server.server import LaminaServer
 from tests.integration.support import RunningServer, settings_for
 

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import numpy as np
 
 from lamina.server.domain import Pooling
 from lamina.server.prompt import EncodedPrompt
-from lamina.server.scheduling.job import Job
+from lamina.server.scheduling.job import BatchModel, Embeddings, Job
 
-DEFAULT_MODEL = object()
+
+class NamedModel:
+    """A model version as the queue sees one: an identity with a name. Pools in these tests run
+    batches through a function of their own, never through the model."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def run_batch(self, pool: str, jobs: Sequence[Job]) -> list[Embeddings]:
+        raise AssertionError(f"{self.name}: the test's pool runs batches, not the model")
+
+
+DEFAULT_MODEL = NamedModel("default")
 
 
 def prompt_of(length: int) -> EncodedPrompt:
@@ -26,7 +39,7 @@ def make_job(
     length: int = 4,
     layers: tuple[int, ...] = (1,),
     pooling: tuple[Pooling, ...] = (Pooling.MEAN,),
-    model: object = DEFAULT_MODEL,
+    model: BatchModel = DEFAULT_MODEL,
     nice: bool = False,
     hosting: str | None = None,
     at: float = 0.0,

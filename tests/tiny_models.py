@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lamina.server.models.loaded import LoadedModel
-from lamina.server.models.store import VersionDir
+from lamina.server.repository.layout import VersionDir
 
 
 def word_level_tokenizer(vocab: dict[str, int]) -> Tokenizer:

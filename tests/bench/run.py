@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from lamina.server.config import default_home
+from lamina.server.convert.packages import ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT
 from lamina.server.models.loaded import LoadedModel
-from lamina.server.models.packages import ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT
-from lamina.server.models.store import list_versions
 from lamina.server.prompt import EncodedPrompt
+from lamina.server.repository.layout import list_versions
 from lamina.server.runtime.batch import Batch
 from lamina.v1 import embed_pb2 as pb
 from tests.bench.load import (

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lamina.client import _convert, results
+from lamina.client import _calls, results
 from lamina.client.prompt import (
     Image,
     ImageControl,
@@ -44,7 +44,7 @@ def _embed_request(prompt: Prompt = "hello", **overrides: Any) -> pb.EmbedReques
         "type": None,
     }
     arguments.update(overrides)
-    call = _convert.embed("m", prompt, **arguments)
+    call = _calls.embed("m", prompt, **arguments)
     assert call.method == "Embed" and isinstance(call.request, pb.EmbedRequest)
     return call.request
 
@@ -95,19 +95,19 @@ def test_a_bare_pooling_string_is_one_pooling() -> None:
 
 
 def test_a_plain_string_is_one_text_item() -> None:
-    prompt = _convert.prompt_message("hello")
+    prompt = _calls.prompt_message("hello")
     assert len(prompt.items) == 1 and prompt.items[0].text.data == "hello"
     assert len(prompt.items[0].text.controls) == 0
 
 
 def test_a_single_item_is_a_one_item_prompt() -> None:
-    prompt = _convert.prompt_message(TokenIds([4, 5]))
+    prompt = _calls.prompt_message(TokenIds([4, 5]))
     assert [item.WhichOneof("item") for item in prompt.items] == ["token_ids"]
     assert list(prompt.items[0].token_ids.data) == [4, 5]
 
 
 def test_mixed_items_keep_their_order_and_every_control_field() -> None:
-    prompt = _convert.prompt_message(
+    prompt = _calls.prompt_message(
         [
             Text("abc", [TextControl(1, 2, 0.5, "complete"), TextControl(0, 1, 3.0)]),
             TokenIds([1, 2], [TokenControl(1, 2.0)]),
@@ -142,24 +142,24 @@ def test_mixed_items_keep_their_order_and_every_control_field() -> None:
 
 
 def test_an_image_without_crop_or_overlap_sends_neither() -> None:
-    image = _convert.prompt_message([Image(b"x", controls=[ImageControl(Rect(0, 0, 1, 1), 2.0)])])
+    image = _calls.prompt_message([Image(b"x", controls=[ImageControl(Rect(0, 0, 1, 1), 2.0)])])
     assert not image.items[0].image.HasField("crop")
     assert not image.items[0].image.controls[0].HasField("token_overlap")
 
 
 def test_a_foreign_prompt_item_is_refused_by_name() -> None:
     with pytest.raises(TypeError, match="not dict"):
-        _convert.prompt_message([{"text": "hi"}])  # type: ignore[list-item]
+        _calls.prompt_message([{"text": "hi"}])  # type: ignore[list-item]
 
 
 def test_tokenize_and_detokenize_requests() -> None:
-    call = _convert.tokenize("m", "Hello", tokens=False, token_ids=True)
+    call = _calls.tokenize("m", "Hello", tokens=False, token_ids=True)
     assert call.method == "Tokenize"
     assert call.request == pb.TokenizeRequest(model="m", prompt="Hello", token_ids=True)
-    detokenize = _convert.detokenize("m", (7, 8))
+    detokenize = _calls.detokenize("m", (7, 8))
     assert detokenize.method == "Detokenize"
     assert detokenize.request == pb.DetokenizeRequest(model="m", token_ids=[7, 8])
-    assert _convert.models().method == "ModelsAvailable"
+    assert _calls.models().method == "ModelsAvailable"
 
 
 def _reply(with_tokens: bool) -> pb.EmbedResponse:
@@ -176,7 +176,7 @@ def _reply(with_tokens: bool) -> pb.EmbedResponse:
 
 
 def test_reply_layers_become_ascending_integer_keys_and_vectors_numpy() -> None:
-    result = _convert.embed_result(_reply(with_tokens=False))
+    result = _calls.embed_result(_reply(with_tokens=False))
     assert list(result.embeddings) == [0, 6]
     assert sorted(result.embeddings[6]) == ["max", "mean"]
     vector = result.vector(6, "mean")
@@ -189,7 +189,7 @@ def test_reply_layers_become_ascending_integer_keys_and_vectors_numpy() -> None:
 
 
 def test_vector_names_what_is_there_when_missing() -> None:
-    result = _convert.embed_result(_reply(with_tokens=False))
+    result = _calls.embed_result(_reply(with_tokens=False))
     with pytest.raises(KeyError, match=r"no layer 3 .*\{0: \['max'\], 6: \['max', 'mean'\]\}"):
         result.vector(3, "mean")
     with pytest.raises(KeyError, match="pooling 'last_token'"):
@@ -197,16 +197,16 @@ def test_vector_names_what_is_there_when_missing() -> None:
 
 
 def test_tokens_present_only_when_sent() -> None:
-    assert _convert.embed_result(_reply(with_tokens=True)).tokens == ["[CLS]", "hi", "[SEP]"]
+    assert _calls.embed_result(_reply(with_tokens=True)).tokens == ["[CLS]", "hi", "[SEP]"]
     # An empty token list that was sent is still "sent": [] and None differ.
     reply = _reply(with_tokens=False)
     reply.tokens.SetInParent()
-    assert _convert.embed_result(reply).tokens == []
+    assert _calls.embed_result(reply).tokens == []
 
 
 def test_vectors_are_float_lists_without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(results, "_numpy", None)
-    result = _convert.embed_result(_reply(with_tokens=False))
+    result = _calls.embed_result(_reply(with_tokens=False))
     assert result.vector(6, "mean") == [1.0, 2.0]
     assert all(type(x) is float for v in result.embeddings[6].values() for x in v)
 
@@ -216,7 +216,7 @@ def test_a_reply_key_not_shaped_layer_n_is_an_error(key: str) -> None:
     reply = pb.EmbedResponse()
     reply.embeddings[key].pooling["mean"].values.append(1.0)
     with pytest.raises(ValueError, match="unexpected embeddings key"):
-        _convert.embed_result(reply)
+        _calls.embed_result(reply)
 
 
 def test_model_info_carries_every_field() -> None:
@@ -232,7 +232,7 @@ def test_model_info_carries_every_field() -> None:
         hidden_size=384,
         architecture="bert",
     )
-    (parsed,) = _convert.model_infos(pb.ModelsAvailableResponse(models=[info]))
+    (parsed,) = _calls.model_infos(pb.ModelsAvailableResponse(models=[info]))
     assert parsed == results.ModelInfo(
         name="m",
         description="d",
@@ -252,12 +252,12 @@ def test_model_info_carries_every_field() -> None:
 def test_tokenize_reply_keeps_presence() -> None:
     only_ids = pb.TokenizeResponse()
     only_ids.token_ids.ids.extend([5, 6])
-    parsed = _convert.tokenize_result(only_ids)
+    parsed = _calls.tokenize_result(only_ids)
     assert parsed.tokens is None and parsed.token_ids == [5, 6]
     only_tokens = pb.TokenizeResponse()
     only_tokens.tokens.tokens.extend(["he", "##llo"])
-    assert _convert.tokenize_result(only_tokens) == results.TokenizeResult(["he", "##llo"], None)
+    assert _calls.tokenize_result(only_tokens) == results.TokenizeResult(["he", "##llo"], None)
 
 
 def test_detokenize_reply_is_the_text() -> None:
-    assert _convert.detokenize("m", [1]).parse(pb.DetokenizeResponse(result="hi")) == "hi"
+    assert _calls.detokenize("m", [1]).parse(pb.DetokenizeResponse(result="hi")) == "hi"

@@ -12,7 +12,7 @@ import trustme
 
 from lamina.server import cli
 from lamina.server.config import Settings, add_serve_arguments
-from lamina.server.models import prepare
+from lamina.server.convert import prepare
 
 # Read by the server although no flag is named after it: the cache root (config.default_home).
 NOT_FLAGS = {"LAMINA_HOME"}

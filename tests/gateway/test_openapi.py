@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import Mount, Route
 
-from lamina.server.api.calls import Calls
+from lamina.server.calls import Calls
 from lamina.server.gateway.app import API_VERSION
 from lamina.server.gateway.app import Gateway as GatewayApp
 from tests.conftest import DINOV2, MINILM, SMOLLM2

@@ -14,8 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.server.config import Settings
+from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.policy import SchedulingPolicy
-from lamina.server.scheduling.pool import PoolSpec
 from lamina.server.server import LaminaServer
 
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lamina.server import engine as engine_module
 from lamina.server.domain import MAX_CONTROL_FACTOR, Pooling
 from lamina.server.engine import first_nonfinite
+from lamina.server.models import registry as registry_module
+from lamina.server.models.inference import run_batch
 from lamina.server.models.loaded import LoadedModel
-from lamina.server.scheduling.inference import run_batch
 from lamina.server.scheduling.job import Embeddings, Job
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
@@ -365,7 +365,7 @@ async def test_a_nan_from_the_graph_is_answered_internal_and_counted(
                     vectors[pooling] = np.full_like(vectors[pooling], np.nan)
         return results
 
-    monkeypatch.setattr(engine_module, "run_batch", poisoned)
+    monkeypatch.setattr(registry_module, "run_batch", poisoned)
     before = sample(
         await scrape(server.metrics_port), "lamina_nonfinite_results_total", model=MINILM
     )

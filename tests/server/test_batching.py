@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 
 from lamina.server.domain import Pooling, TextItem
+from lamina.server.models.inference import run_batch
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.prompt import EncodedPrompt
-from lamina.server.scheduling.inference import run_batch
 from lamina.server.scheduling.job import Job
 from tests.jobs import make_job
 

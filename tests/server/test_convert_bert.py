@@ -17,8 +17,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from lamina.server.convert.pipeline import convert_checkpoint
 from lamina.server.models.loaded import LoadedModel
-from lamina.server.models.store import VersionDir
 from lamina.server.prompt import EncodedPrompt
+from lamina.server.repository.layout import VersionDir
 from lamina.server.runtime.batch import Batch
 from tests.tiny_models import controlled_attention
 

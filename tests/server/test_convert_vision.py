@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 
 from lamina.server.convert.dinov2 import resized_position_embeddings
 from lamina.server.convert.onnx_export import read_dinov2_export
+from lamina.server.convert.packages import DINOV2_SMALL, fetch_checkpoint
 from lamina.server.convert.pipeline import convert_checkpoint
 from lamina.server.convert.vision import grid_pooling
 from lamina.server.domain import (
@@ -31,7 +32,6 @@ from lamina.server.domain import (
 )
 from lamina.server.errors import InvalidArgument
 from lamina.server.models.loaded import LoadedModel
-from lamina.server.models.packages import DINOV2_SMALL, fetch_checkpoint
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
 from tests.tiny_models import (

@@ -12,8 +12,8 @@ from typing import Any, cast
 import grpc
 import pytest
 
-from lamina.server.api.calls import CallRecord, Calls
 from lamina.server.api.servicer import EmbedServicer
+from lamina.server.calls import CallRecord, Calls
 from lamina.server.errors import (
     DeadlineExceeded,
     ErrorCode,

@@ -20,12 +20,12 @@ import pytest
 from lamina.server.convert.pipeline import convert_checkpoint
 from lamina.server.domain import TokenControl, TokenIdsItem
 from lamina.server.models.loaded import LoadedModel, VersionContents
-from lamina.server.models.manifest import Manifest
 from lamina.server.models.registry import ModelRegistry, ModelVersion
-from lamina.server.models.store import VersionDir
 from lamina.server.prompt import EncodedPrompt
+from lamina.server.repository.layout import VersionDir
+from lamina.server.repository.manifest import Manifest
 from lamina.server.runtime.batch import Batch
-from lamina.server.scheduling.pool import PoolSpec
+from lamina.server.runtime.device import PoolSpec
 from tests.server.test_convert_bert import LAYERS, random_bert_weights, write_checkpoint
 
 POOLS = (PoolSpec("default", "cpu", 1, frozenset()),)

@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 
 from lamina.server.config import default_home
-from lamina.server.convert.sentence_transformers import read_semantic
-from lamina.server.domain import Pooling, Representation, TextControl, TextItem, TokenIdsItem
-from lamina.server.errors import InvalidArgument
-from lamina.server.models.loaded import LoadedModel
-from lamina.server.models.manifest import Manifest, SemanticConfig
-from lamina.server.models.packages import (
+from lamina.server.convert.packages import (
     ALL_MINILM_L6_V2,
     DINOV2_SMALL,
     SMOLLM2_135M_INSTRUCT,
     fetch_checkpoint,
 )
+from lamina.server.convert.sentence_transformers import read_semantic
+from lamina.server.domain import Pooling, Representation, TextControl, TextItem, TokenIdsItem
+from lamina.server.errors import InvalidArgument
+from lamina.server.models.loaded import LoadedModel
+from lamina.server.repository.manifest import Manifest, SemanticConfig
 
 BERT = Manifest(
     architecture="bert",

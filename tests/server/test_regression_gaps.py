@@ -21,9 +21,10 @@ from lamina.server.errors import DeadlineExceeded, QueueFull
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry
 from lamina.server.prompt import PromptEncoder
+from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.job import Embeddings, Job
 from lamina.server.scheduling.policy import SchedulingPolicy
-from lamina.server.scheduling.pool import PoolRunner, PoolSpec
+from lamina.server.scheduling.pool import PoolRunner
 from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue
 from lamina.server.security import TokenFile, bearer_problem
 from tests.jobs import make_job

@@ -1,4 +1,4 @@
-"""Scanning the model repository (store.list_versions) and naming new versions (write_version):
+"""Scanning the model repository (layout.list_versions) and naming new versions (write_version):
 every odd entry is skipped with a reason, none stops the scan of the others."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from pathlib import Path
 import onnx
 import pytest
 
-from lamina.server.models.manifest import Manifest
-from lamina.server.models.store import (
+from lamina.server.convert.write import write_version
+from lamina.server.repository.layout import (
     MODEL_NAME_RULE,
     VERSION_NAME_RULE,
     VersionDir,
     is_model_name,
     list_versions,
     parse_version,
-    write_version,
 )
+from lamina.server.repository.manifest import Manifest
 
 FULLWIDTH_ONE = "\uff11"
 MANIFEST = Manifest(

@@ -13,14 +13,16 @@ import pytest
 
 from lamina.server.domain import Pooling
 from lamina.server.errors import DeadlineExceeded
+from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.job import Embeddings, Job
 from lamina.server.scheduling.policy import SchedulingPolicy
-from lamina.server.scheduling.pool import PoolRunner, PoolSpec
+from lamina.server.scheduling.pool import PoolRunner
 from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue, WaitUntil
-from tests.jobs import make_job
+from tests.jobs import NamedModel, make_job
 
 OURS = frozenset({"aleph-alpha"})
 ANYWHERE: frozenset[str] = frozenset()
+MODELS = (NamedModel("a"), NamedModel("b"))
 POLICY = SchedulingPolicy(max_wait_seconds=0.0, nice_max_wait_seconds=5.0)
 
 
@@ -95,7 +97,7 @@ async def test_hosting_holds_over_random_interleavings(seed: int) -> None:
                 nice=rng.random() < 0.3,
                 hosting=rng.choice([None, "aleph-alpha"]),
                 at=now,
-                model=rng.choice(["a", "b"]),
+                model=rng.choice(MODELS),
             )
             q.admit(job)
             admitted.append(job)
@@ -179,7 +181,7 @@ async def test_a_full_batch_does_not_wait() -> None:
 
 async def test_batches_hold_one_model_version() -> None:
     loop = asyncio.get_running_loop()
-    old, new = object(), object()
+    old, new = NamedModel("old"), NamedModel("new")
     q = queue_of()
     q.admit(make_job(loop, model=old, at=0.0))
     q.admit(make_job(loop, model=new, at=0.1))

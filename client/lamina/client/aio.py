@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import grpc
 
-from lamina.client import _convert
+from lamina.client import _calls
 from lamina.client._channel import Metadata, Options, Security, open_aio_channel
 from lamina.client.errors import LaminaError
 from lamina.client.prompt import Prompt
@@ -64,7 +64,7 @@ class AsyncClient:
     ) -> EmbedResult:
         """One vector per layer and pooling. None leaves an option to the server's default."""
         return await self._send(
-            _convert.embed(
+            _calls.embed(
                 model,
                 prompt,
                 layers=layers,
@@ -95,7 +95,7 @@ class AsyncClient:
         """One vector in the model's own semantic configuration; `representation` is
         "symmetric", "document" or "query". normalize=None keeps the model's default."""
         return await self._send(
-            _convert.semantic_embed(
+            _calls.semantic_embed(
                 model,
                 prompt,
                 representation=representation,
@@ -123,7 +123,7 @@ class AsyncClient:
     ) -> BatchSemanticEmbedResult:
         """`semantic_embed` for up to 100 prompts; the vectors come back in their order."""
         return await self._send(
-            _convert.batch_semantic_embed(
+            _calls.batch_semantic_embed(
                 model,
                 prompts,
                 representation=representation,
@@ -137,17 +137,15 @@ class AsyncClient:
         )
 
     async def models(self) -> list[ModelInfo]:
-        return await self._send(_convert.models())
+        return await self._send(_calls.models())
 
     async def tokenize(
         self, model: str, prompt: str, *, tokens: bool = True, token_ids: bool = True
     ) -> TokenizeResult:
-        return await self._send(
-            _convert.tokenize(model, prompt, tokens=tokens, token_ids=token_ids)
-        )
+        return await self._send(_calls.tokenize(model, prompt, tokens=tokens, token_ids=token_ids))
 
     async def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
-        return await self._send(_convert.detokenize(model, token_ids))
+        return await self._send(_calls.detokenize(model, token_ids))
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
@@ -163,7 +161,7 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    async def _send(self, call: _convert.Call[T]) -> T:
+    async def _send(self, call: _calls.Call[T]) -> T:
         method = getattr(self._stub, call.method)
         try:
             reply = await method(call.request, timeout=self.timeout, metadata=self.metadata)

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import grpc
 
-from lamina.client import _convert
+from lamina.client import _calls
 from lamina.client._channel import Metadata, Options, Security, open_channel
 from lamina.client.errors import LaminaError
 from lamina.client.prompt import Prompt
@@ -66,7 +66,7 @@ class Client:
     ) -> EmbedResult:
         """One vector per layer and pooling. None leaves an option to the server's default."""
         return self._send(
-            _convert.embed(
+            _calls.embed(
                 model,
                 prompt,
                 layers=layers,
@@ -97,7 +97,7 @@ class Client:
         """One vector in the model's own semantic configuration; `representation` is
         "symmetric", "document" or "query". normalize=None keeps the model's default."""
         return self._send(
-            _convert.semantic_embed(
+            _calls.semantic_embed(
                 model,
                 prompt,
                 representation=representation,
@@ -125,7 +125,7 @@ class Client:
     ) -> BatchSemanticEmbedResult:
         """`semantic_embed` for up to 100 prompts; the vectors come back in their order."""
         return self._send(
-            _convert.batch_semantic_embed(
+            _calls.batch_semantic_embed(
                 model,
                 prompts,
                 representation=representation,
@@ -139,15 +139,15 @@ class Client:
         )
 
     def models(self) -> list[ModelInfo]:
-        return self._send(_convert.models())
+        return self._send(_calls.models())
 
     def tokenize(
         self, model: str, prompt: str, *, tokens: bool = True, token_ids: bool = True
     ) -> TokenizeResult:
-        return self._send(_convert.tokenize(model, prompt, tokens=tokens, token_ids=token_ids))
+        return self._send(_calls.tokenize(model, prompt, tokens=tokens, token_ids=token_ids))
 
     def detokenize(self, model: str, token_ids: Sequence[int]) -> str:
-        return self._send(_convert.detokenize(model, token_ids))
+        return self._send(_calls.detokenize(model, token_ids))
 
     def close(self) -> None:
         self._channel.close()
@@ -163,7 +163,7 @@ class Client:
     ) -> None:
         self.close()
 
-    def _send(self, call: _convert.Call[T]) -> T:
+    def _send(self, call: _calls.Call[T]) -> T:
         method = getattr(self._stub, call.method)
         try:
             reply = method(call.request, timeout=self.timeout, metadata=self.metadata)

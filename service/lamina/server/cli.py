@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(settings))
         return 0
     if args.command == "prepare":
-        from lamina.server.models.prepare import prepare_defaults
+        from lamina.server.convert.prepare import prepare_defaults
 
         prepare_defaults(Path(args.model_repository), Path(args.cache), progress=_progress)
         return 0

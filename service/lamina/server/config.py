@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lamina.server.limits import RequestLimits
+from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.policy import SchedulingPolicy
-from lamina.server.scheduling.pool import PoolSpec
 from lamina.server.security import TlsFiles
 
 

@@ -39,10 +39,10 @@ from lamina.server.errors import (
 from lamina.server.limits import RequestLimits
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry, ModelVersion
-from lamina.server.scheduling.inference import run_batch
+from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.job import Embeddings, Job
 from lamina.server.scheduling.policy import SchedulingPolicy
-from lamina.server.scheduling.pool import PoolRunner, PoolSpec
+from lamina.server.scheduling.pool import PoolRunner, run_on_model
 from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Engine:
             PoolRunner(
                 spec,
                 self.queue,
-                _run_on_pool,
+                run_on_model,
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pool-{spec.name}"),
                 clock=clock,
                 on_batch=self._observe_batch,
@@ -367,10 +367,3 @@ async def _all_or_first_error(calls: Sequence[Awaitable[T]]) -> list[T]:
         if error is not None:
             raise error
     return [task.result() for task in tasks]
-
-
-def _run_on_pool(pool: PoolSpec, jobs: Sequence[Job]) -> list[Embeddings]:
-    """Runs on the pool's thread; every job of a batch shares one model version."""
-    version = jobs[0].model
-    assert isinstance(version, ModelVersion)
-    return run_batch(version.per_pool[pool.name], jobs)

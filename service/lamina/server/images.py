@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lamina.server.convert import signature
 from lamina.server.domain import MAX_CONTROL_FACTOR, ImageCrop, ImageItem, TokenOverlap
 from lamina.server.errors import InvalidArgument
+from lamina.server.repository import signature
 
 GRID = signature.CELLS_PER_SIDE
 POSITIONS = signature.CELLS_PER_IMAGE

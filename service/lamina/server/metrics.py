@@ -177,7 +177,7 @@ class Metrics:
         self.queue_seconds.labels(model, str(nice).lower()).observe(queue_seconds)
 
     def observe_batch(self, pool: str, jobs: Sequence[Job], seconds: float) -> None:
-        model = str(getattr(jobs[0].model, "name", "?"))
+        model = jobs[0].model.name
         real = sum(job.tokens for job in jobs)
         padded = max(job.tokens for job in jobs) * len(jobs)
         self.batch_seconds.labels(pool, model).observe(seconds)

@@ -11,8 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lamina.server.api.calls import Calls, ServingState
 from lamina.server.api.servicer import EmbedServicer, add_to_server
+from lamina.server.calls import Calls, ServingState
 from lamina.server.config import Settings
 from lamina.server.engine import Engine
 from lamina.server.gateway.app import Gateway

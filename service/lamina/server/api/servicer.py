@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from lamina.server.api.calls import CallRecord, Calls
+from lamina.server.calls import CallRecord, Calls
 from lamina.server.errors import LaminaError
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc

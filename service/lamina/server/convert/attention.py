@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lamina.server.convert import signature
 from lamina.server.convert.graph import BOOL, FLOAT, GraphBuilder
+from lamina.server.repository import signature
 
 _INF = float(np.inf)
 

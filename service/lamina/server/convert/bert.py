@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lamina.server.convert import signature
 from lamina.server.convert.attention import KeyControls, multi_head_attention
 from lamina.server.convert.graph import GraphBuilder
 from lamina.server.convert.layered import layered_graph
+from lamina.server.repository import signature
 
 # The two activations BERT checkpoints use; "gelu" is the exact (erf) form in transformers.
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")

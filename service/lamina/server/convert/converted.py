@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from lamina.server.models.manifest import ImageInput, SemanticConfig
+from lamina.server.repository.manifest import ImageInput, SemanticConfig
 
 Progress = Callable[[str], None]
 

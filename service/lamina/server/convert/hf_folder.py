@@ -9,8 +9,8 @@ from lamina.server.convert import bert, llama, vlm
 from lamina.server.convert.checkpoint import SafetensorsWeights, read_config
 from lamina.server.convert.converted import ConvertedModel, Progress
 from lamina.server.convert.sentence_transformers import read_semantic
-from lamina.server.convert.tokenizer_file import load_plain_tokenizer
 from lamina.server.convert.vision_sources import convert_dinov2_folder
+from lamina.server.repository.tokenizer_file import load_plain_tokenizer
 
 SUPPORTED_ARCHITECTURES = (
     "BertModel",

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from lamina.server.convert import signature
 from lamina.server.convert.attention import KeyControls
 from lamina.server.convert.graph import BOOL, FLOAT, INT64, GraphBuilder
+from lamina.server.repository import signature
 
 Embed = Callable[[GraphBuilder], str]
 Block = Callable[[GraphBuilder, int, str, KeyControls], str]  # (builder, block index, x, controls)

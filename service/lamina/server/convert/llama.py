@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from lamina.server.convert import signature
 from lamina.server.convert.attention import KeyControls, Rotary, multi_head_attention
 from lamina.server.convert.converted import ConvertedModel
 from lamina.server.convert.graph import GraphBuilder
 from lamina.server.convert.layered import layered_graph
+from lamina.server.repository import signature
 
 HF_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",

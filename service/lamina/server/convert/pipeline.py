@@ -11,13 +11,13 @@ from lamina.server.convert.converted import Progress
 from lamina.server.convert.gguf_checkpoint import convert_gguf
 from lamina.server.convert.hf_folder import convert_hf_folder
 from lamina.server.convert.vision_sources import convert_dinov2_export
-from lamina.server.models.manifest import (
+from lamina.server.convert.write import write_version
+from lamina.server.repository.manifest import (
     TOKEN_EMBEDDINGS_FILE,
     TOKENIZER_FILE,
     Manifest,
     SemanticConfig,
 )
-from lamina.server.models.store import write_version
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from lamina.server.convert.converted import Progress
 from lamina.server.domain import Pooling, Representation
-from lamina.server.models.manifest import SemanticConfig
+from lamina.server.repository.manifest import SemanticConfig
 
 _MODULE = "sentence_transformers.models."
 # sentence-transformers' pooling modes -> Lamina's poolings with the same formula.

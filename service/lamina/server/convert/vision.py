@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from lamina.server.convert import signature
 from lamina.server.convert.dinov2 import Dinov2Config, VisionInputs, VisionTower, Weights
 from lamina.server.convert.graph import BOOL, FLOAT, INT64, GraphBuilder
 from lamina.server.convert.layered import declare_sequence_inputs
+from lamina.server.repository import signature
 
 CELLS_PER_SIDE = signature.CELLS_PER_SIDE
 

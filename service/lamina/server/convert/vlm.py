@@ -21,7 +21,6 @@ from lamina.server.convert import dinov2, llama
 from lamina.server.convert.checkpoint import SafetensorsWeights
 from lamina.server.convert.converted import ConvertedModel, Progress
 from lamina.server.convert.graph import GraphBuilder
-from lamina.server.convert.tokenizer_file import load_plain_tokenizer
 from lamina.server.convert.vision import (
     declare_image_inputs,
     image_cells,
@@ -29,6 +28,7 @@ from lamina.server.convert.vision import (
     place_cells,
 )
 from lamina.server.convert.vision_sources import DEFAULT_IMAGE_SIZE, image_input, read_preprocessor
+from lamina.server.repository.tokenizer_file import load_plain_tokenizer
 
 HF_ARCHITECTURES = ("LlavaForConditionalGeneration",)
 Weights = Callable[[str], np.ndarray]

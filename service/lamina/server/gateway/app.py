@@ -1,7 +1,7 @@
 """The HTTP routes: the Aleph Alpha REST API over the same calls as gRPC.
 
 Each POST route reads its JSON into the protobuf request a gRPC caller would send, runs it through
-api/calls.py exactly as api/servicer.py does, and writes the protobuf reply back as JSON. The
+calls.py exactly as api/servicer.py does, and writes the protobuf reply back as JSON. The
 gates are the gRPC ones too: the bearer token (TokenFile), then the serving state (503 while
 starting or draining), and every answered request is counted under its gRPC method name.
 
@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from lamina.server.api.calls import CallRecord, Calls
+from lamina.server.calls import CallRecord, Calls
 from lamina.server.errors import ErrorCode, InvalidArgument, LaminaError, Unavailable, shown
 from lamina.server.gateway import json_api
 from lamina.server.gateway.errors import (

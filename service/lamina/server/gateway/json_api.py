@@ -1,6 +1,6 @@
 """The Aleph Alpha JSON shapes <-> Lamina's protobuf messages.
 
-Requests become the very messages a gRPC caller sends, so api/convert.py and the engine see one
+Requests become the very messages a gRPC caller sends, so api/wire.py and the engine see one
 kind of request whichever edge it came through; replies are read back out of the protobuf replies.
 Only JSON types are checked here (every error names the field as the caller wrote it, e.g.
 `prompt[0].controls[1].factor`); what the values mean is checked below, as for gRPC.

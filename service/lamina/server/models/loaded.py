@@ -20,14 +20,15 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from lamina.server.convert.tokenizer_file import plain_tokenizer
 from lamina.server.errors import InvalidArgument
 from lamina.server.images import ImageSpec
-from lamina.server.models.files import read_file
-from lamina.server.models.manifest import Manifest
-from lamina.server.models.store import VersionDir
 from lamina.server.prompt import PromptEncoder
-from lamina.server.runtime.session import HiddenStateSession, Providers
+from lamina.server.repository.files import read_file
+from lamina.server.repository.layout import VersionDir
+from lamina.server.repository.manifest import Manifest
+from lamina.server.repository.tokenizer_file import plain_tokenizer
+from lamina.server.runtime.device import Providers
+from lamina.server.runtime.session import HiddenStateSession
 
 # The serialized form of an external-data entry's key, `location`: a graph without these bytes
 # names no external data, and is handed to ONNX Runtime without being parsed here.

@@ -23,12 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.server.models.files import FileStamp, version_stamp
+from lamina.server.models.inference import run_batch
 from lamina.server.models.loaded import LoadedModel, VersionContents
-from lamina.server.models.manifest import Manifest
-from lamina.server.models.store import VersionDir, list_versions
 from lamina.server.prompt import PromptEncoder
-from lamina.server.scheduling.pool import PoolSpec
+from lamina.server.repository.files import FileStamp, version_stamp
+from lamina.server.repository.layout import VersionDir, list_versions
+from lamina.server.repository.manifest import Manifest
+from lamina.server.runtime.device import PoolSpec
+from lamina.server.scheduling.job import Embeddings, Job
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,10 @@ class ModelVersion:
     @property
     def prompts(self) -> PromptEncoder:
         return self.primary.prompts
+
+    def run_batch(self, pool: str, jobs: Sequence[Job]) -> list[Embeddings]:
+        """Runs on the pool's thread (scheduling.job.BatchModel)."""
+        return run_batch(self.per_pool[pool], jobs)
 
 
 @dataclass(frozen=True)

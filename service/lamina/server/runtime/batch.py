@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lamina.server.convert import signature
 from lamina.server.prompt import EncodedPrompt
+from lamina.server.repository import signature
 
 
 @dataclass(frozen=True)

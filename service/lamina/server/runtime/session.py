@@ -22,21 +22,18 @@ import mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from lamina.server.convert import signature
+from lamina.server.repository import signature
 from lamina.server.runtime.batch import Batch
-from lamina.server.scheduling.policy import MIB, BatchMemory
+from lamina.server.runtime.device import Providers
+from lamina.server.runtime.memory import MIB, BatchMemory
 
 log = logging.getLogger(__name__)
-
-# Execution providers in order of preference, each a name or (name, options).
-Providers = Sequence[str | tuple[str, dict[str, str]]]
-
 
 # Measured on the converted graphs (docs/memory.md has the figures and the fit), float32 each:
 # the [heads, padded, padded] attention tensors one layer holds at once at its peak (the scores

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from lamina.server.domain import Pooling
 from lamina.server.prompt import EncodedPrompt
-from lamina.server.scheduling.policy import NO_ESTIMATE, BatchMemory
+from lamina.server.runtime.memory import NO_ESTIMATE, BatchMemory
 
 Embeddings = dict[int, dict[Pooling, np.ndarray]]
+
+
+class BatchModel(Protocol):
+    """A model version as the scheduler sees it: batches hold the jobs of one (compared by
+    identity), metrics name it, and a pool's thread runs a batch of its jobs through it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run_batch(self, pool: str, jobs: Sequence[Job]) -> list[Embeddings]: ...
 
 
 @dataclass(frozen=True)
@@ -19,13 +31,12 @@ class JobResult:
     embeddings: Embeddings
     queue_seconds: float
     inference_seconds: float
-    batch_rows: int
     pool: str
 
 
 @dataclass(eq=False)
 class Job:
-    model: object  # the model version it runs on; the queue only compares identities
+    model: BatchModel
     prompt: EncodedPrompt
     layers: tuple[int, ...]  # absolute indices
     pooling: tuple[Pooling, ...]

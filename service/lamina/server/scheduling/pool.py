@@ -13,35 +13,23 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 from lamina.server.errors import DeadlineExceeded
-from lamina.server.runtime.session import Providers
+from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.job import Embeddings, Job, JobResult
 from lamina.server.scheduling.queue import RequestQueue
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PoolSpec:
-    name: str
-    device: str  # "cpu" or "cuda:<index>"
-    threads: int
-    hostings: frozenset[str]
-
-    @property
-    def providers(self) -> Providers:
-        """ONNX Runtime execution providers for this device, CPU as the fallback for any op."""
-        if self.device == "cpu":
-            return ["CPUExecutionProvider"]
-        kind, _, index = self.device.partition(":")
-        if kind != "cuda" or not index.isdigit():
-            raise ValueError(f"pool {self.name}: device {self.device!r} is not 'cpu' or 'cuda:<n>'")
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-
-
 RunBatch = Callable[[PoolSpec, Sequence[Job]], list[Embeddings]]
+
+
+def run_on_model(pool: PoolSpec, jobs: Sequence[Job]) -> list[Embeddings]:
+    """The pools' way to run a batch: through the one model version its jobs share."""
+    return jobs[0].model.run_batch(pool.name, jobs)
+
+
 BatchObserver = Callable[[PoolSpec, Sequence[Job], float], None]
 
 
@@ -64,7 +52,6 @@ class PoolRunner:
         self._on_batch = on_batch
         self._arrived = asyncio.Event()
         self._closing = False
-        self.busy_seconds = 0.0
 
     def notify(self) -> None:
         """Work arrived (or the queue changed): look again."""
@@ -115,13 +102,10 @@ class PoolRunner:
             if not job.future.done():
                 job.future.set_exception(DeadlineExceeded(started - job.enqueued_at))
         elapsed = self._clock() - started
-        self.busy_seconds += elapsed
         if live and self._on_batch is not None:
             self._on_batch(self.spec, live, elapsed)
         for job, embeddings in zip(live, results, strict=True):
             # A caller that is gone (cancelled, deadline) has a done future: its reply is dropped.
             if not job.future.done():
-                result = JobResult(
-                    embeddings, started - job.enqueued_at, elapsed, len(live), self.spec.name
-                )
+                result = JobResult(embeddings, started - job.enqueued_at, elapsed, self.spec.name)
                 job.future.set_result(result)

