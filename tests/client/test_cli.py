@@ -209,6 +209,7 @@ def test_models_tokenize_detokenize_print_json(
             "hidden_size": 2,
             "architecture": "bert",
             "untrained": False,
+            "versions": [],  # the canned reply lists none
         }
     ]
     code, tokens, _ = _main(capsys, "--target", fake.target, "tokenize", "--model", "m", "a bc")

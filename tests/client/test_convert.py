@@ -261,3 +261,21 @@ def test_tokenize_reply_keeps_presence() -> None:
 
 def test_detokenize_reply_is_the_text() -> None:
     assert _calls.detokenize("m", [1]).parse(pb.DetokenizeResponse(result="hi")) == "hi"
+
+
+def test_model_info_carries_the_state_of_each_version() -> None:
+    info = pb.ModelInfo(
+        name="m",
+        versions=[
+            pb.ModelVersionState(model="m", version=1, state="retired"),
+            pb.ModelVersionState(model="m", version=2, state="serving"),
+            pb.ModelVersionState(model="m", version=3, state="failed", reason="ValueError: x"),
+        ],
+    )
+    (parsed,) = _calls.model_infos(pb.ModelsAvailableResponse(models=[info]))
+    assert parsed.versions == [
+        results.ModelVersionState("m", 1, "retired", None),  # no reason: None, not ""
+        results.ModelVersionState("m", 2, "serving", None),
+        results.ModelVersionState("m", 3, "failed", "ValueError: x"),
+    ]
+    assert {f.name for f in pb.ModelVersionState.DESCRIPTOR.fields} == set(vars(parsed.versions[0]))

@@ -3,6 +3,7 @@ Retry-After, and the exception the official client raises for it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -16,6 +17,8 @@ import aleph_alpha_client as aa
 import pytest
 import requests
 
+from lamina.server.models.registry import ModelVersion
+from lamina.server.repository.layout import VersionDir, list_versions
 from lamina.server.scheduling.policy import SchedulingPolicy
 from lamina.server.server import LaminaServer
 from tests.conftest import DINOV2, MINILM
@@ -355,3 +358,66 @@ def test_a_caller_that_hangs_up_leaves_the_queue(busy: Gateway) -> None:
         replies = [running.result(), waiting.result()]
     assert cancelled._value.get() == before + 1
     assert [r.status_code for r in replies] == [200, 200]
+
+
+# -- GET /model_versions: answered while starting up, behind the token --------------------------
+
+
+def test_model_versions_answers_while_starting_up_and_says_why_a_version_failed(
+    model_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every version the registry knows, loading, serving or failed with its reason: not gated
+    by the serving state (what loads and what failed can be seen while starting up, when
+    /models_available is 503), but by the bearer token; /models_available gives each served
+    model its own versions."""
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    (repository / MINILM).symlink_to(model_repository / MINILM, target_is_directory=True)
+    (repository / "garbage" / "1").mkdir(parents=True)
+    (repository / "garbage" / "1" / "manifest.json").write_bytes(b"[1, 2]")
+    newest = list_versions(model_repository)[MINILM][-1].version
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    good = {"Authorization": f"Bearer {TOKEN}"}
+
+    with threaded_server(repository, load=False, auth_tokens_file=tokens) as gateway:
+
+        def versions(prefix: str = "") -> list[dict[str, Any]]:
+            reply = requests.get(f"{gateway.url}{prefix}model_versions", headers=good, timeout=60)
+            assert reply.status_code == 200, reply.text
+            listed: list[dict[str, Any]] = reply.json()["versions"]
+            return listed
+
+        def models_available() -> requests.Response:
+            return requests.get(gateway.url + "models_available", headers=good, timeout=60)
+
+        unauthenticated = requests.get(gateway.url + "model_versions", timeout=60)
+        assert_error(unauthenticated, 401, "UNAUTHENTICATED")
+        assert versions() == []  # starting up, nothing read yet: an answer, not a 503
+        registry = gateway.instance.registry
+        load, release = registry._load, threading.Event()
+
+        def held(entry: VersionDir) -> ModelVersion:
+            if entry.name == MINILM:
+                assert release.wait(60)
+            return load(entry)
+
+        monkeypatch.setattr(registry, "_load", held)
+        loading = asyncio.run_coroutine_threadsafe(gateway.instance.load_models(), gateway.loop)
+        try:
+            row = {"model": MINILM, "version": newest, "state": "loading", "reason": None}
+            eventually_blocking(lambda: row in versions(), what=f"{MINILM} loading")
+            assert_error(models_available(), 503, "UNAVAILABLE", "starting up")
+        finally:
+            release.set()
+        loading.result(timeout=120)
+
+        listed = versions()
+        assert versions("v1/") == listed
+        states = [(v["model"], v["state"]) for v in listed]
+        assert states == [(MINILM, "serving"), ("garbage", "failed")]
+        assert listed[0] == {"model": MINILM, "version": newest, "state": "serving", "reason": None}
+        assert listed[1]["version"] == 1 and "not a JSON object" in listed[1]["reason"]
+        (info,) = models_available().json()
+        assert info["name"] == MINILM
+        assert info["versions"] == [{"version": newest, "state": "serving", "reason": None}]

@@ -1,5 +1,5 @@
-"""The Aleph Alpha JSON shapes to the protobuf requests gRPC callers send, and error paths as the
-HTTP caller wrote them."""
+"""The Aleph Alpha JSON shapes to the domain requests (the same a gRPC caller's message becomes),
+and error paths as the HTTP caller wrote them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import base64
 
 import pytest
 
-from lamina.server.errors import InvalidArgument
+from lamina.server import domain
+from lamina.server.api.status import protobuf_field
+from lamina.server.errors import FieldPath, InvalidArgument
 from lamina.server.gateway import json_api
 from lamina.server.gateway.errors import json_field
-from lamina.v1 import embed_pb2 as pb
 
 
 def test_a_plain_string_prompt_is_one_text_item_and_null_means_unset() -> None:
@@ -28,16 +29,18 @@ def test_a_plain_string_prompt_is_one_text_item_and_null_means_unset() -> None:
         "tags": ["ignored"],
     }
     request = json_api.embed_request(body, nice=True)
-    assert request == pb.EmbedRequest(
+    assert request == domain.EmbedRequest(
         model="m",
-        prompt=pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data="Hello"))]),
-        layers=[-1],
-        pooling=["mean"],
+        prompt=(domain.TextItem(data="Hello"),),
+        layers=(-1,),
+        pooling=(domain.Pooling.MEAN,),
+        normalize=False,
         tokens=False,
+        hosting=None,
         nice=True,
+        contextual_control_threshold=None,
+        control_log_additive=True,  # unset means true
     )
-    for field in ("normalize", "control_log_additive", "hosting", "type"):
-        assert not request.HasField(field)  # control_log_additive unset: true, below
 
 
 def test_the_official_clients_item_shapes() -> None:
@@ -68,22 +71,20 @@ def test_the_official_clients_item_shapes() -> None:
         "control_log_additive": False,
     }
     request = json_api.semantic_embed_request(body, nice=False)
-    text, image, tokens = request.prompt.items
-    assert text.text == pb.TextItem(
+    ((text, image, tokens),) = request.prompts
+    assert text == domain.TextItem(
         data="Hi there",
-        controls=[pb.TextControl(start=3, length=5, factor=0.5, token_overlap="complete")],
+        controls=(domain.TextControl(3, 5, 0.5, domain.TokenOverlap.COMPLETE),),
     )
-    assert image.image == pb.ImageItem(
+    assert image == domain.ImageItem(
         data=picture,
-        crop=pb.ImageCrop(x=1, y=2, size=30),
-        controls=[pb.ImageControl(rect=pb.Rect(width=0.5, height=1), factor=0.0)],
+        crop=domain.ImageCrop(x=1, y=2, size=30),
+        controls=(domain.ImageControl(domain.Rect(0, 0, 0.5, 1), factor=0.0),),
     )
-    assert tokens.token_ids == pb.TokenIdsItem(
-        data=[7, 8], controls=[pb.TokenControl(index=1, factor=2)]
-    )
-    assert request.representation == "query" and not request.HasField("compress_to_size")
-    assert request.HasField("normalize") and not request.normalize
-    assert request.HasField("control_log_additive") and not request.control_log_additive
+    assert tokens == domain.TokenIdsItem(data=(7, 8), controls=(domain.TokenControl(1, 2),))
+    assert request.representation is domain.Representation.QUERY
+    assert request.compress_to_size is None and not request.batch
+    assert request.normalize is False and request.control_log_additive is False
 
 
 @pytest.mark.parametrize(
@@ -117,31 +118,49 @@ def test_the_official_clients_item_shapes() -> None:
 def test_wrong_json_types_name_the_field(body: dict[str, object], field: str, problem: str) -> None:
     with pytest.raises(InvalidArgument) as error:
         json_api.embed_request({"model": "m", **body}, nice=False)
-    assert error.value.field == field
+    assert json_field(error.value.field) == field
     assert problem in error.value.problem
 
 
 def test_batch_prompts_and_json_integers_written_as_floats() -> None:
     request = json_api.batch_semantic_embed_request(
-        {"model": "m", "prompts": ["a", [{"type": "token_ids", "data": [3.0]}], None]},
+        {
+            "model": "m",
+            "prompts": ["a", [{"type": "token_ids", "data": [3.0]}]],
+            "representation": "query",
+        },
         nice=False,
     )
-    assert [len(p.items) for p in request.prompts] == [1, 1, 0]  # null: empty, named below
-    assert list(request.prompts[1].items[0].token_ids.data) == [3]
+    assert request.batch and [len(p) for p in request.prompts] == [1, 1]
+    assert request.prompts[1] == (domain.TokenIdsItem(data=(3,)),)
+    with pytest.raises(InvalidArgument) as error:  # null is an empty prompt
+        json_api.batch_semantic_embed_request({"model": "m", "prompts": ["a", None]}, nice=False)
+    assert json_field(error.value.field) == "prompts[1]" and "empty" in error.value.problem
 
 
 @pytest.mark.parametrize(
-    ("grpc_field", "http_field"),
+    ("path", "grpc_field", "http_field"),
     [
-        ("prompt.items[0].text.controls[1].factor", "prompt[0].controls[1].factor"),
-        ("prompt.items[2].image.crop", "prompt[2]"),
-        ("prompt.items[0].image.data", "prompt[0].data"),
-        ("prompt.items[3].token_ids.data[4]", "prompt[3].data[4]"),
-        ("prompts[5].items[0].text.data", "prompts[5][0].data"),
-        ("prompt.items", "prompt"),
-        ("layers[1]", "layers[1]"),
-        ("token_ids[2]", "token_ids[2]"),
+        (
+            ("prompt", 0, "text", "controls", 1, "factor"),
+            "prompt.items[0].text.controls[1].factor",
+            "prompt[0].controls[1].factor",
+        ),
+        (("prompt", 2, "image", "crop"), "prompt.items[2].image.crop", "prompt[2]"),
+        (("prompt", 0, "image", "data"), "prompt.items[0].image.data", "prompt[0].data"),
+        (
+            ("prompt", 3, "token_ids", "data", 4),
+            "prompt.items[3].token_ids.data[4]",
+            "prompt[3].data[4]",
+        ),
+        (("prompts", 5, 0, "text", "data"), "prompts[5].items[0].text.data", "prompts[5][0].data"),
+        (("prompt", "items"), "prompt.items", "prompt"),
+        (("layers", 1), "layers[1]", "layers[1]"),
+        (("token_ids", 2), "token_ids[2]", "token_ids[2]"),
     ],
 )
-def test_error_paths_read_as_the_json_was_written(grpc_field: str, http_field: str) -> None:
-    assert json_field(grpc_field) == http_field
+def test_error_paths_read_as_each_edge_wrote_them(
+    path: FieldPath, grpc_field: str, http_field: str
+) -> None:
+    assert protobuf_field(path) == grpc_field
+    assert json_field(path) == http_field

@@ -119,7 +119,7 @@ def test_spreading_needs_token_embeddings() -> None:
     item = TokenIdsItem((0, 1), (TokenControl(0, 0.5),))
     with pytest.raises(InvalidArgument) as error:
         encoder(None).encode((item,), 0.5)
-    assert error.value.field == "contextual_control_threshold"
+    assert error.value.field == ("contextual_control_threshold",)
     assert error.value.problem == (
         "model 'words' has no token embeddings; convert it again to use it"
     )
@@ -134,7 +134,7 @@ def test_controls_multiplying_past_the_largest_factor_name_their_item() -> None:
     big = TokenIdsItem((0, 1), (TokenControl(1, 1e15), TokenControl(1, 1.5e15)))  # 1.5e30
     with pytest.raises(InvalidArgument) as error:
         words.encode((TextItem("w0"), big))
-    assert error.value.field == "prompt.items[1].token_ids.controls"
+    assert error.value.field == ("prompt", 1, "token_ids", "controls")
     assert error.value.problem == (
         "the controls on one position multiply to 1.5e+30, more than the largest control "
         f"factor {MAX_CONTROL_FACTOR:.0e}"
@@ -148,14 +148,14 @@ def test_a_text_item_over_the_bound_and_the_spread_that_takes_it_there() -> None
     over = TextItem("w0", (TextControl(0, 2, 1e20, COMPLETE), TextControl(0, 2, 1e20, COMPLETE)))
     with pytest.raises(InvalidArgument) as error:
         words.encode((over,))
-    assert error.value.field == "prompt.items[0].text.controls"
+    assert error.value.field == ("prompt", 0, "text", "controls")
     assert "multiply to 1e+40, more than" in error.value.problem
     # Each position alone is fine; the spread of one control onto the other's position is not.
     spread = TokenIdsItem((0, 1), (TokenControl(0, 1e20), TokenControl(1, 1e20)))
     assert list(words.encode((spread,)).control_factors) == [np.float32(1e20)] * 2
     with pytest.raises(InvalidArgument) as error:
         words.encode((spread,), 0.5)
-    assert error.value.field == "prompt.items[0].token_ids.controls"
+    assert error.value.field == ("prompt", 0, "token_ids", "controls")
     assert error.value.problem.startswith(
         "the controls on one position multiply to 1e+40, with contextual_control_threshold "
         "spreading them, more than"
@@ -173,7 +173,7 @@ def test_image_controls_multiplying_past_the_largest_factor_name_the_image() -> 
     item = ImageItem(png(), controls=(ImageControl(whole, 1e20), ImageControl(whole, 1e20)))
     with pytest.raises(InvalidArgument) as error:
         encoder(None, image=True).encode((TextItem("w0"), item))
-    assert error.value.field == "prompt.items[1].image.controls"
+    assert error.value.field == ("prompt", 1, "image", "controls")
     assert "multiply to 1e+40" in error.value.problem
 
 
@@ -184,7 +184,7 @@ def test_a_text_control_of_no_length_names_its_field() -> None:
     item = TextItem("w0 w1", (TextControl(0, 1, 0.5), TextControl(1, 0, 0.5)))
     with pytest.raises(InvalidArgument) as error:
         encoder(None).encode((item,))
-    assert error.value.field == "prompt.items[0].text.controls[1].length"
+    assert error.value.field == ("prompt", 0, "text", "controls", 1, "length")
     assert error.value.problem == "must be at least 1"
 
 
@@ -192,7 +192,7 @@ def test_a_text_control_past_the_item_says_by_how_much() -> None:
     item = TextItem("w0 w1", (TextControl(3, 3, 0.5),))
     with pytest.raises(InvalidArgument) as error:
         encoder(None).encode((TextItem("w2"), item))
-    assert error.value.field == "prompt.items[1].text.controls[0]"
+    assert error.value.field == ("prompt", 1, "text", "controls", 0)
     assert error.value.problem == "start 3 + length 3 goes past the item's 5 code points"
     # Ending exactly at the last code point is inside.
     assert factors(encoder(None), TextItem("w0 w1", (TextControl(3, 2, 0.5),))) == [1.0, 0.5]
@@ -202,5 +202,5 @@ def test_a_token_control_past_the_ids_names_its_index() -> None:
     item = TokenIdsItem((0, 1), (TokenControl(1, 0.5), TokenControl(2, 0.5)))
     with pytest.raises(InvalidArgument) as error:
         encoder(None).encode((item,))
-    assert error.value.field == "prompt.items[0].token_ids.controls[1].index"
+    assert error.value.field == ("prompt", 0, "token_ids", "controls", 1, "index")
     assert error.value.problem == "index 2 is past the item's 2 token ids"

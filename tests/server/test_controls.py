@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from lamina.server.api.status import protobuf_field
 from lamina.server.domain import TextControl, TextItem, TokenControl, TokenIdsItem, TokenOverlap
 from lamina.server.errors import InvalidArgument
 from lamina.server.models.loaded import LoadedModel
@@ -101,7 +102,7 @@ def test_bad_controls_name_the_field(
 ) -> None:
     with pytest.raises(InvalidArgument) as error:
         minilm.prompts.encode((item,))
-    assert error.value.field == field and says in error.value.message
+    assert protobuf_field(error.value.field) == field and says in error.value.message
 
 
 def test_a_product_of_overlapping_controls_beyond_float32_is_refused(minilm: LoadedModel) -> None:
@@ -109,7 +110,7 @@ def test_a_product_of_overlapping_controls_beyond_float32_is_refused(minilm: Loa
     controls = (TextControl(0, 5, 1e20), TextControl(0, 5, 1e20))
     with pytest.raises(InvalidArgument) as error:
         factors(minilm, TextItem("hello world", controls))
-    assert error.value.field == "prompt.items[0].text.controls"
+    assert error.value.field == ("prompt", 0, "text", "controls")
     assert "1e+40" in error.value.message and "1e+30" in error.value.message
 
 

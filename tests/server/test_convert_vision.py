@@ -115,7 +115,7 @@ def test_an_image_encoder_takes_images_only(
     for item in (TextItem("hello"), TokenIdsItem((1, 2))):
         with pytest.raises(
             InvalidArgument,
-            match=r"items\[1\].*image encoder: it has no tokenizer and takes image items only",
+            match=r"prompt\[1\].*image encoder: it has no tokenizer and takes image items only",
         ):
             model.prompts.encode((ImageItem(png(1)), item))
     with pytest.raises(InvalidArgument, match="has no tokenizer"):
@@ -131,7 +131,7 @@ def test_an_image_to_a_text_model_names_the_missing_support(tmp_path: Path) -> N
         convert_checkpoint(folder, tmp_path / "repo", "tiny", progress=lambda _: None)
     )
     assert not model.manifest.image_support
-    with pytest.raises(InvalidArgument, match=r"prompt.items\[1\].image.*has no image support"):
+    with pytest.raises(InvalidArgument, match=r"prompt\[1\].image.*has no image support"):
         model.prompts.encode((TextItem("hi"), ImageItem(png(1))))
 
 

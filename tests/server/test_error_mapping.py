@@ -10,13 +10,25 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import grpc
+import numpy as np
 import pytest
 
+from lamina.server.api import wire
 from lamina.server.api.servicer import EmbedServicer
+from lamina.server.api.status import GRPC_STATUS, protobuf_field, status_of
 from lamina.server.calls import CallRecord, Calls
+from lamina.server.domain import (
+    EmbedRequest,
+    EmbedResult,
+    Pooling,
+    SemanticEmbedRequest,
+    SemanticEmbedResult,
+    Timing,
+)
 from lamina.server.errors import (
     DeadlineExceeded,
     ErrorCode,
+    FieldPath,
     HostingUnavailable,
     InvalidArgument,
     LaminaError,
@@ -35,12 +47,13 @@ from lamina.server.gateway.errors import (
     internal_error,
     json_field,
 )
+from lamina.server.metrics import OUTCOME_LABELS
 from lamina.v1 import embed_pb2 as pb
 
 # One error of each kind the domain raises, with the gRPC status it must map to.
 ERRORS: list[tuple[LaminaError, grpc.StatusCode]] = [
     (
-        InvalidArgument("layers[0]", "layer 7 is past the model's 6"),
+        InvalidArgument(("layers", 0), "layer 7 is past the model's 6"),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     (ModelNotFound("nope", ["a", "b"]), grpc.StatusCode.NOT_FOUND),
@@ -78,11 +91,11 @@ class FakeContext:
 
 
 class FakeCalls:
-    """Records what each call was given; answers `reply`, or raises `error`."""
+    """Records what each call was given; answers a small domain result, or raises `error`."""
 
     def __init__(self, error: LaminaError | None = None) -> None:
         self.error = error
-        self.seen: list[tuple[str, Any, float | None, str]] = []
+        self.seen: list[tuple[str, Any, float | None]] = []
         self.answering_records: list[str] = []
 
     @contextlib.contextmanager
@@ -90,33 +103,37 @@ class FakeCalls:
         self.answering_records.append(record.method)
         yield
 
-    def _answer(self, name: str, request: Any, timeout: float | None, record: CallRecord) -> str:
-        self.seen.append((name, request, timeout, record.method))
+    def _answer(self, name: str, request: Any, timeout: float | None = None) -> None:
+        self.seen.append((name, request, timeout))
         if self.error is not None:
             raise self.error
-        return f"reply to {name}"
 
-    async def embed(self, request: Any, timeout: float | None, record: CallRecord) -> str:
-        return self._answer("embed", request, timeout, record)
+    async def embed(self, request: EmbedRequest, timeout: float | None) -> EmbedResult:
+        self._answer("embed", request, timeout)
+        return EmbedResult("m-1", {0: {Pooling.MEAN: np.ones(2)}}, None, 1, TIMING)
 
-    async def semantic_embed(self, request: Any, timeout: float | None, record: CallRecord) -> str:
-        return self._answer("semantic_embed", request, timeout, record)
+    async def semantic_embed(
+        self, request: SemanticEmbedRequest, timeout: float | None
+    ) -> SemanticEmbedResult:
+        self._answer("semantic_embed", request, timeout)
+        count = len(request.prompts)
+        return SemanticEmbedResult("m-1", tuple(np.ones(2) for _ in range(count)), count, TIMING)
 
-    async def batch_semantic_embed(
-        self, request: Any, timeout: float | None, record: CallRecord
-    ) -> str:
-        return self._answer("batch_semantic_embed", request, timeout, record)
+    async def tokenize(self, model: str, text: str) -> tuple[list[str], list[int]]:
+        self._answer("tokenize", (model, text))
+        return ["a"], [1]
 
-    async def tokenize(self, request: Any, record: CallRecord) -> str:
-        return self._answer("tokenize", request, None, record)
+    async def detokenize(self, model: str, ids: Any) -> str:
+        self._answer("detokenize", (model, list(ids)))
+        return "a"
 
-    async def detokenize(self, request: Any, record: CallRecord) -> str:
-        return self._answer("detokenize", request, None, record)
+    def models(self) -> list[Any]:
+        self._answer("models", None)
+        return []
 
-    def models_available(self) -> str:
-        if self.error is not None:
-            raise self.error
-        return "reply to models_available"
+
+TIMING = Timing(0.0, 0.0, 0.0)
+PROMPT = pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data="hi"))])
 
 
 def servicer_of(calls: FakeCalls) -> EmbedServicer:
@@ -136,7 +153,7 @@ async def test_each_domain_error_aborts_with_its_status_and_message(
 ) -> None:
     context = FakeContext()
     with pytest.raises(Aborted):
-        await servicer_of(FakeCalls(error)).Embed(pb.EmbedRequest(), grpc_context(context))
+        await servicer_of(FakeCalls(error)).Embed(EMBED, grpc_context(context))
     assert context.aborted is not None
     code, details, trailers = context.aborted
     assert (code, details) == (status, error.message)
@@ -150,7 +167,7 @@ async def test_the_retry_after_trailer_is_whole_seconds_and_at_least_one(
     context = FakeContext()
     refused = QueueFull(1, 10, "limits", retry_after_seconds=hint)
     with pytest.raises(Aborted):
-        await servicer_of(FakeCalls(refused)).Embed(pb.EmbedRequest(), grpc_context(context))
+        await servicer_of(FakeCalls(refused)).Embed(EMBED, grpc_context(context))
     assert context.aborted is not None and context.aborted[2] == (("retry-after", trailer),)
 
 
@@ -158,9 +175,11 @@ async def test_each_rpc_reaches_its_call_with_its_name_and_the_callers_deadline(
     calls = FakeCalls()
     servicer = servicer_of(calls)
     context = grpc_context(FakeContext(time_remaining=12.5))
-    embed, semantic = pb.EmbedRequest(model="e"), pb.SemanticEmbedRequest(model="s")
-    batch, tokenize = pb.BatchSemanticEmbedRequest(model="b"), pb.TokenizeRequest(model="t")
-    detokenize = pb.DetokenizeRequest(model="d")
+    embed = pb.EmbedRequest(model="e", prompt=PROMPT, layers=[0], pooling=["mean"])
+    semantic = pb.SemanticEmbedRequest(model="s", prompt=PROMPT, representation="query")
+    batch = pb.BatchSemanticEmbedRequest(model="b", prompts=[PROMPT], representation="query")
+    tokenize = pb.TokenizeRequest(model="t", prompt="a", tokens=True)
+    detokenize = pb.DetokenizeRequest(model="d", token_ids=[1])
     replies = [
         await servicer.Embed(embed, context),
         await servicer.SemanticEmbed(semantic, context),
@@ -169,20 +188,25 @@ async def test_each_rpc_reaches_its_call_with_its_name_and_the_callers_deadline(
         await servicer.Detokenize(detokenize, context),
         await servicer.ModelsAvailable(pb.ModelsAvailableRequest(), context),
     ]
-    assert replies == [
-        "reply to embed",
-        "reply to semantic_embed",
-        "reply to batch_semantic_embed",
-        "reply to tokenize",
-        "reply to detokenize",
-        "reply to models_available",
+    assert [type(reply).__name__ for reply in replies] == [
+        "EmbedResponse",
+        "SemanticEmbedResponse",
+        "BatchSemanticEmbedResponse",
+        "TokenizeResponse",
+        "DetokenizeResponse",
+        "ModelsAvailableResponse",
     ]
+    embedded, tokenized = cast(pb.EmbedResponse, replies[0]), cast(pb.TokenizeResponse, replies[3])
+    assert list(embedded.embeddings["layer_0"].pooling["mean"].values) == [1.0, 1.0]
+    assert list(tokenized.tokens.tokens) == ["a"] and not tokenized.HasField("token_ids")
+    # Each call gets the domain request its message converts to, once, and the deadline.
     assert calls.seen == [
-        ("embed", embed, 12.5, "Embed"),
-        ("semantic_embed", semantic, 12.5, "SemanticEmbed"),
-        ("batch_semantic_embed", batch, 12.5, "BatchSemanticEmbed"),
-        ("tokenize", tokenize, None, "Tokenize"),
-        ("detokenize", detokenize, None, "Detokenize"),
+        ("embed", wire.embed_request(embed), 12.5),
+        ("semantic_embed", wire.semantic_embed_request(semantic), 12.5),
+        ("semantic_embed", wire.batch_semantic_embed_request(batch), 12.5),
+        ("tokenize", ("t", "a"), None),
+        ("detokenize", ("d", [1]), None),
+        ("models", None, None),
     ]
     # Every RPC is answered inside `answering` (serving gate, in-flight count, metrics).
     assert calls.answering_records == [
@@ -195,10 +219,13 @@ async def test_each_rpc_reaches_its_call_with_its_name_and_the_callers_deadline(
     ]
 
 
+EMBED = pb.EmbedRequest(model="e", prompt=PROMPT)
 RPCS = {
-    "Embed": pb.EmbedRequest(),
-    "SemanticEmbed": pb.SemanticEmbedRequest(),
-    "BatchSemanticEmbed": pb.BatchSemanticEmbedRequest(),
+    "Embed": EMBED,
+    "SemanticEmbed": pb.SemanticEmbedRequest(model="s", prompt=PROMPT, representation="query"),
+    "BatchSemanticEmbed": pb.BatchSemanticEmbedRequest(
+        model="b", prompts=[PROMPT], representation="query"
+    ),
     "Tokenize": pb.TokenizeRequest(),
     "Detokenize": pb.DetokenizeRequest(),
     "ModelsAvailable": pb.ModelsAvailableRequest(),
@@ -235,9 +262,12 @@ def body_of(response: Any) -> Any:
     return json.loads(bytes(response.body))
 
 
-def test_every_error_code_has_its_http_status() -> None:
-    assert {code.value: status for code, status in HTTP_STATUS.items()} == HTTP
-    assert set(HTTP_STATUS) == set(ErrorCode)
+def test_every_error_code_has_its_http_status_and_grpc_name() -> None:
+    assert {name: status for status, name in HTTP_STATUS.values()} == HTTP
+    assert set(HTTP_STATUS) == set(GRPC_STATUS) == set(OUTCOME_LABELS) == set(ErrorCode)
+    for code, (_, name) in HTTP_STATUS.items():
+        # One vocabulary over both edges and the metrics: gRPC's status names.
+        assert GRPC_STATUS[code].name == name == OUTCOME_LABELS[code]
 
 
 @pytest.mark.parametrize(("error", "status"), ERRORS, ids=lambda e: type(e).__name__)
@@ -247,7 +277,7 @@ def test_each_domain_error_is_its_status_with_an_error_and_code_body(
     response = error_response(error)
     assert response.status_code == HTTP[status.name]
     body = body_of(response)
-    assert body["code"] == status.name == error.code.value
+    assert body["code"] == status.name == HTTP_STATUS[error.code][1]
     if isinstance(error, InvalidArgument):
         assert body["error"] == "layers[0]: layer 7 is past the model's 6"
     else:
@@ -258,7 +288,7 @@ def test_each_domain_error_is_its_status_with_an_error_and_code_body(
 
 
 def test_an_invalid_argument_names_the_field_as_the_json_caller_wrote_it() -> None:
-    error = InvalidArgument("prompt.items[2].text.controls[0].factor", "must be finite")
+    error = InvalidArgument(("prompt", 2, "text", "controls", 0, "factor"), "must be finite")
     body = body_of(error_response(error))
     assert body == {
         "error": "prompt[2].controls[0].factor: must be finite",
@@ -267,19 +297,38 @@ def test_an_invalid_argument_names_the_field_as_the_json_caller_wrote_it() -> No
 
 
 @pytest.mark.parametrize(
-    ("grpc_field", "http_field"),
+    ("path", "grpc_field", "http_field"),
     [
-        ("prompt.items[0].text.data", "prompt[0].data"),
-        ("prompt.items[3].token_ids.data[1]", "prompt[3].data[1]"),
-        ("prompt.items[1].image.crop", "prompt[1]"),
-        ("prompt.items[1].image.crop.size", "prompt[1].size"),
-        ("prompts[2].items[0].image", "prompts[2][0]"),
-        ("prompt.items", "prompt"),
-        ("layers[0]", "layers[0]"),
+        (("prompt", 0, "text", "data"), "prompt.items[0].text.data", "prompt[0].data"),
+        (
+            ("prompt", 3, "token_ids", "data", 1),
+            "prompt.items[3].token_ids.data[1]",
+            "prompt[3].data[1]",
+        ),
+        (("prompt", 1, "image", "crop"), "prompt.items[1].image.crop", "prompt[1]"),
+        (
+            ("prompt", 1, "image", "crop", "size"),
+            "prompt.items[1].image.crop.size",
+            "prompt[1].size",
+        ),
+        (("prompts", 2, 0, "image"), "prompts[2].items[0].image", "prompts[2][0]"),
+        (("prompt", "items"), "prompt.items", "prompt"),
+        (("layers", 0), "layers[0]", "layers[0]"),
     ],
 )
-def test_json_field_paths(grpc_field: str, http_field: str) -> None:
-    assert json_field(grpc_field) == http_field
+def test_field_paths_as_each_edge_writes_them(
+    path: FieldPath, grpc_field: str, http_field: str
+) -> None:
+    assert protobuf_field(path) == grpc_field
+    assert json_field(path) == http_field
+
+
+def test_an_invalid_argument_names_the_field_as_the_grpc_caller_wrote_it() -> None:
+    error = InvalidArgument(("prompts", 2, 0, "image", "crop"), "missing: size")
+    assert status_of(error) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "prompts[2].items[0].image.crop: missing: size",
+    )
 
 
 def test_an_unavailable_server_with_its_own_hint_keeps_it() -> None:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from lamina.server.domain import ImageControl, ImageCrop, ImageItem, Rect, TokenOverlap
-from lamina.server.errors import InvalidArgument
+from lamina.server.errors import InvalidArgument, dotted
 from lamina.server.images import GRID, ImageSpec, image_size, prepare_image
 from tests.fuzz.images import valid_images
 
@@ -36,7 +36,9 @@ def channel_means(pixels: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
 def test_each_format_decodes_to_normalised_channels_first(fmt: str) -> None:
-    prepared = prepare_image(ImageItem(encoded(Image.new("RGB", (40, 40), WHITE), fmt)), SPEC, "x")
+    prepared = prepare_image(
+        ImageItem(encoded(Image.new("RGB", (40, 40), WHITE), fmt)), SPEC, ("x",)
+    )
     assert prepared.pixels.shape == (3, 24, 24) and prepared.pixels.dtype == np.float32
     np.testing.assert_allclose(prepared.pixels, (1 - 0.5) / 0.25, atol=0.05)
     assert prepared.patch_factors.tolist() == [1.0] * GRID * GRID
@@ -46,20 +48,20 @@ def test_a_gif_contributes_its_first_frame() -> None:
     frames = [Image.new("RGB", (30, 30), RED), Image.new("RGB", (30, 30), BLUE)]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
-    means = channel_means(prepare_image(ImageItem(buffer.getvalue()), SPEC, "x").pixels)
+    means = channel_means(prepare_image(ImageItem(buffer.getvalue()), SPEC, ("x",)).pixels)
     assert means[0] > 0.9 and means[2] < 0.1
 
 
 def test_an_explicit_crop_takes_that_square() -> None:
     item = ImageItem(encoded(quadrants()), crop=ImageCrop(0, 0, 48))
-    means = channel_means(prepare_image(item, SPEC, "x").pixels)
+    means = channel_means(prepare_image(item, SPEC, ("x",)).pixels)
     np.testing.assert_allclose(means, [1, 0, 0], atol=0.02)
 
 
 def test_without_a_crop_the_centre_square_is_taken() -> None:
     wide = Image.new("RGB", (300, 100), RED)
     wide.paste(Image.new("RGB", (100, 100), BLUE), (100, 0))  # only the middle is blue
-    means = channel_means(prepare_image(ImageItem(encoded(wide)), SPEC, "x").pixels)
+    means = channel_means(prepare_image(ImageItem(encoded(wide)), SPEC, ("x",)).pixels)
     np.testing.assert_allclose(means, [0, 0, 1], atol=0.02)
 
 
@@ -75,7 +77,7 @@ def control(
 
 
 def factors_of(item: ImageItem) -> np.ndarray:
-    return prepare_image(item, SPEC, "x").patch_factors.reshape(GRID, GRID)
+    return prepare_image(item, SPEC, ("x",)).patch_factors.reshape(GRID, GRID)
 
 
 def test_a_rectangle_over_the_left_half_controls_the_left_six_patch_columns() -> None:
@@ -152,8 +154,8 @@ def truncated_png() -> bytes:
 )
 def test_bad_images_name_the_field(item: ImageItem, field: str, says: str) -> None:
     with pytest.raises(InvalidArgument) as error:
-        prepare_image(item, SPEC, "p")
-    assert error.value.field == field and says in error.value.message
+        prepare_image(item, SPEC, ("p",))
+    assert dotted(error.value.field) == field and says in error.value.message
 
 
 def test_image_size_reads_the_header_only() -> None:

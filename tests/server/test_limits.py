@@ -7,6 +7,7 @@ import io
 import pytest
 from PIL import Image
 
+from lamina.server.api.status import protobuf_field
 from lamina.server.domain import (
     EmbedRequest,
     ImageItem,
@@ -92,7 +93,7 @@ def test_each_limit_names_its_field(bad: EmbedRequest, field: str, says: str) ->
     with pytest.raises(InvalidArgument) as error:
         LIMITS.check(bad)
         LIMITS.check_pixels(bad)
-    assert error.value.field == field and says in error.value.message
+    assert protobuf_field(error.value.field) == field and says in error.value.message
 
 
 def test_tokenize_and_detokenize_limits() -> None:

@@ -245,7 +245,7 @@ def test_an_instruction_is_its_own_item_before_the_prompt(minilm: LoadedModel) -
     assert instructed.ids.tolist() == by_hand.ids.tolist()
     assert instructed.control_factors.tolist() == by_hand.control_factors.tolist()
     assert instructed.control_factors.tolist()[-2] == 0.5  # "world" keeps its control
-    with pytest.raises(InvalidArgument, match=r"^prompt.items\[0\].token_ids.data\[0\]"):
+    with pytest.raises(InvalidArgument, match=r"^prompt\[0\].token_ids.data\[0\]"):
         minilm.prompts.encode((TokenIdsItem((10**9,)),), instruction="query:")
     with pytest.raises(InvalidArgument, match="prompt: the prompt is empty"):
         minilm.prompts.encode((TextItem(""),), instruction="query:")

@@ -41,7 +41,7 @@ def test_empty_prompt_is_invalid(minilm: LoadedModel, items: tuple[TextItem, ...
 def test_prompt_longer_than_the_context_names_both_numbers(minilm: LoadedModel) -> None:
     with pytest.raises(InvalidArgument) as error:
         minilm.prompts.encode((TextItem("a"), TokenIdsItem(tuple([1000] * 510))))
-    assert error.value.field == "prompt"
+    assert error.value.field == ("prompt",)
     assert "513 tokens" in error.value.message and "512 positions" in error.value.message
 
 
@@ -76,7 +76,7 @@ def test_text_that_cannot_fit_is_refused_before_tokenizing(minilm: LoadedModel) 
     assert prompts.max_text_chars == 512 * 100
     with pytest.raises(InvalidArgument) as error:
         prompts.check_size((TextItem("x" * 30_000), TextItem("y" * 21_201)))
-    assert error.value.field == "prompt"
+    assert error.value.field == ("prompt",)
     assert "51201 characters" in error.value.message and "51200" in error.value.message
     prompts.check_size((TextItem("x" * 30_000), TextItem("y" * 21_200)))  # may fit: not refused
 
@@ -94,7 +94,7 @@ def test_token_ids_and_images_are_counted_before_any_work(dinov2: LoadedModel) -
     images = tuple(ImageItem(b"not an image") for _ in range(fits + 1))
     with pytest.raises(InvalidArgument) as error:
         dinov2.prompts.encode(images)
-    assert error.value.field == "prompt"
+    assert error.value.field == ("prompt",)
     assert f"at least {(fits + 1) * 144} tokens" in error.value.message
     assert f"{fits + 1} images" in error.value.message
 
@@ -105,12 +105,12 @@ def test_token_id_outside_the_vocabulary_names_the_position(
 ) -> None:
     with pytest.raises(InvalidArgument) as error:
         minilm.prompts.encode((TextItem("x"), TokenIdsItem((5, bad_id))))
-    assert error.value.field == "prompt.items[1].token_ids.data[1]"
+    assert error.value.field == ("prompt", 1, "token_ids", "data", 1)
     assert "0..30521" in error.value.message
 
 
 def test_images_are_rejected_by_a_text_model(minilm: LoadedModel) -> None:
-    with pytest.raises(InvalidArgument, match=r"prompt.items\[0\].image"):
+    with pytest.raises(InvalidArgument, match=r"prompt\[0\].image"):
         minilm.prompts.encode((ImageItem(b"\x89PNG"),))
 
 

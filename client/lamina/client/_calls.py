@@ -17,6 +17,7 @@ from lamina.client.results import (
     BatchSemanticEmbedResult,
     EmbedResult,
     ModelInfo,
+    ModelVersionState,
     SemanticEmbedResult,
     Timing,
     TokenizeResult,
@@ -279,9 +280,16 @@ def model_infos(response: pb.ModelsAvailableResponse) -> list[ModelInfo]:
             hidden_size=m.hidden_size,
             architecture=m.architecture,
             untrained=m.untrained,
+            versions=[version_state(v) for v in m.versions],
         )
         for m in response.models
     ]
+
+
+def version_state(state: pb.ModelVersionState) -> ModelVersionState:
+    return ModelVersionState(
+        model=state.model, version=state.version, state=state.state, reason=state.reason or None
+    )
 
 
 def tokenize_result(response: pb.TokenizeResponse) -> TokenizeResult:

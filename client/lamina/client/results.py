@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -67,6 +67,17 @@ class BatchSemanticEmbedResult:
 
 
 @dataclass(frozen=True)
+class ModelVersionState:
+    """Where one version of a model stands on the server."""
+
+    model: str
+    version: int
+    state: str  # "loading", "serving", "failed" or "retired"
+    # For "failed": why it did not load; for "serving": why its changed files do not serve.
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     description: str
@@ -79,6 +90,8 @@ class ModelInfo:
     hidden_size: int
     architecture: str
     untrained: bool = False  # random weights: the embeddings carry no meaning
+    # Every version of the model the server knows, by version (what serves, what failed and why).
+    versions: list[ModelVersionState] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -255,13 +255,27 @@ class ModelsAvailableRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelsAvailableResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "versions")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersionState]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[ModelVersionState, _Mapping]]] = ...) -> None: ...
+
+class ModelVersionState(_message.Message):
+    __slots__ = ("model", "version", "state", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    state: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "description", "max_context_size", "hostings", "image_support", "embedding_types", "version", "num_layers", "hidden_size", "architecture", "untrained")
+    __slots__ = ("name", "description", "max_context_size", "hostings", "image_support", "embedding_types", "version", "num_layers", "hidden_size", "architecture", "untrained", "versions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +287,7 @@ class ModelInfo(_message.Message):
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     UNTRAINED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     max_context_size: int
@@ -284,7 +299,8 @@ class ModelInfo(_message.Message):
     hidden_size: int
     architecture: str
     untrained: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_context_size: _Optional[int] = ..., hostings: _Optional[_Iterable[str]] = ..., image_support: _Optional[bool] = ..., embedding_types: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., architecture: _Optional[str] = ..., untrained: _Optional[bool] = ...) -> None: ...
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersionState]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_context_size: _Optional[int] = ..., hostings: _Optional[_Iterable[str]] = ..., image_support: _Optional[bool] = ..., embedding_types: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., architecture: _Optional[str] = ..., untrained: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[ModelVersionState, _Mapping]]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("model", "prompt", "tokens", "token_ids")

@@ -77,7 +77,8 @@ class EmbedServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModelsAvailable(self, request, context):
-        """Every served model with its newest version and capabilities.
+        """Every served model with its newest version and capabilities, and the state of every version
+        the server knows (loading, serving, failed and why, retired).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

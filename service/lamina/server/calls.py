@@ -1,6 +1,10 @@
-"""The API's operations on its protobuf messages, shared by both edges: the gRPC servicer and the
-HTTP gateway (which reads its JSON into the same messages). Each call converts once, asks the
-engine, and is counted; the edges only move bytes and map errors to their status codes."""
+"""The API's operations in domain types, shared by both edges (the gRPC servicer and the HTTP
+gateway): each edge converts its wire format once, on either side of these.
+
+`answering` is the one gate every call passes: it counts the call in flight and in the metrics,
+refuses it while the server is not serving, and turns an unexpected failure into an internal
+LaminaError whose details go to the log only.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
-from google.protobuf.message import Message
-from tokenizers import Tokenizer
-
-from lamina.server.api import wire
+from lamina.server import fields
+from lamina.server.domain import (
+    EmbedRequest,
+    EmbedResult,
+    ModelDescription,
+    SemanticEmbedRequest,
+    SemanticEmbedResult,
+)
 from lamina.server.engine import Engine
 from lamina.server.errors import LaminaError, Unavailable
-from lamina.server.metrics import Metrics
-from lamina.v1 import embed_pb2 as pb
+from lamina.server.metrics import Metrics, outcome_label
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +44,20 @@ class ServingState:
 
 @dataclass
 class CallRecord:
-    """What the metrics label one call with; the labels are filled in once its request is read."""
+    """What the metrics label one call with. The edge sets the labels as soon as it has read
+    them off the wire, before converting the rest: a call refused for a bad field still counts
+    under its model."""
 
     method: str  # the gRPC method name, also for HTTP routes
     model: str = ""
     nice: bool = False
     hosting: str | None = None
 
-    def describe(self, message: wire.AnyEmbedRequest) -> None:
-        self.model = message.model
-        self.nice = message.nice
-        # A hosting value outside the API's set is rejected before it would count.
-        self.hosting = message.hosting if message.hosting in wire.HOSTINGS else None
+    def set_labels(self, model: str, nice: bool = False, hosting: str | None = None) -> None:
+        self.model = model
+        self.nice = nice
+        # A hosting value outside the API's set is refused before it would count.
+        self.hosting = hosting if hosting in fields.HOSTINGS else None
 
 
 class Calls:
@@ -60,23 +68,21 @@ class Calls:
 
     @contextlib.contextmanager
     def answering(self, record: CallRecord) -> Iterator[None]:
-        """Counts the call in flight and in the metrics, refuses it while not serving, and turns
-        an unexpected failure into an INTERNAL LaminaError (the details go to the log only)."""
         started = time.monotonic()
-        code = "OK"
+        outcome = "OK"
         self.state.in_flight += 1
         try:
             self.state.check()
             yield
         except LaminaError as error:
-            code = error.code.value
+            outcome = outcome_label(error.code)
             raise
         except asyncio.CancelledError:
-            code = "CANCELLED"  # the caller went away: nothing to answer or log
+            outcome = "CANCELLED"  # the caller went away: nothing to answer or log
             raise
         except Exception as error:
             log.exception("%s failed", record.method)
-            code = "INTERNAL"
+            outcome = "INTERNAL"
             raise LaminaError(
                 f"{record.method}: internal error; the server logged the details"
             ) from error
@@ -86,72 +92,27 @@ class Calls:
             known = record.model if record.model in self.engine else ""
             elapsed = time.monotonic() - started
             self.metrics.observe_rpc(
-                record.method, known, code, elapsed, record.nice, record.hosting
+                record.method, known, outcome, elapsed, record.nice, record.hosting
             )
 
-    async def embed(
-        self, message: pb.EmbedRequest, timeout: float | None, record: CallRecord
-    ) -> pb.EmbedResponse:
-        record.describe(message)
-        result = await self.engine.embed(await _converted(wire.embed_request, message), timeout)
-        return wire.embed_response(result)
+    async def embed(self, request: EmbedRequest, timeout: float | None) -> EmbedResult:
+        return await self.engine.embed(request, timeout)
 
     async def semantic_embed(
-        self, message: pb.SemanticEmbedRequest, timeout: float | None, record: CallRecord
-    ) -> pb.SemanticEmbedResponse:
-        record.describe(message)
-        result = await self.engine.semantic_embed(
-            await _converted(wire.semantic_embed_request, message), timeout
-        )
-        return wire.semantic_embed_response(result)
+        self, request: SemanticEmbedRequest, timeout: float | None
+    ) -> SemanticEmbedResult:
+        return await self.engine.semantic_embed(request, timeout)
 
-    async def batch_semantic_embed(
-        self, message: pb.BatchSemanticEmbedRequest, timeout: float | None, record: CallRecord
-    ) -> pb.BatchSemanticEmbedResponse:
-        record.describe(message)
-        result = await self.engine.semantic_embed(
-            await _converted(wire.batch_semantic_embed_request, message), timeout
-        )
-        return wire.batch_semantic_embed_response(result)
+    async def tokenize(self, model: str, text: str) -> tuple[list[str], list[int]]:
+        return await self.engine.tokenize(model, text)
 
-    async def tokenize(
-        self, message: pb.TokenizeRequest, record: CallRecord
-    ) -> pb.TokenizeResponse:
-        record.model = message.model
-        pieces, ids = await self.engine.tokenize(message.model, message.prompt)
-        reply = pb.TokenizeResponse()
-        # SetInParent: an asked-for list is present even when the text has no tokens.
-        if message.tokens:
-            reply.tokens.SetInParent()
-            reply.tokens.tokens.extend(pieces)
-        if message.token_ids:
-            reply.token_ids.SetInParent()
-            reply.token_ids.ids.extend(ids)
-        return reply
+    async def detokenize(self, model: str, ids: Sequence[int]) -> str:
+        return await self.engine.detokenize(model, ids)
 
-    async def detokenize(
-        self, message: pb.DetokenizeRequest, record: CallRecord
-    ) -> pb.DetokenizeResponse:
-        record.model = message.model
-        text = await self.engine.detokenize(message.model, message.token_ids)
-        return pb.DetokenizeResponse(result=text)
+    def models(self) -> list[ModelDescription]:
+        return self.engine.models()
 
-    def models_available(self) -> pb.ModelsAvailableResponse:
-        return pb.ModelsAvailableResponse(models=[wire.model_info(m) for m in self.engine.models()])
-
-    def tokenizer(self, model: str, record: CallRecord) -> Tokenizer | None:
-        record.model = model
-        return self.engine.tokenizer(model)
-
-
-# Converting a message walks every token id in Python: past this size it runs on a thread, so the
-# event loop keeps answering others while it does.
-LARGE_MESSAGE_BYTES = 1 << 20
-M = TypeVar("M", bound=Message)
-D = TypeVar("D")
-
-
-async def _converted(conversion: Callable[[M], D], message: M) -> D:
-    if message.ByteSize() > LARGE_MESSAGE_BYTES:
-        return await asyncio.to_thread(conversion, message)
-    return conversion(message)
+    async def tokenizer_json(self, model: str) -> str | None:
+        """The serving version's tokenizer.json; None for a model without one (an image
+        encoder)."""
+        return await self.engine.tokenizer_json(model)

@@ -166,3 +166,41 @@ class ModelDescription:
     trained: bool
     embedding_types: tuple[str, ...]
     hostings: tuple[str, ...]
+    versions: tuple[ModelVersionState, ...] = ()  # every version of it the registry knows
+
+    def api_fields(self) -> dict[str, object]:
+        """The API's model info, named and typed as both edges write it (lists as lists)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "max_context_size": self.max_context_size,
+            "hostings": list(self.hostings),
+            "image_support": self.image_support,
+            "embedding_types": list(self.embedding_types),
+            "version": str(self.version),
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "architecture": self.architecture,
+            "untrained": not self.trained,
+        }
+
+
+class VersionState(StrEnum):
+    """Where a version of a model stands in the registry (models/registry.py)."""
+
+    LOADING = "loading"  # being read, or waiting for its files to settle: tried again each scan
+    SERVING = "serving"
+    FAILED = "failed"  # did not load; not tried again until its files change
+    RETIRED = "retired"  # served, and a newer version took over
+
+
+@dataclass(frozen=True)
+class ModelVersionState:
+    """One version as the registry reports it: what the edges render, without models/."""
+
+    model: str
+    version: int
+    state: VersionState
+    # Failed: the error, as logged ("ValueError: ..."). Serving: set when its files changed and
+    # the changed files failed to load (the copy loaded before keeps serving). Otherwise None.
+    reason: str | None = None

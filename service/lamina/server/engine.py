@@ -16,12 +16,12 @@ from functools import partial
 from typing import TypeVar
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from lamina.server.domain import (
     EmbedRequest,
     EmbedResult,
     ModelDescription,
+    ModelVersionState,
     Pooling,
     SemanticEmbedRequest,
     SemanticEmbedResult,
@@ -30,6 +30,7 @@ from lamina.server.domain import (
     TokenIdsItem,
 )
 from lamina.server.errors import (
+    FieldPath,
     HostingUnavailable,
     InvalidArgument,
     ModelNotFound,
@@ -74,7 +75,6 @@ class Engine:
         self._clock = clock
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-cpu")
         self._cpu_heavy = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-cpu-heavy")
-        self._serving: dict[str, ModelVersion] = {}
         self._refreshing = asyncio.Lock()
         self._seconds_per_token = 1e-4  # running estimate, for the retry hint
         self.runners = [
@@ -100,8 +100,8 @@ class Engine:
     async def refresh(self) -> None:
         """Serve every new version the repository holds (call on the serving event loop)."""
         async with self._refreshing:
+            # The registry serves them already; here they are logged and counted.
             for version in await asyncio.to_thread(self.registry.refresh):
-                self._serving[version.name] = version
                 self.metrics.model_loaded(version.name, version.version)
                 log.info("serving %s", version.model_version)
 
@@ -114,10 +114,15 @@ class Engine:
         self._cpu_heavy.shutdown(wait=False)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._serving
+        return self.registry.serving(name) is not None
 
     def models(self) -> list[ModelDescription]:
-        return [self._describe(self._serving[name]) for name in sorted(self._serving)]
+        return [self._describe(version) for version in self.registry.served().values()]
+
+    def version_states(self) -> list[ModelVersionState]:
+        """Every version the registry knows, of every model (also one with no version that
+        serves), by name then version: loading, serving, failed (and why) or retired."""
+        return self.registry.states()
 
     async def embed(self, request: EmbedRequest, timeout: float | None = None) -> EmbedResult:
         """`timeout`: seconds left of the caller's deadline; the request leaves the queue with
@@ -133,15 +138,15 @@ class Engine:
         version = self._version(request.model)
         semantic = version.manifest.semantic
         if semantic is None:
-            having = sorted(n for n, v in self._serving.items() if v.manifest.semantic)
+            having = sorted(n for n, v in self.registry.served().items() if v.manifest.semantic)
             raise InvalidArgument(
-                "model",
+                ("model",),
                 f"model {version.name!r} has no semantic embedding (its manifest configures "
                 f"none); models with one: {', '.join(having) or 'none'}",
             )
         if request.compress_to_size is not None:
             raise InvalidArgument(
-                "compress_to_size",
+                ("compress_to_size",),
                 f"model {version.name!r} provides no projection to {request.compress_to_size} "
                 "dimensions; leave compress_to_size unset",
             )
@@ -160,11 +165,11 @@ class Engine:
             )
             for prompt in request.prompts
         ]
-        layer = version.primary.absolute_layer(semantic.layer, "semantic.layer")
+        layer = version.primary.absolute_layer(semantic.layer, ("semantic", "layer"))
         results = await _all_or_first_error(
             [
                 self._semantic_row(
-                    version, row, f"prompts[{i}]" if request.batch else "prompt", timeout
+                    version, row, ("prompts", i) if request.batch else ("prompt",), timeout
                 )
                 for i, row in enumerate(rows)
             ]
@@ -181,13 +186,13 @@ class Engine:
         )
 
     async def _semantic_row(
-        self, version: ModelVersion, row: EmbedRequest, field: str, timeout: float | None
+        self, version: ModelVersion, row: EmbedRequest, field: FieldPath, timeout: float | None
     ) -> EmbedResult:
         try:
             self.limits.check(row)  # per prompt, as for Embed
             return await self._embed(version, row, timeout)
         except InvalidArgument as error:
-            raise error.moved("prompt", field) from None
+            raise error.moved(("prompt",), field) from None
 
     async def _embed(
         self, version: ModelVersion, request: EmbedRequest, timeout: float | None
@@ -197,7 +202,7 @@ class Engine:
             raise HostingUnavailable(request.hosting, tuple(sorted(self.hostings)))
         layers = self._layers(version, request)
         if not request.pooling:
-            raise InvalidArgument("pooling", "at least one pooling is required")
+            raise InvalidArgument(("pooling",), "at least one pooling is required")
         # Cheap bounds first: what cannot fit the model is never tokenized nor decoded.
         version.prompts.check_size(request.prompt, request.instruction)
         pixels = self.limits.check_pixels(request)
@@ -268,10 +273,13 @@ class Engine:
             lambda: version.prompts.detokenize(np.asarray(ids, dtype=np.int64)), heavy=heavy
         )
 
-    def tokenizer(self, model_name: str) -> Tokenizer | None:
-        """The serving version's tokenizer; None for a model without one (an image encoder)."""
+    async def tokenizer_json(self, model_name: str) -> str | None:
+        """The serving version's tokenizer.json; None for a model without one (an image
+        encoder)."""
         version = self._version(model_name)
-        return version.prompts.tokenizer if version.manifest.text_support else None
+        if not version.manifest.text_support:
+            return None
+        return await self._on_cpu(version.prompts.tokenizer.to_str)
 
     def _admit(self, job: Job) -> None:
         try:
@@ -305,9 +313,9 @@ class Engine:
         self.metrics.observe_batch(pool.name, jobs, seconds)
 
     def _version(self, name: str) -> ModelVersion:
-        version = self._serving.get(name)
+        version = self.registry.serving(name)
         if version is None:
-            raise ModelNotFound(name, sorted(self._serving))
+            raise ModelNotFound(name, self.registry.serving_names())
         return version
 
     def _describe(self, version: ModelVersion) -> ModelDescription:
@@ -325,14 +333,15 @@ class Engine:
             trained=m.trained,
             embedding_types=m.embedding_types,
             hostings=tuple(sorted(self.hostings)),
+            versions=tuple(self.registry.states(version.name)),
         )
 
     @staticmethod
     def _layers(version: ModelVersion, request: EmbedRequest) -> tuple[int, ...]:
         if not request.layers:
-            raise InvalidArgument("layers", "at least one layer is required")
+            raise InvalidArgument(("layers",), "at least one layer is required")
         absolute = [
-            version.primary.absolute_layer(layer, f"layers[{i}]")
+            version.primary.absolute_layer(layer, ("layers", i))
             for i, layer in enumerate(request.layers)
         ]
         return tuple(dict.fromkeys(absolute))

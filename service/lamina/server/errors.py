@@ -1,18 +1,62 @@
-"""Domain errors. Each carries the gRPC status name it maps to; the api layer does the mapping."""
+"""Domain errors, in the domain's own words: a neutral code saying what kind of failure it is, and
+for a bad field its path as a tuple. Each edge renders both in its own convention (api/status.py
+as gRPC status codes and protobuf field paths, gateway/errors.py as HTTP statuses and the JSON
+fields the caller wrote).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import StrEnum
 
 
 class ErrorCode(StrEnum):
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    NOT_FOUND = "NOT_FOUND"
-    FAILED_PRECONDITION = "FAILED_PRECONDITION"
-    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
-    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
-    UNAVAILABLE = "UNAVAILABLE"
-    INTERNAL = "INTERNAL"
+    INVALID = "invalid"  # the request is wrong: the caller must change it
+    NOT_FOUND = "not_found"  # it names a model this server does not serve
+    UNSERVABLE = "unservable"  # valid, but no part of this server may serve it as asked
+    OVERLOADED = "overloaded"  # no room now: the same request can succeed later
+    DEADLINE = "deadline"  # the caller's deadline passed before it ran
+    UNAVAILABLE = "unavailable"  # the server is starting up or draining
+    INTERNAL = "internal"  # a fault of the server's own
+
+
+# Where a bad field sits in a request: attribute names and list indices, following the domain
+# objects (domain.py). A prompt item's fields sit under its kind, as the API's item types name
+# them: ("prompt", 0, "text", "controls", 1, "factor") is the factor of the second control of the
+# first item, a text; a batch's prompts are ("prompts", 3, ...).
+FieldPath = tuple[str | int, ...]
+ITEM_KINDS = frozenset({"text", "token_ids", "image"})
+
+
+def path_parts(path: FieldPath) -> Iterator[tuple[str, str | int]]:
+    """Each segment of `path` with its role, for an edge to render: "item" for the index of an
+    item in a prompt, "kind" for the item kind after it, "items" for a prompt's items taken as a
+    list (("prompt", "items"): how many there are), "index" for any other list index, and "name"
+    for an attribute."""
+    prompt = False  # the segment before names one whole prompt
+    item = False  # the segment before is an item's index
+    previous: str | int | None = None
+    for segment in path:
+        if isinstance(segment, int):
+            yield ("item" if prompt else "index"), segment
+            item, prompt = prompt, not prompt and previous == "prompts"
+        elif prompt and segment == "items":
+            yield "items", segment
+            item = False
+        else:
+            yield ("kind" if item and segment in ITEM_KINDS else "name"), segment
+            item, prompt = False, segment == "prompt"
+        previous = segment
+
+
+def dotted(path: FieldPath) -> str:
+    """The path as the domain writes it in logs: `prompt[0].text.controls[1].factor`."""
+    text = ""
+    for role, segment in path_parts(path):
+        text += (
+            f"[{segment}]" if role in ("item", "index") else f".{segment}" if text else str(segment)
+        )
+    return text
 
 
 # How much of a caller's string an error message repeats: enough to recognise it, never so much
@@ -37,19 +81,19 @@ class LaminaError(Exception):
 
 
 class InvalidArgument(LaminaError):
-    code = ErrorCode.INVALID_ARGUMENT
+    code = ErrorCode.INVALID
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
+    def __init__(self, field: FieldPath, problem: str) -> None:
+        super().__init__(f"{dotted(field)}: {problem}")
         self.field = field
         self.problem = problem
 
-    def moved(self, root: str, to: str) -> InvalidArgument:
+    def moved(self, root: FieldPath, to: FieldPath) -> InvalidArgument:
         """The same error with its field path under `to` where it was under `root`, e.g. a
-        batch's `prompt.items[0]` read as `prompts[3].items[0]`."""
-        if self.field != root and not self.field.startswith((f"{root}.", f"{root}[")):
+        batch's ("prompt", 0) read as ("prompts", 3, 0)."""
+        if self.field[: len(root)] != root:
             return self
-        return InvalidArgument(to + self.field.removeprefix(root), self.problem)
+        return InvalidArgument(to + self.field[len(root) :], self.problem)
 
 
 class ModelNotFound(LaminaError):
@@ -65,7 +109,7 @@ class Unavailable(LaminaError):
 
 
 class HostingUnavailable(LaminaError):
-    code = ErrorCode.FAILED_PRECONDITION
+    code = ErrorCode.UNSERVABLE
 
     def __init__(self, hosting: str, available: tuple[str, ...]) -> None:
         labels = ", ".join(available) or "none"
@@ -76,7 +120,7 @@ class HostingUnavailable(LaminaError):
 
 
 class DeadlineExceeded(LaminaError):
-    code = ErrorCode.DEADLINE_EXCEEDED
+    code = ErrorCode.DEADLINE
 
     def __init__(self, waited_seconds: float) -> None:
         super().__init__(
@@ -85,7 +129,7 @@ class DeadlineExceeded(LaminaError):
 
 
 class QueueFull(LaminaError):
-    code = ErrorCode.RESOURCE_EXHAUSTED
+    code = ErrorCode.OVERLOADED
 
     def __init__(self, requests: int, tokens: int, limits: str, retry_after_seconds: float) -> None:
         super().__init__(

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lamina.server.domain import MAX_CONTROL_FACTOR, ImageCrop, ImageItem, TokenOverlap
-from lamina.server.errors import InvalidArgument
+from lamina.server.errors import FieldPath, InvalidArgument
 from lamina.server.repository import signature
 
 GRID = signature.CELLS_PER_SIDE
@@ -47,11 +47,11 @@ class PreparedImage:
         return bool((self.key_factors != 1).any())
 
 
-def prepare_image(item: ImageItem, spec: ImageSpec, field: str) -> PreparedImage:
-    image = _decode(item.data, f"{field}.data")
+def prepare_image(item: ImageItem, spec: ImageSpec, field: FieldPath) -> PreparedImage:
+    image = _decode(item.data, (*field, "data"))
     width, height = image.size
     crop = item.crop or _centre_square(width, height)
-    _check_crop(crop, width, height, f"{field}.crop")
+    _check_crop(crop, width, height, (*field, "crop"))
     square = image.crop((crop.x, crop.y, crop.x + crop.size, crop.y + crop.size))
     resized = square.resize((spec.size, spec.size), Image.Resampling.BICUBIC)
     values = np.asarray(resized, dtype=np.float32) / 255.0
@@ -73,7 +73,7 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def _decode(data: bytes, field: str) -> Image.Image:
+def _decode(data: bytes, field: FieldPath) -> Image.Image:
     """Byte and pixel limits are the request's (limits.py), checked before this."""
     if not data:
         raise InvalidArgument(field, "the image is empty")
@@ -100,9 +100,9 @@ def _centre_square(width: int, height: int) -> ImageCrop:
     return ImageCrop((width - side) // 2, (height - side) // 2, side)
 
 
-def _check_crop(crop: ImageCrop, width: int, height: int, field: str) -> None:
+def _check_crop(crop: ImageCrop, width: int, height: int, field: FieldPath) -> None:
     if crop.size < 1:
-        raise InvalidArgument(f"{field}.size", "must be at least 1 pixel")
+        raise InvalidArgument((*field, "size"), "must be at least 1 pixel")
     if crop.x + crop.size > width or crop.y + crop.size > height:
         raise InvalidArgument(
             field,
@@ -112,7 +112,7 @@ def _check_crop(crop: ImageCrop, width: int, height: int, field: str) -> None:
 
 
 def patch_factors(
-    item: ImageItem, crop: ImageCrop, width: int, height: int, field: str, grid: int = GRID
+    item: ImageItem, crop: ImageCrop, width: int, height: int, field: FieldPath, grid: int = GRID
 ) -> np.ndarray:
     """Factors of the grid x grid cells of the crop, row-major."""
     factors = np.ones(grid * grid, dtype=np.float64)
@@ -121,7 +121,7 @@ def patch_factors(
     edges_y = crop.y + step * np.arange(grid + 1)
     for j, control in enumerate(item.controls):
         rect = control.rect
-        where = f"{field}.controls[{j}].rect"
+        where = (*field, "controls", j, "rect")
         values = (rect.left, rect.top, rect.width, rect.height)
         if not all(math.isfinite(v) for v in values):
             raise InvalidArgument(where, "left, top, width and height must be finite")
@@ -148,7 +148,7 @@ def patch_factors(
     largest = float(factors.max())
     if largest > MAX_CONTROL_FACTOR * (1 + 1e-6):  # before float32 would make it infinite
         raise InvalidArgument(
-            f"{field}.controls",
+            (*field, "controls"),
             f"the controls on one cell multiply to {largest:.3g}, more than the largest "
             f"control factor {MAX_CONTROL_FACTOR:.0e}",
         )

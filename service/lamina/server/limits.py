@@ -8,7 +8,7 @@ from collections.abc import Sized
 from dataclasses import dataclass
 
 from lamina.server.domain import EmbedRequest, ImageItem
-from lamina.server.errors import InvalidArgument
+from lamina.server.errors import FieldPath, InvalidArgument
 from lamina.server.images import image_size
 
 
@@ -31,14 +31,14 @@ class RequestLimits:
     def check(self, request: EmbedRequest) -> None:
         """Counts and sizes: InvalidArgument naming the field and the limit; nothing is ever cut
         to fit."""
-        _at_most("prompt.items", len(request.prompt), self.max_prompt_items, "prompt items")
-        _at_most("layers", len(request.layers), self.max_layers, "layers")
-        _at_most("pooling", len(request.pooling), self.max_poolings, "poolings")
+        _at_most(("prompt", "items"), len(request.prompt), self.max_prompt_items, "prompt items")
+        _at_most(("layers",), len(request.layers), self.max_layers, "layers")
+        _at_most(("pooling",), len(request.pooling), self.max_poolings, "poolings")
         controls = sum(len(item.controls) for item in request.prompt)
-        _at_most("prompt", controls, self.max_controls, "attention controls")
+        _at_most(("prompt",), controls, self.max_controls, "attention controls")
         for index, item in enumerate(request.prompt):
             if isinstance(item, ImageItem):
-                field = f"prompt.items[{index}].image.data"
+                field: FieldPath = ("prompt", index, "image", "data")
                 _at_most(field, len(item.data), self.max_image_bytes, "bytes")
 
     def check_pixels(self, request: EmbedRequest) -> int:
@@ -48,7 +48,7 @@ class RequestLimits:
         for index, item in enumerate(request.prompt):
             if not isinstance(item, ImageItem):
                 continue
-            field = f"prompt.items[{index}].image.data"
+            field = ("prompt", index, "image", "data")
             size = image_size(item.data)  # None: undecodable, which decoding reports in detail
             if size is None:
                 continue
@@ -62,19 +62,19 @@ class RequestLimits:
             total += pixels
             if total > self.max_request_pixels:
                 raise InvalidArgument(
-                    "prompt",
+                    ("prompt",),
                     f"the images up to item {index} have {total} pixels together, more than the "
                     f"limit of {self.max_request_pixels} per prompt",
                 )
         return total
 
     def check_tokenize(self, text: str) -> None:
-        _at_most("prompt", len(text), self.max_tokenize_chars, "characters")
+        _at_most(("prompt",), len(text), self.max_tokenize_chars, "characters")
 
     def check_detokenize(self, ids: Sized) -> None:
-        _at_most("token_ids", len(ids), self.max_detokenize_ids, "token ids")
+        _at_most(("token_ids",), len(ids), self.max_detokenize_ids, "token ids")
 
 
-def _at_most(field: str, count: int, limit: int, what: str) -> None:
+def _at_most(field: FieldPath, count: int, limit: int, what: str) -> None:
     if count > limit:
         raise InvalidArgument(field, f"{count} {what}, more than the limit of {limit}")

@@ -24,7 +24,7 @@ from lamina.server.domain import (
     TokenIdsItem,
     TokenOverlap,
 )
-from lamina.server.errors import InvalidArgument
+from lamina.server.errors import FieldPath, InvalidArgument
 from lamina.server.images import PLACEHOLDER, POSITIONS, ImageSpec, PreparedImage, prepare_image
 
 _SENTINEL_TEXT = "a"
@@ -125,7 +125,7 @@ class PromptEncoder:
             exact += len(self.template.prefix) + len(self.template.suffix)
         if exact > self.max_context:
             raise InvalidArgument(
-                "prompt",
+                ("prompt",),
                 f"the prompt has at least {exact} tokens ({images} images of {POSITIONS} "
                 f"positions each, token ids and special tokens), more than the "
                 f"{self.max_context} positions of model {self.model!r}; it is never truncated",
@@ -133,7 +133,7 @@ class PromptEncoder:
         chars = len(instruction) + sum(len(i.data) for i in items if isinstance(i, TextItem))
         if has_text and self._tokenizer is not None and chars > self.max_text_chars:
             raise InvalidArgument(
-                "prompt",
+                ("prompt",),
                 f"the prompt's text has {chars} characters, more than the {self.max_text_chars} "
                 f"that fit the {self.max_context} positions of model {self.model!r} (no token "
                 f"stands for more than {self.chars_per_token}); it is never truncated",
@@ -141,7 +141,7 @@ class PromptEncoder:
 
     @property
     def tokenizer(self) -> Tokenizer:
-        return self._text_input("model")
+        return self._text_input(("model",))
 
     def encode(
         self,
@@ -156,7 +156,7 @@ class PromptEncoder:
         template = self.template if has_text else SpecialTokenTemplate((), ())
         ids: list[int] = list(template.prefix)
         if instruction:
-            ids += _encode(self._text_input("instruction"), instruction).ids
+            ids += _encode(self._text_input(("instruction",)), instruction).ids
         body_start = len(ids)
         owners: list[int] = [-1] * len(ids)  # the item each position came from
         image_items: list[int] = []  # the item of each image
@@ -165,26 +165,26 @@ class PromptEncoder:
         images: list[PreparedImage] = []
         cells: list[int] = [-1] * len(ids)
         for index, item in enumerate(items):
-            field = f"prompt.items[{index}]"
+            field: FieldPath = ("prompt", index)
             offset = len(ids)
             touched: list[_Controlled] = []
             match item:
                 case TextItem():
-                    tokenizer = self._text_input(f"{field}.text")
+                    tokenizer = self._text_input((*field, "text"))
                     encoding = _encode(tokenizer, item.data)
                     item_factors, touched = _text_factors(item, encoding.offsets, field)
                     ids += encoding.ids
                 case TokenIdsItem():
-                    self._text_input(f"{field}.token_ids")
-                    self._check_ids(item.data, f"{field}.token_ids.data")
+                    self._text_input((*field, "token_ids"))
+                    self._check_ids(item.data, (*field, "token_ids", "data"))
                     item_factors, touched = _token_factors(item, field)
                     ids += item.data
                 case ImageItem():
                     if self.image is None:
                         raise InvalidArgument(
-                            f"{field}.image", f"model {self.model!r} has no image support"
+                            (*field, "image"), f"model {self.model!r} has no image support"
                         )
-                    prepared = prepare_image(item, self.image, f"{field}.image")
+                    prepared = prepare_image(item, self.image, (*field, "image"))
                     cells += range(len(images) * POSITIONS, (len(images) + 1) * POSITIONS)
                     images.append(prepared)
                     image_items.append(index)
@@ -196,12 +196,12 @@ class PromptEncoder:
             controlled += [_Controlled(offset + t.positions, t.factor) for t in touched]
         body_end = len(ids)
         if body_end == body_start:
-            raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
+            raise InvalidArgument(("prompt",), "the prompt is empty (no text, token ids or images)")
         ids += template.suffix
         factors += [1.0] * len(template.suffix)
         if len(ids) > self.max_context:
             raise InvalidArgument(
-                "prompt",
+                ("prompt",),
                 f"the prompt has {len(ids)} tokens (special tokens included), more than the "
                 f"{self.max_context} positions of model {self.model!r}; it is never truncated",
             )
@@ -232,7 +232,7 @@ class PromptEncoder:
             image_cells=cell_array if images else None,
         )
 
-    def _text_input(self, field: str) -> Tokenizer:
+    def _text_input(self, field: FieldPath) -> Tokenizer:
         """The tokenizer, or INVALID_ARGUMENT at `field` for an image encoder."""
         if self._tokenizer is None:
             raise InvalidArgument(
@@ -262,7 +262,7 @@ class PromptEncoder:
         blocks), whatever the number of controls."""
         if self.token_embeddings is None:
             raise InvalidArgument(
-                "contextual_control_threshold",
+                ("contextual_control_threshold",),
                 f"model {self.model!r} has no token embeddings; convert it again to use it",
             )
         distinct, at = np.unique(ids[positions], return_inverse=True)
@@ -317,18 +317,18 @@ class PromptEncoder:
         return list(encoding.tokens), list(encoding.ids)
 
     def detokenize(self, ids: np.ndarray | list[int]) -> str:
-        self._check_ids(ids, "token_ids")
+        self._check_ids(ids, ("token_ids",))
         # decode_batch lets go of the GIL (decode does not): a long list stalls no other request.
         (text,) = self.tokenizer.decode_batch([np.asarray(ids).tolist()], skip_special_tokens=False)
         return str(text)
 
-    def _check_ids(self, ids: np.ndarray | tuple[int, ...] | list[int], field: str) -> None:
+    def _check_ids(self, ids: np.ndarray | tuple[int, ...] | list[int], field: FieldPath) -> None:
         values = np.asarray(ids, dtype=np.int64)
         outside = np.flatnonzero((values < 0) | (values >= self.vocab_size))
         if outside.size:
             position = int(outside[0])
             raise InvalidArgument(
-                f"{field}[{position}]",
+                (*field, int(position)),
                 f"token id {int(values[position])} is outside the vocabulary of model "
                 f"{self.model!r} (0..{self.vocab_size - 1})",
             )
@@ -364,14 +364,14 @@ def _check_combined(
     kind = {TextItem: "text", TokenIdsItem: "token_ids", ImageItem: "image"}[type(items[index])]
     how = "with contextual_control_threshold spreading them, " if spread else ""
     raise InvalidArgument(
-        f"prompt.items[{index}].{kind}.controls",
+        ("prompt", index, kind, "controls"),
         f"the controls on one position multiply to {factors[position]:.3g}, {how}more than the "
         f"largest control factor {MAX_CONTROL_FACTOR:.0e}",
     )
 
 
 def _text_factors(
-    item: TextItem, offsets: list[tuple[int, int]], field: str
+    item: TextItem, offsets: list[tuple[int, int]], field: FieldPath
 ) -> tuple[list[float], list[_Controlled]]:
     """Per-token factors of a text item: a control over code points [start, start + length)
     touches each token its span overlaps; `partial` scales by the covered share of the token."""
@@ -382,9 +382,9 @@ def _text_factors(
     first, last = spans[:, 0], spans[:, 1]
     width = last - first
     for j, control in enumerate(item.controls):
-        where = f"{field}.text.controls[{j}]"
+        where = (*field, "text", "controls", j)
         if control.length < 1:
-            raise InvalidArgument(f"{where}.length", "must be at least 1")
+            raise InvalidArgument((*where, "length"), "must be at least 1")
         end = control.start + control.length
         if end > length:
             raise InvalidArgument(
@@ -402,13 +402,13 @@ def _text_factors(
     return factors.tolist(), touched
 
 
-def _token_factors(item: TokenIdsItem, field: str) -> tuple[list[float], list[_Controlled]]:
+def _token_factors(item: TokenIdsItem, field: FieldPath) -> tuple[list[float], list[_Controlled]]:
     factors = [1.0] * len(item.data)
     touched = []
     for j, control in enumerate(item.controls):
         if control.index >= len(item.data):
             raise InvalidArgument(
-                f"{field}.token_ids.controls[{j}].index",
+                (*field, "token_ids", "controls", j, "index"),
                 f"index {control.index} is past the item's {len(item.data)} token ids",
             )
         factors[control.index] *= control.factor

@@ -1,5 +1,6 @@
-"""The gRPC face of the API: each RPC is one of `Calls`, with domain errors mapped to status
-codes and the caller's deadline passed on.
+"""The gRPC edge: each RPC converts its message to domain types once (api/wire.py), runs one of
+`Calls` with the caller's deadline, and converts the result back; domain errors become status
+codes and protobuf field paths (api/status.py).
 
 The servicer is registered with lenient request deserializers (`add_to_server`): bytes that do not
 parse as the method's request message are answered INVALID_ARGUMENT and logged as one warning
@@ -8,6 +9,7 @@ line, where gRPC's own handling would answer UNKNOWN and log a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +19,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from lamina.server.api import wire
+from lamina.server.api.status import status_of
 from lamina.server.calls import CallRecord, Calls
 from lamina.server.errors import LaminaError
 from lamina.v1 import embed_pb2 as pb
@@ -36,48 +40,61 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         self.calls = calls
 
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
-        record = CallRecord("Embed")
-        return await self._answer(
-            record, context, lambda: self.calls.embed(request, context.time_remaining(), record)
-        )
+        async def answer() -> pb.EmbedResponse:
+            embed = await _converted(wire.embed_request, request)
+            return wire.embed_response(await self.calls.embed(embed, context.time_remaining()))
+
+        return await self._answer(_labelled("Embed", request), context, answer)
 
     async def SemanticEmbed(
         self, request: pb.SemanticEmbedRequest, context: Context
     ) -> pb.SemanticEmbedResponse:
-        record = CallRecord("SemanticEmbed")
-        return await self._answer(
-            record,
-            context,
-            lambda: self.calls.semantic_embed(request, context.time_remaining(), record),
-        )
+        async def answer() -> pb.SemanticEmbedResponse:
+            semantic = await _converted(wire.semantic_embed_request, request)
+            result = await self.calls.semantic_embed(semantic, context.time_remaining())
+            return wire.semantic_embed_response(result)
+
+        return await self._answer(_labelled("SemanticEmbed", request), context, answer)
 
     async def BatchSemanticEmbed(
         self, request: pb.BatchSemanticEmbedRequest, context: Context
     ) -> pb.BatchSemanticEmbedResponse:
-        record = CallRecord("BatchSemanticEmbed")
-        return await self._answer(
-            record,
-            context,
-            lambda: self.calls.batch_semantic_embed(request, context.time_remaining(), record),
-        )
+        async def answer() -> pb.BatchSemanticEmbedResponse:
+            semantic = await _converted(wire.batch_semantic_embed_request, request)
+            result = await self.calls.semantic_embed(semantic, context.time_remaining())
+            return wire.batch_semantic_embed_response(result)
+
+        return await self._answer(_labelled("BatchSemanticEmbed", request), context, answer)
 
     async def ModelsAvailable(
         self, request: pb.ModelsAvailableRequest, context: Context
     ) -> pb.ModelsAvailableResponse:
         async def answer() -> pb.ModelsAvailableResponse:
-            return self.calls.models_available()
+            return pb.ModelsAvailableResponse(
+                models=[wire.model_info(m) for m in self.calls.models()]
+            )
 
         return await self._answer(CallRecord("ModelsAvailable"), context, answer)
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
+        async def answer() -> pb.TokenizeResponse:
+            pieces, ids = await self.calls.tokenize(request.model, request.prompt)
+            return wire.tokenize_response(request, pieces, ids)
+
         record = CallRecord("Tokenize")
-        return await self._answer(record, context, lambda: self.calls.tokenize(request, record))
+        record.set_labels(request.model)
+        return await self._answer(record, context, answer)
 
     async def Detokenize(
         self, request: pb.DetokenizeRequest, context: Context
     ) -> pb.DetokenizeResponse:
+        async def answer() -> pb.DetokenizeResponse:
+            text = await self.calls.detokenize(request.model, request.token_ids)
+            return pb.DetokenizeResponse(result=text)
+
         record = CallRecord("Detokenize")
-        return await self._answer(record, context, lambda: self.calls.detokenize(request, record))
+        record.set_labels(request.model)
+        return await self._answer(record, context, answer)
 
     async def _answer(
         self, record: CallRecord, context: Context, answer: Callable[[], Awaitable[Reply]]
@@ -86,13 +103,32 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             with self.calls.answering(record):
                 return await answer()
         except LaminaError as error:
+            status, details = status_of(error)
             retry = error.retry_after_seconds
             # Clients and proxies read the hint from trailing metadata as well as from the text.
             trailers = () if retry is None else (("retry-after", str(max(1, round(retry)))),)
-            await context.abort(
-                grpc.StatusCode[error.code.value], error.message, trailing_metadata=trailers
-            )
+            await context.abort(status, details, trailing_metadata=trailers)
         raise AssertionError("unreachable: context.abort raises")
+
+
+def _labelled(method: str, request: wire.AnyEmbedRequest) -> CallRecord:
+    record = CallRecord(method)
+    hosting = request.hosting if request.HasField("hosting") else None
+    record.set_labels(request.model, request.nice, hosting)
+    return record
+
+
+# Converting a message walks every token id in Python: past this size it runs on a thread, so the
+# event loop keeps answering others while it does.
+LARGE_MESSAGE_BYTES = 1 << 20
+M = TypeVar("M", bound=Message)
+D = TypeVar("D")
+
+
+async def _converted(conversion: Callable[[M], D], message: M) -> D:
+    if message.ByteSize() > LARGE_MESSAGE_BYTES:
+        return await asyncio.to_thread(conversion, message)
+    return conversion(message)
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,30 @@
-"""Protobuf <-> domain objects: the only place below the servicer that knows the wire format.
+"""Protobuf <-> domain objects: the gRPC edge's one conversion each way.
 
-Field-level checks that need no model (known pooling names, hosting values, control factors)
-happen here, so every error names the field as the caller wrote it.
+What a value means is checked by the shared field rules (fields.py), so every error names the
+field the way the domain does; api/status.py renders it as the protobuf path the caller sent.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 
-from lamina.server import domain
-from lamina.server.errors import InvalidArgument, shown
+from lamina.server import domain, fields
+from lamina.server.errors import FieldPath, InvalidArgument
 from lamina.v1 import embed_pb2 as pb
-
-HOSTINGS = ("aleph-alpha",)
-MAX_BATCH_PROMPTS = 100  # BatchSemanticEmbed (api-reference.md)
-SEMANTIC_COMPRESSED_SIZE = 128  # the one size compress_to_size may ask for
 
 # The request messages sharing the fields that every embedding request has.
 AnyEmbedRequest = pb.EmbedRequest | pb.SemanticEmbedRequest | pb.BatchSemanticEmbedRequest
 
 
 def embed_request(message: pb.EmbedRequest) -> domain.EmbedRequest:
-    _check_model(message)
+    fields.model(message.model)
     if not message.HasField("prompt"):
-        raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
+        raise InvalidArgument(("prompt",), fields.EMPTY_PROMPT)
     return domain.EmbedRequest(
         model=message.model,
-        prompt=_prompt(message.prompt, "prompt"),
+        prompt=_prompt(message.prompt, ("prompt",)),
         layers=tuple(message.layers),
-        pooling=tuple(_pooling(name, i) for i, name in enumerate(message.pooling)),
+        pooling=tuple(fields.pooling(name, i) for i, name in enumerate(message.pooling)),
         normalize=message.normalize,
         tokens=message.tokens,
         hosting=_hosting(message),
@@ -39,20 +35,18 @@ def embed_request(message: pb.EmbedRequest) -> domain.EmbedRequest:
 
 
 def semantic_embed_request(message: pb.SemanticEmbedRequest) -> domain.SemanticEmbedRequest:
-    _check_model(message)
+    fields.model(message.model)
     if not message.HasField("prompt"):
-        raise InvalidArgument("prompt", "the prompt is empty (no text, token ids or images)")
-    return _semantic(message, (_prompt(message.prompt, "prompt"),), batch=False)
+        raise InvalidArgument(("prompt",), fields.EMPTY_PROMPT)
+    return _semantic(message, (_prompt(message.prompt, ("prompt",)),), batch=False)
 
 
 def batch_semantic_embed_request(
     message: pb.BatchSemanticEmbedRequest,
 ) -> domain.SemanticEmbedRequest:
-    _check_model(message)
-    count = len(message.prompts)
-    if not 1 <= count <= MAX_BATCH_PROMPTS:
-        raise InvalidArgument("prompts", f"{count} prompts; a batch takes 1 to {MAX_BATCH_PROMPTS}")
-    prompts = tuple(_prompt(p, f"prompts[{i}]") for i, p in enumerate(message.prompts))
+    fields.model(message.model)
+    fields.batch_size(len(message.prompts))
+    prompts = tuple(_prompt(p, ("prompts", i)) for i, p in enumerate(message.prompts))
     return _semantic(message, prompts, batch=True)
 
 
@@ -63,17 +57,12 @@ def _semantic(
     batch: bool,
 ) -> domain.SemanticEmbedRequest:
     compress = message.compress_to_size if message.HasField("compress_to_size") else None
-    if compress is not None and compress != SEMANTIC_COMPRESSED_SIZE:
-        raise InvalidArgument(
-            "compress_to_size",
-            f"{compress} is not supported; expected {SEMANTIC_COMPRESSED_SIZE} or unset",
-        )
     return domain.SemanticEmbedRequest(
         model=message.model,
         prompts=prompts,
-        representation=_representation(message.representation),
+        representation=fields.representation(message.representation),
         batch=batch,
-        compress_to_size=compress,
+        compress_to_size=fields.compress_to_size(compress),
         # Unset: the model's own default (its manifest's semantic.normalize).
         normalize=message.normalize if message.HasField("normalize") else None,
         hosting=_hosting(message),
@@ -83,33 +72,19 @@ def _semantic(
     )
 
 
-def _check_model(message: AnyEmbedRequest) -> None:
-    if not message.model:
-        raise InvalidArgument("model", "a model name is required")
-
-
-def _prompt(prompt: pb.Prompt, field: str) -> tuple[domain.PromptItem, ...]:
+def _prompt(prompt: pb.Prompt, field: FieldPath) -> tuple[domain.PromptItem, ...]:
     if not prompt.items:
-        raise InvalidArgument(field, "the prompt is empty (no text, token ids or images)")
-    return tuple(_prompt_item(item, f"{field}.items[{i}]") for i, item in enumerate(prompt.items))
+        raise InvalidArgument(field, fields.EMPTY_PROMPT)
+    return tuple(_prompt_item(item, (*field, i)) for i, item in enumerate(prompt.items))
 
 
 def _hosting(message: AnyEmbedRequest) -> str | None:
-    hosting = message.hosting if message.HasField("hosting") else None
-    if hosting is not None and hosting not in HOSTINGS:
-        raise InvalidArgument(
-            "hosting", f"unknown hosting {shown(hosting)}; expected unset or one of {HOSTINGS}"
-        )
-    return hosting
+    return fields.hosting(message.hosting if message.HasField("hosting") else None)
 
 
 def _threshold(message: AnyEmbedRequest) -> float | None:
-    if not message.HasField("contextual_control_threshold"):
-        return None
-    threshold = message.contextual_control_threshold
-    if not math.isfinite(threshold):
-        raise InvalidArgument("contextual_control_threshold", "must be a finite number")
-    return threshold
+    given = message.HasField("contextual_control_threshold")
+    return fields.threshold(message.contextual_control_threshold if given else None)
 
 
 def _control_log_additive(message: AnyEmbedRequest) -> bool:
@@ -117,98 +92,60 @@ def _control_log_additive(message: AnyEmbedRequest) -> bool:
     return message.control_log_additive if message.HasField("control_log_additive") else True
 
 
-def _representation(name: str) -> domain.Representation:
-    try:
-        return domain.Representation(name)
-    except ValueError:
-        expected = ", ".join(r.value for r in domain.Representation)
-        problem = "is required" if not name else f"unknown representation {shown(name)}"
-        raise InvalidArgument("representation", f"{problem}; expected one of {expected}") from None
+def _overlap(control: pb.TextControl | pb.ImageControl, field: FieldPath) -> domain.TokenOverlap:
+    given = control.HasField("token_overlap")
+    return fields.token_overlap(control.token_overlap if given else None, field)
 
 
-def _pooling(name: str, index: int) -> domain.Pooling:
-    try:
-        return domain.Pooling(name)
-    except ValueError:
-        expected = ", ".join(p.value for p in domain.Pooling)
-        raise InvalidArgument(
-            f"pooling[{index}]", f"unknown pooling {shown(name)}; expected one of {expected}"
-        ) from None
+def _crop(crop: pb.ImageCrop, field: FieldPath) -> domain.ImageCrop:
+    x, y, size = (getattr(crop, n) if crop.HasField(n) else None for n in ("x", "y", "size"))
+    return fields.crop(x, y, size, field)
 
 
-def _crop(crop: pb.ImageCrop, field: str) -> domain.ImageCrop:
-    missing = [name for name in ("x", "y", "size") if not crop.HasField(name)]
-    if missing:
-        raise InvalidArgument(
-            field, f"give x, y and size together, or no crop at all (missing: {', '.join(missing)})"
-        )
-    return domain.ImageCrop(crop.x, crop.y, crop.size)
-
-
-def _prompt_item(item: pb.PromptItem, field: str) -> domain.PromptItem:
+def _prompt_item(item: pb.PromptItem, field: FieldPath) -> domain.PromptItem:
     kind = item.WhichOneof("item")
     if kind == "text":
+        at: FieldPath = (*field, "text", "controls")
         return domain.TextItem(
             data=item.text.data,
             controls=tuple(
                 domain.TextControl(
                     start=c.start,
                     length=c.length,
-                    factor=_factor(c.factor, f"{field}.text.controls[{j}].factor"),
-                    token_overlap=_overlap(c, f"{field}.text.controls[{j}].token_overlap"),
+                    factor=fields.factor(c.factor, (*at, j, "factor")),
+                    token_overlap=_overlap(c, (*at, j, "token_overlap")),
                 )
                 for j, c in enumerate(item.text.controls)
             ),
         )
     if kind == "token_ids":
+        at = (*field, "token_ids", "controls")
         return domain.TokenIdsItem(
             data=tuple(item.token_ids.data),
             controls=tuple(
                 domain.TokenControl(
-                    index=c.index,
-                    factor=_factor(c.factor, f"{field}.token_ids.controls[{j}].factor"),
+                    index=c.index, factor=fields.factor(c.factor, (*at, j, "factor"))
                 )
                 for j, c in enumerate(item.token_ids.controls)
             ),
         )
     if kind == "image":
         image = item.image
-        crop = _crop(image.crop, f"{field}.image.crop") if image.HasField("crop") else None
+        at = (*field, "image", "controls")
+        crop = _crop(image.crop, (*field, "image", "crop")) if image.HasField("crop") else None
         return domain.ImageItem(
             data=image.data,
             crop=crop,
             controls=tuple(
                 domain.ImageControl(
                     rect=domain.Rect(c.rect.left, c.rect.top, c.rect.width, c.rect.height),
-                    factor=_factor(c.factor, f"{field}.image.controls[{j}].factor"),
-                    token_overlap=_overlap(c, f"{field}.image.controls[{j}].token_overlap"),
+                    factor=fields.factor(c.factor, (*at, j, "factor")),
+                    token_overlap=_overlap(c, (*at, j, "token_overlap")),
                 )
                 for j, c in enumerate(image.controls)
             ),
         )
     raise InvalidArgument(field, "the item has none of text, image or token_ids")
-
-
-def _factor(value: float, field: str) -> float:
-    if not (0 <= value <= domain.MAX_CONTROL_FACTOR):  # NaN fails every comparison
-        raise InvalidArgument(
-            field,
-            f"control factor must be finite, >= 0 and at most {domain.MAX_CONTROL_FACTOR:.0e}, "
-            f"got {value:.6g}",
-        )
-    return value
-
-
-def _overlap(control: pb.TextControl | pb.ImageControl, field: str) -> domain.TokenOverlap:
-    if not control.HasField("token_overlap"):
-        return domain.TokenOverlap.PARTIAL
-    try:
-        return domain.TokenOverlap(control.token_overlap)
-    except ValueError:
-        raise InvalidArgument(
-            field,
-            f"unknown token_overlap {shown(control.token_overlap)}; expected partial or complete",
-        ) from None
 
 
 def embed_response(result: domain.EmbedResult) -> pb.EmbedResponse:
@@ -255,17 +192,32 @@ def _timing(timing: domain.Timing) -> pb.RequestTiming:
     )
 
 
+def tokenize_response(
+    request: pb.TokenizeRequest, pieces: list[str], ids: list[int]
+) -> pb.TokenizeResponse:
+    reply = pb.TokenizeResponse()
+    # SetInParent: an asked-for list is present even when the text has no tokens.
+    if request.tokens:
+        reply.tokens.SetInParent()
+        reply.tokens.tokens.extend(pieces)
+    if request.token_ids:
+        reply.token_ids.SetInParent()
+        reply.token_ids.ids.extend(ids)
+    return reply
+
+
 def model_info(model: domain.ModelDescription) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        name=model.name,
-        description=model.description,
-        max_context_size=model.max_context_size,
-        hostings=list(model.hostings),
-        image_support=model.image_support,
-        embedding_types=list(model.embedding_types),
-        version=str(model.version),
-        num_layers=model.num_layers,
-        hidden_size=model.hidden_size,
-        architecture=model.architecture,
-        untrained=not model.trained,
-    )
+    info = pb.ModelInfo(**model.api_fields())  # type: ignore[arg-type]
+    info.versions.extend(version_states(model.versions))
+    return info
+
+
+def version_states(states: Iterable[domain.ModelVersionState]) -> list[pb.ModelVersionState]:
+    """The registry's rows as ModelsAvailable carries them (ModelsAvailableResponse.versions and
+    ModelInfo.versions); no reason is the empty string."""
+    return [
+        pb.ModelVersionState(
+            model=s.model, version=s.version, state=s.state.value, reason=s.reason or ""
+        )
+        for s in states
+    ]

@@ -1,13 +1,13 @@
 """The HTTP routes: the Aleph Alpha REST API over the same calls as gRPC.
 
-Each POST route reads its JSON into the protobuf request a gRPC caller would send, runs it through
-calls.py exactly as api/servicer.py does, and writes the protobuf reply back as JSON. The
+Each POST route reads its JSON into the domain request (gateway/json_api.py), runs it through
+calls.py exactly as api/servicer.py does, and writes the domain result back as JSON. The
 gates are the gRPC ones too: the bearer token (TokenFile), then the serving state (503 while
 starting or draining), and every answered request is counted under its gRPC method name.
 
 Every answer but a success is the `{"error", "code"}` body: a body the reader cannot take is 400
 (json_api.py checks its every shape; what still slips through a check, an error from protobuf
-say, is 400 too and logged as a warning), and only a fault of the server's own is 500 INTERNAL.
+is 400 too and logged as a warning), and only a fault of the server's own is 500 INTERNAL.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from lamina.server.calls import CallRecord, Calls
-from lamina.server.errors import ErrorCode, InvalidArgument, LaminaError, Unavailable, shown
+from lamina.server.errors import InvalidArgument, LaminaError, Unavailable, shown
 from lamina.server.gateway import json_api
 from lamina.server.gateway.errors import (
+    INVALID_ARGUMENT,
     UNAUTHENTICATED,
     BodyTooLarge,
     NoTokenizer,
@@ -83,6 +84,7 @@ class Gateway:
             Route("/tokenize", self._post("Tokenize", self._tokenize), methods=["POST"]),
             Route("/detokenize", self._post("Detokenize", self._detokenize), methods=["POST"]),
             Route("/models_available", self._models_available, methods=["GET"]),
+            Route("/model_versions", self._model_versions, methods=["GET"]),
             Route("/models/{model}/tokenizer", self._tokenizer, methods=["GET"]),
             Route("/version", self._version, methods=["GET"]),
             Route("/health", self._health, methods=["GET"]),
@@ -97,48 +99,65 @@ class Gateway:
 
     async def _embed(self, request: Request, record: CallRecord) -> object:
         nice = _nice(request)
-        message = await self._read(request, lambda body: json_api.embed_request(body, nice))
-        reply = await self.calls.embed(message, _timeout(request), record)
-        return json_api.embed_response(reply)
+        embed = await self._read(request, lambda body: json_api.embed_request(body, nice))
+        record.set_labels(embed.model, embed.nice, embed.hosting)
+        result = await self.calls.embed(embed, _timeout(request))
+        return json_api.embed_response(result)
 
     async def _semantic_embed(self, request: Request, record: CallRecord) -> object:
         nice = _nice(request)
-        message = await self._read(
+        semantic = await self._read(
             request, lambda body: json_api.semantic_embed_request(body, nice)
         )
-        reply = await self.calls.semantic_embed(message, _timeout(request), record)
-        return json_api.semantic_embed_response(reply)
+        record.set_labels(semantic.model, semantic.nice, semantic.hosting)
+        result = await self.calls.semantic_embed(semantic, _timeout(request))
+        return json_api.semantic_embed_response(result)
 
     async def _batch_semantic_embed(self, request: Request, record: CallRecord) -> object:
         nice = _nice(request)
-        message = await self._read(
+        semantic = await self._read(
             request, lambda body: json_api.batch_semantic_embed_request(body, nice)
         )
-        reply = await self.calls.batch_semantic_embed(message, _timeout(request), record)
-        return json_api.batch_semantic_embed_response(reply)
+        record.set_labels(semantic.model, semantic.nice, semantic.hosting)
+        result = await self.calls.semantic_embed(semantic, _timeout(request))
+        return json_api.batch_semantic_embed_response(result)
 
     async def _tokenize(self, request: Request, record: CallRecord) -> object:
-        message = await self._read(request, json_api.tokenize_request)
-        return json_api.tokenize_response(await self.calls.tokenize(message, record))
+        body = await self._read(request, json_api.tokenize_request)
+        record.set_labels(body.model)
+        pieces, ids = await self.calls.tokenize(body.model, body.text)
+        return json_api.tokenize_response(body, pieces, ids)
 
     async def _detokenize(self, request: Request, record: CallRecord) -> object:
-        message = await self._read(request, json_api.detokenize_request)
-        return json_api.detokenize_response(await self.calls.detokenize(message, record))
+        body = await self._read(request, json_api.detokenize_request)
+        record.set_labels(body.model)
+        text = await self.calls.detokenize(body.model, body.token_ids)
+        return json_api.detokenize_response(text)
 
     async def _models_available(self, request: Request) -> Response:
         async def answer(record: CallRecord) -> object:
-            return [json_api.model_info(m) for m in self.calls.models_available().models]
+            return [json_api.model_info(m) for m in self.calls.models()]
 
         return await self._serve("ModelsAvailable", request, answer)
+
+    async def _model_versions(self, request: Request) -> Response:
+        """Every version the registry knows, of every model: loading, serving, failed (and why),
+        retired. Behind the bearer token, but not the serving state: it answers while starting
+        up (what is loading, what failed) and draining. Not a gRPC call: not counted as one."""
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        states = self.calls.engine.version_states()
+        return JSONResponse({"versions": json_api.version_states(states)})
 
     async def _tokenizer(self, request: Request) -> Response:
         model = request.path_params["model"]
 
         async def answer(record: CallRecord) -> object:
-            tokenizer = self.calls.tokenizer(model, record)
-            if tokenizer is None:
+            record.set_labels(model)
+            text = await self.calls.tokenizer_json(model)
+            if text is None:
                 raise NoTokenizer(model)
-            text: str = await asyncio.to_thread(tokenizer.to_str)
             return PlainTextResponse(text, media_type="application/json")
 
         return await self._serve("Tokenizer", request, answer)
@@ -196,18 +215,18 @@ class Gateway:
             return internal_error()
 
     async def _read(self, request: Request, reader: Callable[[object], M]) -> M:
-        """The body read into a protobuf request by `reader` (a json_api function)."""
+        """The body read into a domain request by `reader` (a json_api function)."""
         raw = await self._body(request)
         try:
             return reader(json_api.parse(raw))
         except LaminaError:
             raise
         except (ValueError, TypeError, OverflowError, RecursionError) as error:
-            # A shape the reader does not check yet (protobuf refusing a value, say): still the
-            # caller's to fix, not a server fault, but worth a line to make the reader check it.
+            # A shape the reader does not check yet: still the caller's to fix, not a server
+            # fault, but worth a line to make the reader check it.
             kind = type(error).__name__
             log.warning("%s: a body refused by %s: %.200s", request.url.path, kind, error)
-            raise InvalidArgument("body", f"could not be read ({kind})") from None
+            raise InvalidArgument(("body",), f"could not be read ({kind})") from None
 
     async def _body(self, request: Request) -> bytes:
         """The raw body, read no further than --max-message-mb."""
@@ -260,7 +279,7 @@ def _nice(request: Request) -> bool:
     if value is None:
         return False
     if value.lower() not in ("true", "false"):
-        raise InvalidArgument("nice", f"expected true or false, got {shown(value)}")
+        raise InvalidArgument(("nice",), f"expected true or false, got {shown(value)}")
     return value.lower() == "true"
 
 
@@ -273,7 +292,7 @@ def _timeout(request: Request) -> float | None:
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
-        raise InvalidArgument(TIMEOUT_HEADER, f"expected seconds > 0, got {shown(value)}")
+        raise InvalidArgument((TIMEOUT_HEADER,), f"expected seconds > 0, got {shown(value)}")
     return seconds
 
 
@@ -281,7 +300,7 @@ async def _http_error(request: Request, error: Exception) -> Response:
     """Starlette's own refusals (no such route, wrong method) in the same body."""
     assert isinstance(error, HTTPException)
     codes = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}
-    code = codes.get(error.status_code, ErrorCode.INVALID_ARGUMENT.value)
+    code = codes.get(error.status_code, INVALID_ARGUMENT)
     path = request.url.path
     named = path if len(path) <= 64 and path.isprintable() else shown(path)
     response = error_body(error.status_code, code, f"{named}: {error.detail}")

@@ -1,25 +1,34 @@
-"""Errors over HTTP: a domain error's gRPC status name becomes an HTTP status, the body is
-`{"error": message, "code": status name}` (api-reference.md), and retryable refusals say when to
-come back in Retry-After, which the official client honours."""
+"""Errors over HTTP: a domain error's neutral code becomes an HTTP status and the body
+`{"error": message, "code": name}` (api-reference.md: the names are gRPC's status names, so a
+caller reads one vocabulary over both edges), field paths are written as the JSON fields the
+caller sent, and retryable refusals say when to come back in Retry-After, which the official
+client honours."""
 
 from __future__ import annotations
 
-import re
-
 from starlette.responses import JSONResponse
 
-from lamina.server.errors import ErrorCode, InvalidArgument, LaminaError, shown
+from lamina.server.errors import (
+    ErrorCode,
+    FieldPath,
+    InvalidArgument,
+    LaminaError,
+    path_parts,
+    shown,
+)
 
+# Each neutral code's HTTP status and the name the body's `code` carries.
 HTTP_STATUS = {
-    ErrorCode.INVALID_ARGUMENT: 400,
-    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INVALID: (400, "INVALID_ARGUMENT"),
+    ErrorCode.NOT_FOUND: (404, "NOT_FOUND"),
     # The request cannot be served as asked (a hosting no pool honours): the caller's to change.
-    ErrorCode.FAILED_PRECONDITION: 400,
-    ErrorCode.RESOURCE_EXHAUSTED: 429,
-    ErrorCode.DEADLINE_EXCEEDED: 408,
-    ErrorCode.UNAVAILABLE: 503,
-    ErrorCode.INTERNAL: 500,
+    ErrorCode.UNSERVABLE: (400, "FAILED_PRECONDITION"),
+    ErrorCode.OVERLOADED: (429, "RESOURCE_EXHAUSTED"),
+    ErrorCode.DEADLINE: (408, "DEADLINE_EXCEEDED"),
+    ErrorCode.UNAVAILABLE: (503, "UNAVAILABLE"),
+    ErrorCode.INTERNAL: (500, "INTERNAL"),
 }
+INVALID_ARGUMENT = HTTP_STATUS[ErrorCode.INVALID][1]
 UNAUTHENTICATED = "UNAUTHENTICATED"  # raised by the gateway itself, never by the domain
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 # A caller's string quoted in an error message is cut short (errors.shown); a whole message, as a
@@ -28,16 +37,21 @@ MAX_MESSAGE_BYTES = 1024
 # Starting up or draining carries no estimate of its own: a second is the client's first backoff.
 UNAVAILABLE_RETRY_SECONDS = 1.0
 
-# Error paths below the api name protobuf fields (`prompt.items[0].text.controls[1].factor`); the
-# JSON prompt is a plain list of items with the item's fields (and an image's crop) inline.
-_ITEM = re.compile(r"\.items(\[\d+\])(?:\.(?:text|token_ids|image))?(?:\.crop)?")
-_ITEMS = re.compile(r"\.items$")
 
-
-def json_field(field: str) -> str:
-    """A field path as the HTTP caller wrote it: `prompt.items[0].text.data` -> `prompt[0].data`,
-    `prompts[2].items[0].image.crop` -> `prompts[2][0]`."""
-    return _ITEMS.sub("", _ITEM.sub(r"\1", field))
+def json_field(path: FieldPath) -> str:
+    """A field path as the HTTP caller wrote it: a JSON prompt is the plain list of its items,
+    each item's fields (an image's crop among them) inline beside its `type`:
+    ("prompt", 0, "text", "data") -> `prompt[0].data`, ("prompts", 2, 0, "image", "crop") ->
+    `prompts[2][0]`."""
+    text = ""
+    image = False  # the segment before is an image item's kind
+    for role, segment in path_parts(path):
+        if role in ("item", "index"):
+            text += f"[{segment}]"
+        elif role == "name" and not (image and segment == "crop"):
+            text += f".{segment}" if text else str(segment)
+        image = role == "kind" and segment == "image"
+    return text
 
 
 def _bounded(message: str) -> str:
@@ -54,7 +68,7 @@ class BodyTooLarge(LaminaError):
     """A body over --max-message-mb: RESOURCE_EXHAUSTED as an oversized gRPC message, but 413,
     as no retry can help it."""
 
-    code = ErrorCode.RESOURCE_EXHAUSTED
+    code = ErrorCode.OVERLOADED
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"body: {size} bytes or more, more than the limit of {limit}")
@@ -68,15 +82,16 @@ class NoTokenizer(LaminaError):
 
 
 def error_response(error: LaminaError) -> JSONResponse:
+    status, code = HTTP_STATUS[error.code]
     if isinstance(error, BodyTooLarge):
-        return error_body(413, error.code.value, error.message)
+        return error_body(413, code, error.message)
     message = error.message
     if isinstance(error, InvalidArgument):
         message = f"{json_field(error.field)}: {error.problem}"
     retry = error.retry_after_seconds
     if retry is None and error.code is ErrorCode.UNAVAILABLE:
         retry = UNAVAILABLE_RETRY_SECONDS
-    return error_body(HTTP_STATUS[error.code], error.code.value, message, retry)
+    return error_body(status, code, message, retry)
 
 
 def error_body(
@@ -94,4 +109,4 @@ def error_body(
 
 def internal_error() -> JSONResponse:
     """A bug of the server's own, in the same body; the details belong in the log."""
-    return error_body(500, ErrorCode.INTERNAL.value, INTERNAL_MESSAGE)
+    return error_body(500, HTTP_STATUS[ErrorCode.INTERNAL][1], INTERNAL_MESSAGE)

@@ -1,18 +1,17 @@
-"""The Aleph Alpha JSON shapes <-> Lamina's protobuf messages.
+"""The Aleph Alpha JSON shapes <-> domain objects: the HTTP edge's one conversion each way.
 
-Requests become the very messages a gRPC caller sends, so api/wire.py and the engine see one
-kind of request whichever edge it came through; replies are read back out of the protobuf replies.
-Only JSON types are checked here (every error names the field as the caller wrote it, e.g.
-`prompt[0].controls[1].factor`); what the values mean is checked below, as for gRPC.
+Reading a body checks its JSON types (every error names the field as the caller wrote it, e.g.
+`prompt[0].controls[1].factor`: gateway/errors.py renders the domain's field paths so) and asks the
+shared field rules (fields.py) what each value means, exactly as the gRPC edge does.
 
 JSON `null` means unset, exactly like a missing field. `nice` is not a body field: it comes from
 the query string (`?nice=true`), as the official client sends it.
 
-Whatever the body holds, reading it ends in a message or an InvalidArgument, never another
+Whatever the body holds, reading it ends in a domain request or an InvalidArgument, never another
 exception: bytes that are not UTF-8, JSON nested deeper than Python's parser goes, NaN and
 Infinity (which Python's json reads, JSON has not), lone surrogates (valid `\\ud800` escapes that
-no protobuf string can hold) and numbers beyond a field's protobuf range are all refused here, with
-the field named. Error messages quote a caller's strings cut short (`shown`).
+are no Unicode text) and numbers beyond a field's range (the API's integer widths) are all refused
+here, with the field named. Error messages quote a caller's strings cut short (`shown`).
 """
 
 from __future__ import annotations
@@ -22,11 +21,14 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
 
-from lamina.server.errors import InvalidArgument, shown
-from lamina.v1 import embed_pb2 as pb
+import numpy as np
+
+from lamina.server import domain, fields
+from lamina.server.errors import FieldPath, InvalidArgument, shown
 
 T = TypeVar("T")
 
@@ -71,20 +73,22 @@ def parse(raw: bytes) -> object:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise InvalidArgument(
-            "body", f"not valid UTF-8 (byte {error.object[error.start]:#04x} at {error.start})"
+            ("body",), f"not valid UTF-8 (byte {error.object[error.start]:#04x} at {error.start})"
         ) from None
     if _values(raw) > MAX_JSON_VALUES and _values(_STRING.sub(b'""', raw)) > MAX_JSON_VALUES:
-        raise InvalidArgument("body", f"more than {MAX_JSON_VALUES} JSON values")
+        raise InvalidArgument(("body",), f"more than {MAX_JSON_VALUES} JSON values")
     try:
         return json.loads(text, parse_constant=_Constant)
     except RecursionError:
-        raise InvalidArgument("body", "not valid JSON (nested too deeply)") from None
+        raise InvalidArgument(("body",), "not valid JSON (nested too deeply)") from None
     except json.JSONDecodeError as error:
         where = f"line {error.lineno} column {error.colno} (char {error.pos})"
-        raise InvalidArgument("body", f"not valid JSON ({error.msg}: {where})") from None
+        raise InvalidArgument(("body",), f"not valid JSON ({error.msg}: {where})") from None
     except ValueError:
         # The one other failure of json.loads: an integer of more than sys.int_info's digits.
-        raise InvalidArgument("body", "not valid JSON (an integer with too many digits)") from None
+        raise InvalidArgument(
+            ("body",), "not valid JSON (an integer with too many digits)"
+        ) from None
 
 
 def _values(raw: bytes) -> int:
@@ -97,9 +101,9 @@ def _values(raw: bytes) -> int:
 class _Object:
     """A JSON object at a field path; each accessor returns None for a missing or null field."""
 
-    def __init__(self, value: object, path: str, fields: tuple[str, ...]) -> None:
+    def __init__(self, value: object, path: FieldPath, fields: tuple[str, ...]) -> None:
         if not isinstance(value, dict):
-            raise InvalidArgument(path or "body", f"expected a JSON object, got {_kind(value)}")
+            raise InvalidArgument(path or ("body",), f"expected a JSON object, got {_kind(value)}")
         self.path = path
         known = {*fields, *IGNORED_FIELDS}
         unknown = [key for key in value if key not in known]
@@ -110,12 +114,12 @@ class _Object:
             )
         self.values: Mapping[str, object] = value
 
-    def _at(self, key: str) -> str:
+    def _at(self, key: str) -> FieldPath:
         """The path of a key; one that is no plain name (a caller's unknown key) quoted, cut."""
         name = key if key.isidentifier() and len(key) <= 64 else shown(key)
-        return f"{self.path}.{name}" if self.path else name
+        return (*self.path, name)
 
-    def _get(self, key: str, check: Callable[[object, str], T]) -> T | None:
+    def _get(self, key: str, check: Callable[[object, FieldPath], T]) -> T | None:
         value = self.values.get(key)
         return None if value is None else check(value, self._at(key))
 
@@ -139,10 +143,10 @@ class _Object:
             return values  # type: ignore[return-value]
         return self.list(key, lambda value, path: _integer(value, path, bounds))
 
-    def list(self, key: str, item: Callable[[object, str], T]) -> list[T]:
+    def list(self, key: str, item: Callable[[object, FieldPath], T]) -> list[T]:
         values = self._get(key, _list) or []
         path = self._at(key)
-        return [item(value, f"{path}[{i}]") for i, value in enumerate(values)]
+        return [item(value, (*path, i)) for i, value in enumerate(values)]
 
     def object(self, key: str, fields: tuple[str, ...]) -> _Object | None:
         value = self.values.get(key)
@@ -165,7 +169,7 @@ def _kind(value: object) -> str:
     return "a list" if isinstance(value, list) else "an object"
 
 
-def _string(value: object, path: str) -> str:
+def _string(value: object, path: FieldPath) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(path, f"expected a string, got {_kind(value)}")
     if not value.isascii():
@@ -180,13 +184,13 @@ def _string(value: object, path: str) -> str:
     return value
 
 
-def _bool(value: object, path: str) -> bool:
+def _bool(value: object, path: FieldPath) -> bool:
     if not isinstance(value, bool):
         raise InvalidArgument(path, f"expected true or false, got {_kind(value)}")
     return value
 
 
-def _integer(value: object, path: str, bounds: tuple[int, int]) -> int:
+def _integer(value: object, path: FieldPath, bounds: tuple[int, int]) -> int:
     # JSON has one number type: 3.0 is the integer 3, 3.5 is not an integer.
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -200,7 +204,7 @@ def _integer(value: object, path: str, bounds: tuple[int, int]) -> int:
     return value
 
 
-def _number(value: object, path: str) -> float:
+def _number(value: object, path: FieldPath) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(path, f"expected a number, got {_kind(value)}")
     try:
@@ -212,7 +216,7 @@ def _number(value: object, path: str) -> float:
     return number
 
 
-def _list(value: object, path: str) -> list[object]:
+def _list(value: object, path: FieldPath) -> list[object]:
     if not isinstance(value, list):
         raise InvalidArgument(path, f"expected a list, got {_kind(value)}")
     return value
@@ -222,169 +226,217 @@ def _list(value: object, path: str) -> list[object]:
 # Requests
 
 
-def embed_request(body: object, nice: bool) -> pb.EmbedRequest:
-    fields = (*_EMBEDDING_FIELDS, "prompt", "layers", "pooling", "tokens", "type")
-    o = _Object(body, "", fields)
-    request = pb.EmbedRequest(
-        prompt=_prompt(o.values.get("prompt"), "prompt"),
-        layers=o.integers("layers", INT32),
-        pooling=o.list("pooling", _string),
+@dataclass(frozen=True)
+class TokenizeBody:
+    model: str
+    text: str
+    tokens: bool  # answer the pieces
+    token_ids: bool  # answer the ids
+
+
+@dataclass(frozen=True)
+class DetokenizeBody:
+    model: str
+    token_ids: list[int]
+
+
+def embed_request(body: object, nice: bool) -> domain.EmbedRequest:
+    # Every JSON type first, then what the values mean, in the gRPC edge's order.
+    o = _Object(body, (), (*_EMBEDDING_FIELDS, "prompt", "layers", "pooling", "tokens", "type"))
+    prompt = _prompt(o.values.get("prompt"), ("prompt",))
+    layers = tuple(o.integers("layers", INT32))
+    pooling = o.list("pooling", _string)
+    tokens = bool(o.bool("tokens"))
+    o.string("type")  # sent by the official client; one kind of embedding only
+    common = _common(o)
+    return domain.EmbedRequest(
+        model=fields.model(common.model),
+        prompt=_nonempty(prompt, ("prompt",)),
+        layers=layers,
+        pooling=tuple(fields.pooling(name, i) for i, name in enumerate(pooling)),
+        normalize=bool(common.normalize),
+        tokens=tokens,
+        hosting=fields.hosting(common.hosting),
         nice=nice,
+        contextual_control_threshold=fields.threshold(common.threshold),
+        control_log_additive=common.control_log_additive,
     )
-    _set(request, "tokens", o.bool("tokens"))
-    _set(request, "type", o.string("type"))
-    _common(o, request)
-    return request
 
 
-def semantic_embed_request(body: object, nice: bool) -> pb.SemanticEmbedRequest:
-    o = _Object(body, "", (*_SEMANTIC_FIELDS, "prompt"))
-    request = pb.SemanticEmbedRequest(prompt=_prompt(o.values.get("prompt"), "prompt"), nice=nice)
-    _semantic(o, request)
-    return request
+def semantic_embed_request(body: object, nice: bool) -> domain.SemanticEmbedRequest:
+    o = _Object(body, (), (*_SEMANTIC_FIELDS, "prompt"))
+    prompt = _prompt(o.values.get("prompt"), ("prompt",))
+    return _semantic(o, [prompt], nice, batch=False)
 
 
-def batch_semantic_embed_request(body: object, nice: bool) -> pb.BatchSemanticEmbedRequest:
-    o = _Object(body, "", (*_SEMANTIC_FIELDS, "prompts"))
-    request = pb.BatchSemanticEmbedRequest(
-        prompts=o.list("prompts", lambda v, p: _prompt(v, p) or pb.Prompt()), nice=nice
-    )
-    _semantic(o, request)
-    return request
+def batch_semantic_embed_request(body: object, nice: bool) -> domain.SemanticEmbedRequest:
+    o = _Object(body, (), (*_SEMANTIC_FIELDS, "prompts"))
+    return _semantic(o, o.list("prompts", _prompt), nice, batch=True)
 
 
-def tokenize_request(body: object) -> pb.TokenizeRequest:
-    o = _Object(body, "", ("model", "prompt", "tokens", "token_ids"))
-    return pb.TokenizeRequest(
+def tokenize_request(body: object) -> TokenizeBody:
+    o = _Object(body, (), ("model", "prompt", "tokens", "token_ids"))
+    return TokenizeBody(
         model=o.string("model") or "",
-        prompt=o.string("prompt") or "",
+        text=o.string("prompt") or "",
         tokens=bool(o.bool("tokens")),
         token_ids=bool(o.bool("token_ids")),
     )
 
 
-def detokenize_request(body: object) -> pb.DetokenizeRequest:
-    o = _Object(body, "", ("model", "token_ids"))
-    return pb.DetokenizeRequest(
-        model=o.string("model") or "",
-        token_ids=o.integers("token_ids", INT64),
+def detokenize_request(body: object) -> DetokenizeBody:
+    o = _Object(body, (), ("model", "token_ids"))
+    return DetokenizeBody(model=o.string("model") or "", token_ids=o.integers("token_ids", INT64))
+
+
+@dataclass(frozen=True)
+class _Common:
+    """The fields every embedding request has, as JSON typed them."""
+
+    model: str
+    hosting: str | None
+    normalize: bool | None
+    threshold: float | None
+    control_log_additive: bool
+
+
+def _common(o: _Object) -> _Common:
+    model = o.string("model") or ""
+    hosting = o.string("hosting")
+    normalize = o.bool("normalize")
+    threshold = o.number("contextual_control_threshold")
+    log_additive = o.bool("control_log_additive")
+    # Unset means true (api-reference.md).
+    log_additive = True if log_additive is None else log_additive
+    return _Common(model, hosting, normalize, threshold, log_additive)
+
+
+def _semantic(
+    o: _Object,
+    prompts: list[tuple[domain.PromptItem, ...] | None],
+    nice: bool,
+    *,
+    batch: bool,
+) -> domain.SemanticEmbedRequest:
+    representation = o.string("representation") or ""
+    compress = o.integer("compress_to_size", UINT32)
+    common = _common(o)
+    model = fields.model(common.model)
+    if batch:
+        fields.batch_size(len(prompts))
+    paths: list[FieldPath] = (
+        [("prompts", i) for i in range(len(prompts))] if batch else [("prompt",)]
+    )
+    return domain.SemanticEmbedRequest(
+        model=model,
+        prompts=tuple(_nonempty(p, path) for p, path in zip(prompts, paths, strict=True)),
+        representation=fields.representation(representation),
+        batch=batch,
+        compress_to_size=fields.compress_to_size(compress),
+        normalize=common.normalize,  # unset: the model's own default
+        hosting=fields.hosting(common.hosting),
+        nice=nice,
+        contextual_control_threshold=fields.threshold(common.threshold),
+        control_log_additive=common.control_log_additive,
     )
 
 
-def _semantic(o: _Object, request: pb.SemanticEmbedRequest | pb.BatchSemanticEmbedRequest) -> None:
-    request.representation = o.string("representation") or ""
-    _set(request, "compress_to_size", o.integer("compress_to_size", UINT32))
-    _common(o, request)
-
-
-def _common(
-    o: _Object, request: pb.EmbedRequest | pb.SemanticEmbedRequest | pb.BatchSemanticEmbedRequest
-) -> None:
-    request.model = o.string("model") or ""
-    _set(request, "hosting", o.string("hosting"))
-    _set(request, "normalize", o.bool("normalize"))
-    _set(request, "contextual_control_threshold", o.number("contextual_control_threshold"))
-    _set(request, "control_log_additive", o.bool("control_log_additive"))
-
-
-def _set(message: Any, field: str, value: object) -> None:
-    """Sets an optional field only when given: unset keeps its own meaning."""
-    if value is not None:
-        setattr(message, field, value)
-
-
-def _prompt(value: object, path: str) -> pb.Prompt | None:
-    """A plain string is one text item; otherwise a list of typed items."""
+def _prompt(value: object, path: FieldPath) -> tuple[domain.PromptItem, ...] | None:
+    """A plain string is one text item; otherwise a list of typed items. None when unset."""
     if value is None:
         return None
     if isinstance(value, str):
-        return pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data=_string(value, path)))])
+        return (domain.TextItem(data=_string(value, path)),)
     items = _list(value, path)
-    return pb.Prompt(items=[_item(item, f"{path}[{i}]") for i, item in enumerate(items)])
+    return tuple(_item(item, (*path, i)) for i, item in enumerate(items))
 
 
-def _item(value: object, path: str) -> pb.PromptItem:
+def _nonempty(
+    prompt: tuple[domain.PromptItem, ...] | None, path: FieldPath
+) -> tuple[domain.PromptItem, ...]:
+    if not prompt:
+        raise InvalidArgument(path, fields.EMPTY_PROMPT)
+    return prompt
+
+
+def _item(value: object, path: FieldPath) -> domain.PromptItem:
     kind = _Object(value, path, ("type", "data", "controls", "x", "y", "size")).string("type")
     if kind == "text":
-        o = _Object(value, path, ("type", "data", "controls"))
-        return pb.PromptItem(
-            text=pb.TextItem(
-                data=o.string("data") or "", controls=o.list("controls", _text_control)
-            )
+        o = _Object(value, (*path, "text"), ("type", "data", "controls"))
+        return domain.TextItem(
+            data=o.string("data") or "", controls=tuple(o.list("controls", _text_control))
         )
     if kind == "token_ids":
-        o = _Object(value, path, ("type", "data", "controls"))
-        return pb.PromptItem(
-            token_ids=pb.TokenIdsItem(
-                data=o.integers("data", INT64),
-                controls=o.list("controls", _token_control),
-            )
+        o = _Object(value, (*path, "token_ids"), ("type", "data", "controls"))
+        return domain.TokenIdsItem(
+            data=tuple(o.integers("data", INT64)),
+            controls=tuple(o.list("controls", _token_control)),
         )
     if kind == "image":
-        o = _Object(value, path, ("type", "data", "controls", "x", "y", "size"))
-        image = pb.ImageItem(
-            data=_base64(o.string("data") or "", f"{path}.data"),
-            controls=o.list("controls", _image_control),
+        o = _Object(value, (*path, "image"), ("type", "data", "controls", "x", "y", "size"))
+        data = _base64(o.string("data") or "", (*path, "image", "data"))
+        controls = tuple(o.list("controls", _image_control))
+        x, y, size = (o.integer(name, UINT32) for name in ("x", "y", "size"))
+        given = any(v is not None for v in (x, y, size))
+        return domain.ImageItem(
+            data=data,
+            crop=fields.crop(x, y, size, (*path, "image", "crop")) if given else None,
+            controls=controls,
         )
-        corner = {name: o.integer(name, UINT32) for name in ("x", "y", "size")}
-        if any(v is not None for v in corner.values()):
-            # Partial crops reach convert.py, which names what is missing.
-            image.crop.SetInParent()
-            for name, number in corner.items():
-                _set(image.crop, name, number)
-        return pb.PromptItem(image=image)
     named = "None" if kind is None else shown(kind)
     raise InvalidArgument(
-        f"{path}.type", f"unknown item type {named}; expected text, image or token_ids"
+        (*path, "type"), f"unknown item type {named}; expected text, image or token_ids"
     )
 
 
-def _base64(text: str, path: str) -> bytes:
+def _base64(text: str, path: FieldPath) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidArgument(path, "not valid base64") from None
 
 
-def _text_control(value: object, path: str) -> pb.TextControl:
+def _text_control(value: object, path: FieldPath) -> domain.TextControl:
     o = _Object(value, path, ("start", "length", "factor", "token_overlap"))
-    control = pb.TextControl(
-        start=o.integer("start", UINT32) or 0,
-        length=o.integer("length", UINT32) or 0,
-        factor=_required(o.number("factor"), f"{path}.factor"),
+    start = o.integer("start", UINT32) or 0
+    length = o.integer("length", UINT32) or 0
+    factor = _required(o.number("factor"), (*path, "factor"))
+    overlap = o.string("token_overlap")
+    return domain.TextControl(
+        start=start,
+        length=length,
+        factor=fields.factor(factor, (*path, "factor")),
+        token_overlap=fields.token_overlap(overlap, (*path, "token_overlap")),
     )
-    _set(control, "token_overlap", o.string("token_overlap"))
-    return control
 
 
-def _token_control(value: object, path: str) -> pb.TokenControl:
+def _token_control(value: object, path: FieldPath) -> domain.TokenControl:
     o = _Object(value, path, ("index", "factor"))
-    return pb.TokenControl(
-        index=o.integer("index", UINT32) or 0,
-        factor=_required(o.number("factor"), f"{path}.factor"),
-    )
+    index = o.integer("index", UINT32) or 0
+    factor = _required(o.number("factor"), (*path, "factor"))
+    return domain.TokenControl(index=index, factor=fields.factor(factor, (*path, "factor")))
 
 
-def _image_control(value: object, path: str) -> pb.ImageControl:
+def _image_control(value: object, path: FieldPath) -> domain.ImageControl:
     o = _Object(value, path, ("rect", "factor", "token_overlap"))
     rect = o.object("rect", ("left", "top", "width", "height"))
     if rect is None:
-        raise InvalidArgument(f"{path}.rect", "required: left, top, width and height in 0..1")
-    control = pb.ImageControl(
-        rect=pb.Rect(
-            left=_required(rect.number("left"), f"{path}.rect.left"),
-            top=_required(rect.number("top"), f"{path}.rect.top"),
-            width=_required(rect.number("width"), f"{path}.rect.width"),
-            height=_required(rect.number("height"), f"{path}.rect.height"),
-        ),
-        factor=_required(o.number("factor"), f"{path}.factor"),
+        raise InvalidArgument((*path, "rect"), "required: left, top, width and height in 0..1")
+    corners = [
+        _required(rect.number(name), (*path, "rect", name))
+        for name in ("left", "top", "width", "height")
+    ]
+    factor = _required(o.number("factor"), (*path, "factor"))
+    overlap = o.string("token_overlap")
+    return domain.ImageControl(
+        rect=domain.Rect(*corners),
+        factor=fields.factor(factor, (*path, "factor")),
+        token_overlap=fields.token_overlap(overlap, (*path, "token_overlap")),
     )
-    _set(control, "token_overlap", o.string("token_overlap"))
-    return control
 
 
-def _required(value: T | None, path: str) -> T:
-    # Where protobuf's zero would be a silent, different request (factor 0 masks), say so.
+def _required(value: T | None, path: FieldPath) -> T:
+    # Where a default would be a silent, different request (factor 0 masks), say so.
     if value is None:
         raise InvalidArgument(path, "required")
     return value
@@ -394,66 +446,73 @@ def _required(value: T | None, path: str) -> T:
 # Replies
 
 
-def embed_response(reply: pb.EmbedResponse) -> dict[str, object]:
+def _floats(vector: np.ndarray) -> list[float]:
+    # float32, as the gRPC reply carries them: the two edges answer the same numbers.
+    return np.asarray(vector, dtype=np.float32).tolist()  # type: ignore[no-any-return]
+
+
+def embed_response(result: domain.EmbedResult) -> dict[str, object]:
+    embeddings = {
+        f"layer_{layer}": {pooling.value: _floats(v) for pooling, v in vectors.items()}
+        for layer, vectors in result.embeddings.items()
+    }
     return {
-        "model_version": reply.model_version,
-        "embeddings": {
-            layer: {pooling: list(vector.values) for pooling, vector in entry.pooling.items()}
-            for layer, entry in sorted(reply.embeddings.items())
-        },
-        "tokens": list(reply.tokens.tokens) if reply.HasField("tokens") else None,
-        "num_tokens_prompt_total": reply.num_tokens_prompt_total,
-        "timing": _timing(reply.timing),
+        "model_version": result.model_version,
+        "embeddings": dict(sorted(embeddings.items())),
+        "tokens": None if result.tokens is None else list(result.tokens),
+        "num_tokens_prompt_total": result.num_tokens_prompt_total,
+        "timing": _timing(result.timing),
     }
 
 
-def semantic_embed_response(reply: pb.SemanticEmbedResponse) -> dict[str, object]:
+def semantic_embed_response(result: domain.SemanticEmbedResult) -> dict[str, object]:
+    (embedding,) = result.embeddings
     return {
-        "model_version": reply.model_version,
-        "embedding": list(reply.embedding),
-        "num_tokens_prompt_total": reply.num_tokens_prompt_total,
-        "timing": _timing(reply.timing),
+        "model_version": result.model_version,
+        "embedding": _floats(embedding),
+        "num_tokens_prompt_total": result.num_tokens_prompt_total,
+        "timing": _timing(result.timing),
     }
 
 
-def batch_semantic_embed_response(reply: pb.BatchSemanticEmbedResponse) -> dict[str, object]:
+def batch_semantic_embed_response(result: domain.SemanticEmbedResult) -> dict[str, object]:
     return {
-        "model_version": reply.model_version,
-        "embeddings": [list(vector.values) for vector in reply.embeddings],
-        "num_tokens_prompt_total": reply.num_tokens_prompt_total,
-        "timing": _timing(reply.timing),
+        "model_version": result.model_version,
+        "embeddings": [_floats(e) for e in result.embeddings],
+        "num_tokens_prompt_total": result.num_tokens_prompt_total,
+        "timing": _timing(result.timing),
     }
 
 
-def tokenize_response(reply: pb.TokenizeResponse) -> dict[str, object]:
+def tokenize_response(body: TokenizeBody, pieces: list[str], ids: list[int]) -> dict[str, object]:
     # null, not [], for what was not asked for: an empty list would be an (empty) answer.
     return {
-        "tokens": list(reply.tokens.tokens) if reply.HasField("tokens") else None,
-        "token_ids": list(reply.token_ids.ids) if reply.HasField("token_ids") else None,
+        "tokens": pieces if body.tokens else None,
+        "token_ids": ids if body.token_ids else None,
     }
 
 
-def detokenize_response(reply: pb.DetokenizeResponse) -> dict[str, object]:
-    return {"result": reply.result}
+def detokenize_response(text: str) -> dict[str, object]:
+    return {"result": text}
 
 
-def model_info(info: pb.ModelInfo) -> dict[str, object]:
-    return {
-        "name": info.name,
-        "description": info.description,
-        "max_context_size": info.max_context_size,
-        "hostings": list(info.hostings),
-        "image_support": info.image_support,
-        "embedding_types": list(info.embedding_types),
-        "version": info.version,
-        "num_layers": info.num_layers,
-        "hidden_size": info.hidden_size,
-        "architecture": info.architecture,
-        "untrained": info.untrained,
-    }
+def model_info(model: domain.ModelDescription) -> dict[str, object]:
+    versions = [
+        {"version": s.version, "state": s.state.value, "reason": s.reason} for s in model.versions
+    ]
+    return {**model.api_fields(), "versions": versions}
 
 
-def _timing(timing: pb.RequestTiming) -> dict[str, float]:
+def version_states(states: Iterable[domain.ModelVersionState]) -> list[dict[str, object]]:
+    """GET /model_versions: every version the registry knows, of every model (reason null but
+    for a failed version, or a serving one whose changed files failed)."""
+    return [
+        {"model": s.model, "version": s.version, "state": s.state.value, "reason": s.reason}
+        for s in states
+    ]
+
+
+def _timing(timing: domain.Timing) -> dict[str, float]:
     return {
         "queue_seconds": timing.queue_seconds,
         "tokenization_seconds": timing.tokenization_seconds,

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from lamina.server.errors import ErrorCode
+from lamina.server.gateway.errors import HTTP_STATUS
 from lamina.server.security import ServingCertificate
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class _GuardedProtocol(H11Protocol):
             transport.write(
                 _answer(
                     503,
-                    ErrorCode.UNAVAILABLE.value,
+                    HTTP_STATUS[ErrorCode.UNAVAILABLE][1],
                     f"the HTTP gateway has {len(self.connections)} connections open, its most; "
                     "try again later",
                     retry_after_seconds=1,
@@ -205,7 +206,7 @@ class _GuardedProtocol(H11Protocol):
             return
         log.debug("closing an HTTP connection: its request %s took over %s s", part, seconds)
         message = f"the request {part} did not arrive within {seconds:g} s"
-        self._end(_answer(408, ErrorCode.DEADLINE_EXCEEDED.value, message))
+        self._end(_answer(*HTTP_STATUS[ErrorCode.DEADLINE], message))
 
     # -- a caller that does not read its answer ------------------------------------------------
 
@@ -237,7 +238,7 @@ class _GuardedProtocol(H11Protocol):
         """Called by uvicorn for anything h11 refuses: the gateway's body, and closed."""
         refusal = self.conn.refusal or "not HTTP/1.1"
         message = f"the request could not be read: {refusal}"
-        self._end(_answer(400, ErrorCode.INVALID_ARGUMENT.value, message))
+        self._end(_answer(*HTTP_STATUS[ErrorCode.INVALID], message))
 
     def _end(self, answer: bytes) -> None:
         """Answer (unless the app has begun answering the request whose body this is) and

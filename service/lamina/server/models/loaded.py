@@ -10,29 +10,24 @@ from __future__ import annotations
 
 import io
 import math
-import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 from tokenizers import Tokenizer
 
-from lamina.server.errors import InvalidArgument
+from lamina.server.errors import FieldPath, InvalidArgument
 from lamina.server.images import ImageSpec
 from lamina.server.prompt import PromptEncoder
+from lamina.server.repository.external_data import external_data
 from lamina.server.repository.files import read_file
 from lamina.server.repository.layout import VersionDir
 from lamina.server.repository.manifest import Manifest
 from lamina.server.repository.tokenizer_file import plain_tokenizer
 from lamina.server.runtime.device import Providers
 from lamina.server.runtime.session import HiddenStateSession
-
-# The serialized form of an external-data entry's key, `location`: a graph without these bytes
-# names no external data, and is handed to ONNX Runtime without being parsed here.
-_EXTERNAL_DATA_MARK = b"\x0a\x08location"
 
 
 @dataclass(frozen=True)
@@ -64,8 +59,8 @@ class VersionContents:
                     embeddings = _token_embeddings(data, manifest)
         with _reading(manifest.graph):
             graph = read_file(directory / manifest.graph)
-            external_data = _external_data(graph, directory)
-        return VersionContents(manifest, tokenizer, embeddings, graph, external_data)
+            files = external_data(graph, directory)
+        return VersionContents(manifest, tokenizer, embeddings, graph, files)
 
     def prompts(self, name: str) -> PromptEncoder:
         manifest, image = self.manifest, self.manifest.image
@@ -125,66 +120,6 @@ def _token_embeddings(data: bytes, manifest: Manifest) -> np.ndarray:
     return array
 
 
-def _external_data(graph: bytes, directory: Path) -> dict[str, bytes]:
-    """The external-data files a graph names, read into memory: ONNX Runtime would map them
-    (and then a file truncated on disk kills the process), or, for a graph given as bytes,
-    look for them in the working directory."""
-    if _EXTERNAL_DATA_MARK not in graph:
-        return {}
-    model = onnx.load_model_from_string(graph)
-    files: dict[str, bytes] = {}
-    for tensor in _tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        if location in files:
-            continue
-        normal = posixpath.normpath(location)
-        if (
-            not location
-            or "\\" in location
-            or posixpath.isabs(normal)
-            or normal == "."
-            or normal.split("/")[0] == ".."
-        ):
-            raise ValueError(
-                f"tensor {tensor.name!r}: external data {location!r} is not a file inside the "
-                "version folder"
-            )
-        files[location] = read_file(directory / normal)
-    return files
-
-
-def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of the model that can hold data: initializers, sparse ones, and attribute
-    values, in the main graph, its subgraphs and the model's functions."""
-
-    def of_nodes(nodes: list[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
-        for node in nodes:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
-                for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors):
-                    yield sparse.values
-                    yield sparse.indices
-                if attribute.HasField("g"):
-                    yield from of_graph(attribute.g)
-                for graph in attribute.graphs:
-                    yield from of_graph(graph)
-
-    def of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
-        yield from of_nodes(list(graph.node))
-
-    yield from of_graph(model.graph)
-    for function in model.functions:
-        yield from of_nodes(list(function.node))
-
-
 @dataclass(frozen=True)
 class LoadedModel:
     name: str
@@ -223,7 +158,7 @@ class LoadedModel:
     def model_version(self) -> str:
         return f"{self.name}@{self.version}"
 
-    def absolute_layer(self, layer: int, field: str) -> int:
+    def absolute_layer(self, layer: int, field: FieldPath) -> int:
         """0..num_layers as is; -1 is the last block, -num_layers-1 the embedding output."""
         blocks = self.manifest.num_layers
         if not -(blocks + 1) <= layer <= blocks:

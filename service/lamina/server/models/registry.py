@@ -13,16 +13,29 @@ change counts for nothing: what serves is always one state of the files.
 
 Nothing on disk makes `refresh` raise: a bad entry is skipped, a bad version rejected, each with
 its reason logged once (not on every scan).
+
+What the registry knows is ONE table, a row per (model, version) (`VersionRow`): "loading" while
+it is read (or waits for its files to settle; a version whose files changed while it loaded stays
+"loading" and is tried again next scan), "serving", "failed" with its reason, and "retired" once a
+newer version took over (kept, without its loaded copy, as long as its folder is there). A row
+remembers the files that failed to load (`rejected`), which are not tried again until they change.
+The serving version's changed files are a candidate loaded beside it: its row stays "serving"
+throughout, and if they fail it keeps serving with `reason` saying so. A version whose folder is
+gone drops out of the table unless it serves. `refresh` runs on a worker thread while the event
+loop reads: the table is never changed in place; each change publishes a new one (`_Table`),
+so every read sees one whole state, and `serving(name)` is one dict lookup.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lamina.server.domain import ModelVersionState, VersionState
 from lamina.server.models.inference import run_batch
 from lamina.server.models.loaded import LoadedModel, VersionContents
 from lamina.server.prompt import PromptEncoder
@@ -39,6 +52,8 @@ log = logging.getLogger(__name__)
 _FATAL = (KeyboardInterrupt, SystemExit)
 # Files changed more recently than this are waited for before they are read (see _settled).
 SETTLE_SECONDS = 1.0
+# A failure's reason as the table keeps it (the log has it whole): error texts can be long.
+MAX_REASON_CHARS = 2000
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,13 +91,39 @@ class ModelVersion:
         return run_batch(self.per_pool[pool], jobs)
 
 
-@dataclass(frozen=True)
-class _Serving:
-    """What a model serves now, and the files it was loaded from."""
+@dataclass(frozen=True, eq=False)
+class VersionRow:
+    """What the registry knows of one version folder. Replaced, never changed."""
 
-    version: int
+    state: VersionState
     path: Path
+    # The files it serves (or served) from, failed to load from, or is loading.
     stamp: FileStamp
+    reason: str | None = None  # see ModelVersionState.reason
+    loaded: ModelVersion | None = None  # the copy that serves: set exactly while serving
+    # Files that failed to load (a failed version's, or a serving version's changed files): not
+    # tried again until they change.
+    rejected: FileStamp | None = None
+
+    def __post_init__(self) -> None:
+        if (self.loaded is not None) != (self.state is VersionState.SERVING):
+            raise ValueError(f"a {self.state} row with{'' if self.loaded else 'out'} a loaded copy")
+
+
+Key = tuple[str, int]  # (model name, version)
+
+
+class _Table:
+    """One published state of the registry: its rows in (name, version) order, and the serving
+    version of each model derived from them. Never changed once published."""
+
+    __slots__ = ("rows", "serving")
+
+    def __init__(self, rows: Mapping[Key, VersionRow]) -> None:
+        self.rows: dict[Key, VersionRow] = dict(sorted(rows.items()))
+        self.serving: dict[str, ModelVersion] = {
+            name: row.loaded for (name, _), row in self.rows.items() if row.loaded is not None
+        }
 
 
 class ModelRegistry:
@@ -98,10 +139,52 @@ class ModelRegistry:
         self.pools = tuple(pools)
         self._on_reject = on_reject
         self.settle_seconds = settle_seconds
-        self._serving: dict[str, _Serving] = {}
-        self._rejected: dict[Path, FileStamp] = {}
+        self._table = _Table({})
+        self._writing = threading.Lock()  # one change at a time (refresh is the only writer)
         # Problems of the last scan, each logged when it first appeared.
         self._problems: set[tuple[str, str]] = set()
+
+    # -- reading (any thread; each call reads one published table) ------------------------------
+
+    def serving(self, name: str) -> ModelVersion | None:
+        """The version of `name` that serves; None if none does."""
+        return self._table.serving.get(name)
+
+    def served(self) -> dict[str, ModelVersion]:
+        """Every model that serves, in name order, with its serving version."""
+        return dict(self._table.serving)
+
+    def serving_names(self) -> list[str]:
+        return list(self._table.serving)  # in name order
+
+    def states(self, name: str | None = None) -> list[ModelVersionState]:
+        """Every version the registry knows (of `name` only, if given), by name then version."""
+        return [
+            ModelVersionState(model, version, row.state, row.reason)
+            for (model, version), row in self._table.rows.items()
+            if name is None or model == name
+        ]
+
+    def row(self, name: str, version: int) -> VersionRow | None:
+        return self._table.rows.get((name, version))
+
+    # -- refreshing (one thread at a time) ------------------------------------------------------
+
+    def _publish(
+        self,
+        put: Mapping[Key, VersionRow] | None = None,
+        keep: Callable[[Key, VersionRow], bool] | None = None,
+    ) -> None:
+        """A new table: this one's rows that `keep` keeps (all by default), and `put` over them.
+        The readers see the old table or the new one, never a row half-written."""
+        with self._writing:
+            old = self._table.rows
+            rows = {k: r for k, r in old.items() if keep is None or keep(k, r)}
+            if put:
+                rows.update(put)
+            elif len(rows) == len(old):
+                return  # nothing changed
+            self._table = _Table(rows)
 
     def refresh(self) -> list[ModelVersion]:
         """Load what is newer than what serves, or what serves if its files changed; returns the
@@ -132,25 +215,31 @@ class ModelRegistry:
             if loaded is not None:
                 changed.append(loaded)
         self._problems = problems
-        listed = {v.path for versions in listing.values() for v in versions}
-        self._rejected = {p: s for p, s in self._rejected.items() if p in listed}
+        listed = {(name, v.version) for name, versions in listing.items() for v in versions}
+        self._publish(keep=lambda key, row: key in listed or row.state is VersionState.SERVING)
         return changed
 
     def _refresh_model(
         self, name: str, versions: list[VersionDir], problem: Callable[[Path, str], None]
     ) -> ModelVersion | None:
-        serving = self._serving.get(name)
+        serving_key, serving = self._serving_row(name)
         for entry in reversed(versions):
-            if serving is not None and entry.version < serving.version:
+            if serving is not None and entry.version < serving_key[1]:
                 break
+            key = (name, entry.version)
+            row = self._table.rows.get(key)
             stamp = version_stamp(entry.path)
-            replacing = serving is not None and entry.version == serving.version
+            replacing = serving is not None and key == serving_key
             if serving is not None and replacing and stamp == serving.stamp:
                 break  # what serves is what is on disk
-            if self._rejected.get(entry.path) == stamp:
+            if row is not None and row.rejected == stamp:
                 if replacing:
                     break  # its changed files failed; the loaded copy keeps serving
                 continue
+            if not replacing:  # a serving version's row keeps serving while its files load
+                rejected = None if row is None else row.rejected  # still not tried again
+                loading = VersionRow(VersionState.LOADING, entry.path, stamp, rejected=rejected)
+                self._publish({key: loading})
             settled = self._settled(entry.path, stamp)
             if settled is None:  # still being written: looked at again next scan
                 if replacing:
@@ -167,15 +256,26 @@ class ModelRegistry:
                     if replacing:
                         break
                     continue
+                reason = f"{type(error).__name__}: {error}"
                 log.error(
                     "rejected %s version %d (%r)%s: %s",
                     name,
                     entry.version,
                     str(entry.path),
                     "; the copy loaded before keeps serving" if replacing else "",
-                    f"{type(error).__name__}: {error}",
+                    reason,
                 )
-                self._rejected[entry.path] = stamp
+                if serving is not None and replacing:
+                    failed = replace(
+                        serving,
+                        reason=_shortened(f"its changed files failed to load: {reason}"),
+                        rejected=stamp,
+                    )
+                else:
+                    failed = VersionRow(
+                        VersionState.FAILED, entry.path, stamp, _shortened(reason), rejected=stamp
+                    )
+                self._publish({key: failed})
                 self._report_reject(name)
                 if replacing:
                     break
@@ -186,8 +286,7 @@ class ModelRegistry:
                 if replacing:
                     break
                 continue
-            self._serving[name] = _Serving(entry.version, entry.path, stamp)
-            self._rejected.pop(entry.path, None)
+            self._serve(key, VersionRow(VersionState.SERVING, entry.path, stamp, loaded=loaded))
             if replacing:
                 log.warning(
                     "the files of %s changed on disk (%r): loaded them again, and they now serve",
@@ -198,6 +297,30 @@ class ModelRegistry:
                 log.info("loaded %s from %r", loaded.model_version, str(entry.path))
             return loaded
         return None
+
+    def _serving_row(self, name: str) -> tuple[Key, VersionRow | None]:
+        """The key and row of the version of `name` that serves; (name, 0), None if none does
+        (no version is numbered 0)."""
+        for key, row in self._table.rows.items():
+            if key[0] == name and row.state is VersionState.SERVING:
+                return key, row
+        return (name, 0), None
+
+    def _serve(self, key: Key, row: VersionRow) -> None:
+        """`row` serves from now on, in one table with what it ends: the model's version that
+        served before is retired (its loaded copy let go: requests holding it finish on it), and
+        older versions still marked loading drop out (nothing older is tried while one serves)."""
+        name, version = key
+        put = {key: row}
+        for other, old in self._table.rows.items():
+            if other[0] == name and other != key and old.state is VersionState.SERVING:
+                put[other] = replace(old, state=VersionState.RETIRED, reason=None, loaded=None)
+
+        def keep(other: Key, old: VersionRow) -> bool:
+            older = other[0] == name and other[1] < version
+            return not (older and old.state is VersionState.LOADING)
+
+        self._publish(put, keep)
 
     def _settled(self, path: Path, stamp: FileStamp) -> FileStamp | None:
         """The stamp once no file has changed for `settle_seconds`, or None if one changes
@@ -238,3 +361,9 @@ class ModelRegistry:
                 for pool in self.pools
             }
         )
+
+
+def _shortened(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 16] + " ... (truncated)"

@@ -1,0 +1,40 @@
+"""Domain errors as gRPC sees them: a status code for each neutral code, and field paths written
+as the protobuf fields the caller set (`prompt.items[0].text.controls[1].factor`)."""
+
+from __future__ import annotations
+
+import grpc
+
+from lamina.server.errors import ErrorCode, FieldPath, InvalidArgument, LaminaError, path_parts
+
+GRPC_STATUS = {
+    ErrorCode.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.UNSERVABLE: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+def protobuf_field(path: FieldPath) -> str:
+    """A prompt's items are its `items` field, each item one field of the `item` oneof:
+    ("prompts", 2, 0, "image", "crop") -> `prompts[2].items[0].image.crop`."""
+    text = ""
+    for role, segment in path_parts(path):
+        if role == "item":
+            text += f".items[{segment}]"
+        elif role == "index":
+            text += f"[{segment}]"
+        else:
+            text += f".{segment}" if text else str(segment)
+    return text
+
+
+def status_of(error: LaminaError) -> tuple[grpc.StatusCode, str]:
+    """The status code and details a domain error is answered with."""
+    message = error.message
+    if isinstance(error, InvalidArgument):
+        message = f"{protobuf_field(error.field)}: {error.problem}"
+    return GRPC_STATUS[error.code], message
