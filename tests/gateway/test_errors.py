@@ -309,14 +309,8 @@ def test_a_request_past_its_deadline_is_408(busy: Gateway) -> None:
         taken_by_the_held_pool(busy, before)
         expiring: Future[object] = pool.submit(client.embed, request, "tiny")
         # Queued, and waiting longer than its 0.3 s deadline allows.
-        settles(
-            busy,
-            lambda: (
-                queued(server) == 1
-                and server.engine.queue.oldest_wait(time.monotonic(), nice=False) > 0.3
-            ),
-            "the expiring request queued past its deadline",
-        )
+        settles(busy, lambda: queued(server) == 1, "the expiring request queued")
+        time.sleep(0.35)
         release()
         assert running.result().status_code == 200
         with pytest.raises(TimeoutError) as error:

@@ -312,11 +312,6 @@ async def test_models_available_reports_the_versions_of_each_model(
         assert (await served.stub.Embed(controlled_request())).model_version == f"{MINILM}@1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending api/servicer.py filling ModelsAvailableResponse.versions "
-    "(versions=wire.version_states(...engine.version_states())): drop this mark then",
-)
 async def test_models_available_reports_every_version_of_every_model(
     prepared: Path, tmp_path: Path
 ) -> None:

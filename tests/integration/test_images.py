@@ -82,7 +82,7 @@ async def test_dinov2_small_embeds_an_image_as_the_original_model_does(
     name = "/backbone/encoder/layer.11/Add_1_output_0"
     graph.graph.output.append(onnx.helper.make_tensor_value_info(name, 1, None))
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    pixels = dinov2.prompts.encode((ImageItem(data),)).images[0].pixels
+    pixels = dinov2.encoder.encode((ImageItem(data),)).images[0].pixels
     (original,) = session.run([name], {"input_image": pixels[None]})
     expected = original[0, 1:].mean(axis=0)
     np.testing.assert_allclose(vector(reply, 12), expected, atol=1e-4 * np.abs(expected).max())
@@ -191,7 +191,7 @@ async def test_a_vision_language_model_over_grpc(
     assert reply.num_tokens_prompt_total == 1 + 144 + 2
     assert list(reply.tokens.tokens)[:145] == ["hel", *["<|image|>"] * 144]
 
-    prompt = local.prompts.encode(
+    prompt = local.encoder.encode(
         (
             TextItem("hel", controls=(TextControl(0, 3, 0.5),)),
             ImageItem(data, controls=(ImageControl(Rect(0.5, 0, 0.5, 1), 0.0),)),
@@ -216,7 +216,7 @@ async def test_a_vision_language_model_over_grpc(
     np.testing.assert_allclose(
         vector(reply, TEXT.layers, "last_token"), expected[TEXT.layers][-1], atol=1e-3
     )
-    hello = local.prompts.encode((TextItem("hello"),))
+    hello = local.encoder.encode((TextItem("hello"),))
     plain_expected = numpy_vlm(VISION, TEXT, weights, hello.ids.tolist(), [], [])
     np.testing.assert_allclose(
         vector(plain_reply, TEXT.layers, "last_token"), plain_expected[-1][-1], atol=1e-3

@@ -66,7 +66,7 @@ def test_fixtures_cover_non_ascii_and_every_layer() -> None:
 @pytest.mark.parametrize(("model", "index"), CASES, indirect=["model"])
 def test_tokenization_matches_transformers(model: LoadedModel, index: int) -> None:
     meta, arrays = FIXTURE[model.name]
-    encoded = model.prompts.encode((TextItem(meta["prompts"][index]),))
+    encoded = model.encoder.encode((TextItem(meta["prompts"][index]),))
     assert encoded.ids.tolist() == arrays[f"ids_{index}"].tolist()
 
 
@@ -74,7 +74,7 @@ def test_tokenization_matches_transformers(model: LoadedModel, index: int) -> No
 def test_every_hidden_state_matches_transformers(model: LoadedModel, index: int) -> None:
     meta, arrays = FIXTURE[model.name]
     reference = arrays[f"hidden_{index}"]
-    prompt = model.prompts.encode((TextItem(meta["prompts"][index]),))
+    prompt = model.encoder.encode((TextItem(meta["prompts"][index]),))
     layers = range(reference.shape[0])
     states = model.session.run(Batch.pad([prompt], [True], model.manifest.pad_token_id), layers)
     for layer in layers:
@@ -84,7 +84,7 @@ def test_every_hidden_state_matches_transformers(model: LoadedModel, index: int)
 @pytest.mark.parametrize("model", MODELS, indirect=True)
 def test_hidden_states_match_transformers_inside_a_padded_batch(model: LoadedModel) -> None:
     meta, arrays = FIXTURE[model.name]
-    prompts = [model.prompts.encode((TextItem(text),)) for text in meta["prompts"]]
+    prompts = [model.encoder.encode((TextItem(text),)) for text in meta["prompts"]]
     batch = Batch.pad(prompts, [True] * len(prompts), model.manifest.pad_token_id)
     layers = range(model.manifest.num_layers + 1)
     states = model.session.run(batch, layers)
@@ -103,7 +103,7 @@ def test_served_pooling_matches_pooled_reference(model: LoadedModel) -> None:
     middle = last // 2
     loop = asyncio.new_event_loop()
     try:
-        prompt = model.prompts.encode((TextItem(meta["prompts"][2]),))
+        prompt = model.encoder.encode((TextItem(meta["prompts"][2]),))
         poolings = (Pooling.MEAN, Pooling.LAST_TOKEN)
         job = make_job(loop, prompt=prompt, layers=(0, middle, last), pooling=poolings)
         result = run_batch(model, [job])[0]
@@ -122,10 +122,10 @@ def test_smollm2_tokenizer_matches_transformers_gguf_tokenizer(smollm2: LoadedMo
     for text, ids, decoded in zip(
         meta["tokenizer_corpus"], meta["tokenizer_ids"], meta["tokens_decoded"], strict=True
     ):
-        encoded = smollm2.prompts.tokenizer.encode(text)
+        encoded = smollm2.encoder.tokenizer.encode(text)
         assert encoded.ids == ids, repr(text)
         prompt = EncodedPrompt(np.asarray(ids), np.ones(len(ids), np.float32))
-        assert list(smollm2.prompts.token_strings(prompt)) == decoded, repr(text)
+        assert list(smollm2.encoder.token_strings(prompt)) == decoded, repr(text)
 
 
 def test_dinov2_small_matches_transformers_in_every_layer(dinov2: LoadedModel) -> None:

@@ -17,7 +17,7 @@ ALL_POOLINGS = tuple(Pooling)
 
 
 def _encode(model: LoadedModel, text: str) -> EncodedPrompt:
-    return model.prompts.encode((TextItem(text),))
+    return model.encoder.encode((TextItem(text),))
 
 
 async def test_padding_in_a_batch_never_counts(minilm: LoadedModel) -> None:

@@ -18,7 +18,7 @@ COMPLETE = TokenOverlap.COMPLETE
 def factors(
     model: LoadedModel, *items: TextItem | TokenIdsItem, threshold: float | None = None
 ) -> list[float]:
-    encoded = model.prompts.encode(items, threshold)
+    encoded = model.encoder.encode(items, threshold)
     return [round(float(f), 6) for f in encoded.control_factors]
 
 
@@ -71,8 +71,8 @@ def test_contextual_threshold_without_controls_changes_nothing(minilm: LoadedMod
 def test_byte_level_offsets_map_non_ascii_controls(smollm2: LoadedModel) -> None:
     text = "Crème brûlée"
     item = TextItem(text, (TextControl(text.index("brûlée"), len("brûlée"), 0.0, COMPLETE),))
-    encoded = smollm2.prompts.encode((item,))
-    pieces = smollm2.prompts.token_strings(encoded)
+    encoded = smollm2.encoder.encode((item,))
+    pieces = smollm2.encoder.token_strings(encoded)
     touched = "".join(p for p, f in zip(pieces, encoded.control_factors, strict=True) if f == 0)
     assert "br" in touched and "Cr" not in touched
 
@@ -101,7 +101,7 @@ def test_bad_controls_name_the_field(
     minilm: LoadedModel, item: TextItem | TokenIdsItem, field: str, says: str
 ) -> None:
     with pytest.raises(InvalidArgument) as error:
-        minilm.prompts.encode((item,))
+        minilm.encoder.encode((item,))
     assert protobuf_field(error.value.field) == field and says in error.value.message
 
 
@@ -143,7 +143,7 @@ def test_a_spread_multiplies_a_position_s_own_factor(minilm: LoadedModel) -> Non
 
 def _naive_factors(model: LoadedModel, item: TextItem, threshold: float | None) -> list[float]:
     """The rules of api-reference.md written out position by position, for comparison."""
-    tokenizer = model.prompts.tokenizer
+    tokenizer = model.encoder.tokenizer
     encoding = tokenizer.encode(item.data, add_special_tokens=False)
     factors = [1.0] * len(encoding.ids)
     touched: list[tuple[list[int], float]] = []
@@ -157,7 +157,7 @@ def _naive_factors(model: LoadedModel, item: TextItem, threshold: float | None) 
                 hit.append(token)
         touched.append((hit, control.factor))
     if threshold is not None:
-        table = np.asarray(model.prompts.token_embeddings, dtype=np.float32)[encoding.ids]
+        table = np.asarray(model.encoder.token_embeddings, dtype=np.float32)[encoding.ids]
         unit = table / np.linalg.norm(table, axis=1, keepdims=True)
         for hit, factor in touched:
             for token in range(len(factors)):
@@ -189,7 +189,7 @@ def test_many_controls_over_a_long_prompt_cost_little(minilm: LoadedModel) -> No
     # The limit's worth of controls, each over the whole 510-token text, spreading: vectorised.
     data = " ".join(f"w{i % 97}" for i in range(170))
     controls = tuple(TextControl(0, len(data), 1.0001) for _ in range(1024))
-    encoded = minilm.prompts.encode((TextItem(data, controls),), 0.5)
+    encoded = minilm.encoder.encode((TextItem(data, controls),), 0.5)
     assert encoded.length <= 512
     assert np.isfinite(encoded.control_factors).all()
 

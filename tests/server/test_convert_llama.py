@@ -190,10 +190,10 @@ def test_gguf_tokenizer_is_byte_level_bpe_with_control_tokens(tmp_path: Path) ->
             tmp_path / "tiny.gguf", tmp_path / "repo", "tiny", progress=lambda _: None
         )
     )
-    encoded = model.prompts.encode((TextItem("hello<|endoftext|>"),))
-    pieces = model.prompts.token_strings(encoded)
+    encoded = model.encoder.encode((TextItem("hello<|endoftext|>"),))
+    pieces = model.encoder.token_strings(encoded)
     assert pieces == ("hel", "l", "o", "<|endoftext|>")
-    assert model.prompts.template.prefix == () and model.prompts.template.suffix == ()
+    assert model.encoder.template.prefix == () and model.encoder.template.suffix == ()
 
 
 def test_unsupported_gguf_architecture_is_named(tmp_path: Path) -> None:

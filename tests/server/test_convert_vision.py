@@ -91,9 +91,9 @@ def test_an_image_encoder_matches_numpy_with_controls_in_both_modes(
 ) -> None:
     model, weights = tiny_dinov2
     assert model.manifest.image is not None and model.manifest.image.patches_per_side == 12
-    plain = model.prompts.encode((ImageItem(png(1)), ImageItem(png(2))))
+    plain = model.encoder.encode((ImageItem(png(1)), ImageItem(png(2))))
     rect = ImageControl(Rect(0.3, 0.1, 0.4, 0.5), factor=0.2)
-    controlled = model.prompts.encode((ImageItem(png(3), controls=(rect,)),))
+    controlled = model.encoder.encode((ImageItem(png(3), controls=(rect,)),))
     for log_additive in (True, False):
         states = run(model, [plain, controlled], [True, log_additive])
         for row, prompt in enumerate((plain, controlled)):
@@ -117,11 +117,11 @@ def test_an_image_encoder_takes_images_only(
             InvalidArgument,
             match=r"prompt\[1\].*image encoder: it has no tokenizer and takes image items only",
         ):
-            model.prompts.encode((ImageItem(png(1)), item))
+            model.encoder.encode((ImageItem(png(1)), item))
     with pytest.raises(InvalidArgument, match="has no tokenizer"):
-        model.prompts.tokenize("hello")
-    prompt = model.prompts.encode((ImageItem(png(1)),))
-    assert model.prompts.token_strings(prompt) == ("<|image|>",) * 144
+        model.encoder.tokenize("hello")
+    prompt = model.encoder.encode((ImageItem(png(1)),))
+    assert model.encoder.token_strings(prompt) == ("<|image|>",) * 144
 
 
 def test_an_image_to_a_text_model_names_the_missing_support(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_an_image_to_a_text_model_names_the_missing_support(tmp_path: Path) -> N
     )
     assert not model.manifest.image_support
     with pytest.raises(InvalidArgument, match=r"prompt\[1\].image.*has no image support"):
-        model.prompts.encode((TextItem("hi"), ImageItem(png(1))))
+        model.encoder.encode((TextItem("hi"), ImageItem(png(1))))
 
 
 def test_grid_pooling_keeps_the_mean_and_is_identity_at_twelve() -> None:
@@ -164,7 +164,7 @@ def test_dinov2_small_matches_the_original_graph_in_every_layer(
     ]
     graph.graph.output.extend(onnx.helper.make_tensor_value_info(n, 1, None) for n in names)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    prompt = dinov2.prompts.encode((ImageItem(png(7, (320, 240))), ImageItem(png(8))))
+    prompt = dinov2.encoder.encode((ImageItem(png(7, (320, 240))), ImageItem(png(8))))
     pixels = np.stack([image.pixels for image in prompt.images])
     original = session.run(names, {"input_image": pixels})
     ours = run(dinov2, [prompt], [True])
@@ -216,8 +216,8 @@ def test_a_vision_language_model_matches_numpy_in_a_mixed_batch(
     tiny_vlm: tuple[LoadedModel, dict[str, dict[str, np.ndarray]]], log_additive: bool
 ) -> None:
     model, weights = tiny_vlm
-    mixed = model.prompts.encode(MIXED)
-    text_only = model.prompts.encode((TextItem("hello"),))
+    mixed = model.encoder.encode(MIXED)
+    text_only = model.encoder.encode((TextItem("hello"),))
     # "hello" is hel + l + o in the tiny vocabulary, "hel" one piece.
     assert mixed.length == 3 + 144 + 3 + 144 + 1 and len(mixed.images) == 2
     starts = [int(np.flatnonzero(mixed.image_cells == 144 * k)[0]) for k in range(2)]
@@ -247,7 +247,7 @@ def test_a_vision_language_model_without_images_or_controls(
     model, weights = tiny_vlm
     assert not model.manifest.trained
     assert model.manifest.description.startswith("UNTRAINED")
-    prompt = model.prompts.encode((TextItem("hello"), TokenIdsItem((3, 4))))
+    prompt = model.encoder.encode((TextItem("hello"), TokenIdsItem((3, 4))))
     states = run(model, [prompt], [True])
     expected = numpy_vlm(VISION, TEXT, weights, prompt.ids.tolist(), [], [])
     np.testing.assert_allclose(states[TEXT.layers][0], expected[TEXT.layers], atol=2e-4)
@@ -257,9 +257,9 @@ def test_a_vision_language_model_without_images_or_controls(
         TextItem("hello", controls=(TextControl(0, 5, 1.0),)),
         ImageItem(png(4), controls=(ImageControl(Rect(0, 0, 1, 1), 1.0),)),
     )
-    plain_states = run(model, [model.prompts.encode(items)], [True])
-    one_states = run(model, [model.prompts.encode(ones)], [True])
+    plain_states = run(model, [model.encoder.encode(items)], [True])
+    one_states = run(model, [model.encoder.encode(ones)], [True])
     for layer in plain_states:
         np.testing.assert_array_equal(plain_states[layer], one_states[layer])
-    tokens = model.prompts.token_strings(model.prompts.encode(items))
+    tokens = model.encoder.token_strings(model.encoder.encode(items))
     assert tokens == ("hel", "l", "o", *("<|image|>",) * 144)

@@ -131,6 +131,9 @@ class FakeCalls:
         self._answer("models", None)
         return []
 
+    def version_states(self) -> list[Any]:
+        return []
+
 
 TIMING = Timing(0.0, 0.0, 0.0)
 PROMPT = pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data="hi"))])

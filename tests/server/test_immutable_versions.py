@@ -60,7 +60,7 @@ def hidden_states(model: LoadedModel) -> dict[int, np.ndarray]:
 def contextual_factors(version: ModelVersion) -> np.ndarray:
     """The factors of a control spread by token-embedding similarity (all rows read)."""
     item = TokenIdsItem(tuple(IDS), (TokenControl(0, 0.25),))
-    factors: np.ndarray = version.prompts.encode((item,), 0.5).control_factors
+    factors: np.ndarray = version.encoder.encode((item,), 0.5).control_factors
     return factors
 
 
@@ -81,7 +81,7 @@ def overwrite_in_place(path: Path, data: bytes) -> None:
 def test_nothing_of_a_loaded_version_stays_mapped(repository: Path) -> None:
     (version,) = quick(repository).refresh()
     assert str(repository) not in mapped_files()
-    embeddings = version.prompts.token_embeddings
+    embeddings = version.encoder.token_embeddings
     assert embeddings is not None
     assert not isinstance(embeddings, np.memmap) and not embeddings.flags.writeable
 

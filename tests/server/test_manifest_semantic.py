@@ -240,12 +240,12 @@ def test_the_prepared_models_carry_their_sections(
 def test_an_instruction_is_its_own_item_before_the_prompt(minilm: LoadedModel) -> None:
     control = TextControl(start=6, length=5, factor=0.5)
     items = (TextItem("hello world", (control,)),)
-    instructed = minilm.prompts.encode(items, instruction="query:")
-    by_hand = minilm.prompts.encode((TextItem("query:"), *items))
+    instructed = minilm.encoder.encode(items, instruction="query:")
+    by_hand = minilm.encoder.encode((TextItem("query:"), *items))
     assert instructed.ids.tolist() == by_hand.ids.tolist()
     assert instructed.control_factors.tolist() == by_hand.control_factors.tolist()
     assert instructed.control_factors.tolist()[-2] == 0.5  # "world" keeps its control
     with pytest.raises(InvalidArgument, match=r"^prompt\[0\].token_ids.data\[0\]"):
-        minilm.prompts.encode((TokenIdsItem((10**9,)),), instruction="query:")
+        minilm.encoder.encode((TokenIdsItem((10**9,)),), instruction="query:")
     with pytest.raises(InvalidArgument, match="prompt: the prompt is empty"):
-        minilm.prompts.encode((TextItem(""),), instruction="query:")
+        minilm.encoder.encode((TextItem(""),), instruction="query:")

@@ -49,20 +49,6 @@ async def test_depth_counts_every_job_of_a_tier_and_hosting_and_skips_callers_go
     }
 
 
-async def test_the_oldest_wait_of_each_tier() -> None:
-    loop = asyncio.get_running_loop()
-    q = RequestQueue(SchedulingPolicy())
-    assert q.oldest_wait(10.0, nice=False) == 0.0 and q.oldest_wait(10.0, nice=True) == 0.0
-    gone = make_job(loop, at=1.0)
-    q.admit(gone)
-    q.admit(make_job(loop, at=4.0))
-    q.admit(make_job(loop, at=6.0))
-    q.admit(make_job(loop, nice=True, at=2.0))
-    gone.future.cancel()  # the oldest normal one, but its caller is gone
-    assert q.oldest_wait(10.0, nice=False) == 6.0
-    assert q.oldest_wait(10.0, nice=True) == 8.0
-
-
 async def test_a_job_over_the_token_budget_is_passed_over_for_one_that_fits() -> None:
     loop = asyncio.get_running_loop()
     policy = SchedulingPolicy(

@@ -20,6 +20,7 @@ from lamina.server.domain import (
     EmbedRequest,
     EmbedResult,
     ModelDescription,
+    ModelVersionState,
     SemanticEmbedRequest,
     SemanticEmbedResult,
 )
@@ -111,6 +112,10 @@ class Calls:
 
     def models(self) -> list[ModelDescription]:
         return self.engine.models()
+
+    def version_states(self) -> list[ModelVersionState]:
+        """Every version of every model, also one none of whose versions serves."""
+        return self.engine.version_states()
 
     async def tokenizer_json(self, model: str) -> str | None:
         """The serving version's tokenizer.json; None for a model without one (an image

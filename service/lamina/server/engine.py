@@ -1,4 +1,7 @@
-"""The router: from a validated domain request to its result, through the queue and a pool.
+"""The engine: from a domain request to its result, through the queue and a pool.
+
+It asks the model registry which version of a model serves (`ServedModels`), prepares the prompt,
+admits the job to the queue and awaits its pool.
 
 The event loop only coordinates; tokenization and image decoding run on a CPU executor, inference
 and pooling on each pool's inference thread. Large prompts (long text, many pixels) are prepared on
@@ -11,9 +14,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -39,7 +42,7 @@ from lamina.server.errors import (
 )
 from lamina.server.limits import RequestLimits
 from lamina.server.metrics import Metrics
-from lamina.server.models.registry import ModelRegistry, ModelVersion
+from lamina.server.models.registry import ModelVersion
 from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.job import Embeddings, Job
 from lamina.server.scheduling.policy import SchedulingPolicy
@@ -56,15 +59,38 @@ HEAVY_TEXT_CHARS = 20_000
 HEAVY_PIXELS = 4_000_000
 
 
+class ServedModels(Protocol):
+    """What the engine asks of the model registry (models/registry.py: ModelRegistry)."""
+
+    @property
+    def pools(self) -> tuple[PoolSpec, ...]: ...
+
+    def refresh(self) -> list[ModelVersion]: ...
+
+    def serving(self, name: str) -> ModelVersion | None: ...
+
+    def served(self) -> dict[str, ModelVersion]: ...
+
+    def serving_names(self) -> list[str]: ...
+
+    def states(self, name: str | None = None) -> list[ModelVersionState]: ...
+
+
+def pool_thread(spec: PoolSpec) -> Executor:
+    """A pool's inference thread: it runs one batch at a time."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pool-{spec.name}")
+
+
 class Engine:
     def __init__(
         self,
-        registry: ModelRegistry,
+        registry: ServedModels,
         policy: SchedulingPolicy,
         metrics: Metrics,
         *,
         limits: RequestLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pool_executor: Callable[[PoolSpec], Executor] = pool_thread,
     ) -> None:
         self.registry = registry
         self.limits = limits or RequestLimits()
@@ -82,7 +108,7 @@ class Engine:
                 spec,
                 self.queue,
                 run_on_model,
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pool-{spec.name}"),
+                pool_executor(spec),
                 clock=clock,
                 on_batch=self._observe_batch,
             )
@@ -204,7 +230,7 @@ class Engine:
         if not request.pooling:
             raise InvalidArgument(("pooling",), "at least one pooling is required")
         # Cheap bounds first: what cannot fit the model is never tokenized nor decoded.
-        version.prompts.check_size(request.prompt, request.instruction)
+        version.encoder.check_size(request.prompt, request.instruction)
         pixels = self.limits.check_pixels(request)
         chars = sum(len(item.data) for item in request.prompt if isinstance(item, TextItem))
         ids = sum(len(item.data) for item in request.prompt if isinstance(item, TokenIdsItem))
@@ -213,14 +239,14 @@ class Engine:
         heavy = chars > HEAVY_TEXT_CHARS or pixels > HEAVY_PIXELS or spreading
         started = time.monotonic()
         prompt = await self._on_cpu(
-            version.prompts.encode,
+            version.encoder.encode,
             request.prompt,
             request.contextual_control_threshold,
             request.instruction,
             heavy=heavy,
         )
         tokens = (
-            await self._on_cpu(version.prompts.token_strings, prompt) if request.tokens else None
+            await self._on_cpu(version.encoder.token_strings, prompt) if request.tokens else None
         )
         tokenization_seconds = time.monotonic() - started
         self.metrics.tokenization_seconds.labels(version.name).observe(tokenization_seconds)
@@ -262,7 +288,7 @@ class Engine:
         version = self._version(model_name)
         self.limits.check_tokenize(text)
         heavy = len(text) > HEAVY_TEXT_CHARS
-        return await self._on_cpu(version.prompts.tokenize, text, heavy=heavy)
+        return await self._on_cpu(version.encoder.tokenize, text, heavy=heavy)
 
     async def detokenize(self, model_name: str, ids: Sequence[int]) -> str:
         """`ids` as they came (a protobuf repeated field): copied off the event loop."""
@@ -270,7 +296,7 @@ class Engine:
         self.limits.check_detokenize(ids)
         heavy = len(ids) > HEAVY_TEXT_CHARS
         return await self._on_cpu(
-            lambda: version.prompts.detokenize(np.asarray(ids, dtype=np.int64)), heavy=heavy
+            lambda: version.encoder.detokenize(np.asarray(ids, dtype=np.int64)), heavy=heavy
         )
 
     async def tokenizer_json(self, model_name: str) -> str | None:
@@ -279,7 +305,7 @@ class Engine:
         version = self._version(model_name)
         if not version.manifest.text_support:
             return None
-        return await self._on_cpu(version.prompts.tokenizer.to_str)
+        return await self._on_cpu(version.encoder.tokenizer.to_str)
 
     def _admit(self, job: Job) -> None:
         try:

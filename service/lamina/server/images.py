@@ -42,10 +42,6 @@ class PreparedImage:
     patch_factors: np.ndarray  # float32 [144]: the image's prompt positions, row-major 12 x 12
     key_factors: np.ndarray  # float32 [patches_per_side ** 2]: the encoder's patch keys
 
-    @property
-    def controlled(self) -> bool:
-        return bool((self.key_factors != 1).any())
-
 
 def prepare_image(item: ImageItem, spec: ImageSpec, field: FieldPath) -> PreparedImage:
     image = _decode(item.data, (*field, "data"))

@@ -71,7 +71,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
     ) -> pb.ModelsAvailableResponse:
         async def answer() -> pb.ModelsAvailableResponse:
             return pb.ModelsAvailableResponse(
-                models=[wire.model_info(m) for m in self.calls.models()]
+                models=[wire.model_info(m) for m in self.calls.models()],
+                versions=wire.version_states(self.calls.version_states()),
             )
 
         return await self._answer(CallRecord("ModelsAvailable"), context, answer)

@@ -147,7 +147,7 @@ class Gateway:
         refused = self._refusal(request)
         if refused is not None:
             return refused
-        states = self.calls.engine.version_states()
+        states = self.calls.version_states()
         return JSONResponse({"versions": json_api.version_states(states)})
 
     async def _tokenizer(self, request: Request) -> Response:

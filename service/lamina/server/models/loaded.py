@@ -62,7 +62,7 @@ class VersionContents:
             files = external_data(graph, directory)
         return VersionContents(manifest, tokenizer, embeddings, graph, files)
 
-    def prompts(self, name: str) -> PromptEncoder:
+    def encoder(self, name: str) -> PromptEncoder:
         manifest, image = self.manifest, self.manifest.image
         return PromptEncoder(
             self.tokenizer,
@@ -125,7 +125,7 @@ class LoadedModel:
     name: str
     version: int
     manifest: Manifest
-    prompts: PromptEncoder
+    encoder: PromptEncoder
     session: HiddenStateSession
 
     @staticmethod
@@ -135,7 +135,7 @@ class LoadedModel:
         threads: int,
         providers: Providers,
         contents: VersionContents | None = None,
-        prompts: PromptEncoder | None = None,
+        encoder: PromptEncoder | None = None,
     ) -> LoadedModel:
         """From the files of `entry`, or from `contents` already read from them (one read for
         every pool, so all of them serve the same bytes)."""
@@ -151,8 +151,8 @@ class LoadedModel:
                 model_bytes=contents.graph,
                 external_data=contents.external_data,
             )
-        prompts = prompts if prompts is not None else contents.prompts(entry.name)
-        return LoadedModel(entry.name, entry.version, manifest, prompts, session)
+        encoder = encoder if encoder is not None else contents.encoder(entry.name)
+        return LoadedModel(entry.name, entry.version, manifest, encoder, session)
 
     @property
     def model_version(self) -> str:

@@ -83,8 +83,8 @@ class ModelVersion:
         return self.primary.manifest
 
     @property
-    def prompts(self) -> PromptEncoder:
-        return self.primary.prompts
+    def encoder(self) -> PromptEncoder:
+        return self.primary.encoder
 
     def run_batch(self, pool: str, jobs: Sequence[Job]) -> list[Embeddings]:
         """Runs on the pool's thread (scheduling.job.BatchModel)."""
@@ -348,7 +348,7 @@ class ModelRegistry:
     def _load(self, entry: VersionDir) -> ModelVersion:
         # One read for every pool: all serve the same bytes, whatever happens on disk meanwhile.
         contents = VersionContents.read(entry.path)
-        prompts = contents.prompts(entry.name)
+        encoder = contents.encoder(entry.name)
         return ModelVersion(
             {
                 pool.name: LoadedModel.load(
@@ -356,7 +356,7 @@ class ModelRegistry:
                     threads=pool.threads,
                     providers=pool.providers,
                     contents=contents,
-                    prompts=prompts,
+                    encoder=encoder,
                 )
                 for pool in self.pools
             }

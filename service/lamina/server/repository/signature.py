@@ -37,5 +37,3 @@ IMAGE_LOG_ADDITIVE = "image_log_additive"  # bool [images]: the mode of each ima
 IMAGE_SLOTS = "image_slots"
 CELLS_PER_SIDE = 12  # every image takes 12 x 12 prompt positions (api-reference.md)
 CELLS_PER_IMAGE = CELLS_PER_SIDE * CELLS_PER_SIDE
-
-IMAGE_INPUT_NAMES = (PIXEL_VALUES, IMAGE_KEY_FACTORS, IMAGE_LOG_ADDITIVE, IMAGE_SLOTS)

@@ -86,7 +86,3 @@ class Batch:
             signature.CONTROL_FACTORS: self.control_factors,
             signature.CONTROL_LOG_ADDITIVE: self.control_log_additive,
         }
-
-    @property
-    def padded_tokens(self) -> int:
-        return int(self.input_ids.size)

@@ -126,10 +126,6 @@ class RequestQueue:
             counts[key] = Depth(seen.requests + 1, seen.tokens + job.tokens)
         return counts
 
-    def oldest_wait(self, now: float, nice: bool) -> float:
-        waits = [now - j.enqueued_at for j in self._jobs if j.nice == nice and not j.abandoned]
-        return max(waits, default=0.0)
-
     @staticmethod
     def _may_run(job: Job, hostings: frozenset[str]) -> bool:
         return job.hosting is None or job.hosting in hostings
