@@ -82,7 +82,9 @@ MUTANTS ?= 'lamina.server.pooling.*' 'lamina.server.prompt.x__text_factors_*' \
 	'lamina.server.prompt.x__token_factors_*' 'lamina.server.prompt.x__check_combined_*' \
 	'lamina.server.prompt.xǁPromptEncoderǁ_spread_*' 'lamina.server.scheduling.queue.*' \
 	'lamina.server.scheduling.policy.*' 'lamina.server.security.*' \
-	'lamina.server.api.servicer.xǁEmbedServicerǁ*' 'lamina.server.gateway.errors.*'
+	'lamina.server.api.servicer.xǁEmbedServicerǁ*' 'lamina.server.api.status.*' \
+	'lamina.server.errors.x_path_parts_*' 'lamina.server.errors.x_dotted_*' \
+	'lamina.server.errors.xǁInvalidArgumentǁmoved_*' 'lamina.server.gateway.errors.*'
 
 $(VENV)/.mutate-installed: pyproject.toml | $(VENV)/.installed
 	$(BIN)/pip install --quiet --progress-bar off -e '.[mutate]'

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lamina.client import AsyncClient, Client, LaminaError, Text, TokenIds
+from lamina.client import AsyncClient, Client, LaminaError, ModelVersionState, Text, TokenIds
 from tests.integration.support import RunningServer
 
 MODEL = "all-minilm-l6-v2"
@@ -32,6 +32,22 @@ async def test_async_client_embeds_with_numpy_vectors(server: RunningServer) -> 
     assert {m.name: m.num_layers for m in models}[MODEL] == 6
     assert tokens.token_ids == [7592, 2088] and tokens.tokens == ["hello", "world"]
     assert text == "hello world"
+
+
+async def test_both_clients_list_every_version_and_its_state(server: RunningServer) -> None:
+    async with AsyncClient(server.target) as client:
+        states = await client.model_versions()
+        models = await client.models()
+
+    def sync_call() -> list[ModelVersionState]:
+        with Client(server.target, timeout=30) as sync:
+            return sync.model_versions()
+
+    assert await asyncio.to_thread(sync_call) == states
+    serving = {s.model: s.version for s in states if s.state == "serving"}
+    assert serving == {m.name: int(m.version) for m in models}
+    assert all(s.reason is None for s in states if s.state == "serving")
+    assert {m.name: m.versions for m in models}[MODEL] == [s for s in states if s.model == MODEL]
 
 
 async def test_sync_client_mixed_items_equal_text(server: RunningServer) -> None:

@@ -160,6 +160,10 @@ def models() -> Call[list[ModelInfo]]:
     return Call("ModelsAvailable", pb.ModelsAvailableRequest(), model_infos)
 
 
+def model_versions() -> Call[list[ModelVersionState]]:
+    return Call("ModelsAvailable", pb.ModelsAvailableRequest(), version_states)
+
+
 def tokenize(model: str, prompt: str, *, tokens: bool, token_ids: bool) -> Call[TokenizeResult]:
     request = pb.TokenizeRequest(model=model, prompt=prompt, tokens=tokens, token_ids=token_ids)
     return Call("Tokenize", request, tokenize_result)
@@ -284,6 +288,10 @@ def model_infos(response: pb.ModelsAvailableResponse) -> list[ModelInfo]:
         )
         for m in response.models
     ]
+
+
+def version_states(response: pb.ModelsAvailableResponse) -> list[ModelVersionState]:
+    return [version_state(state) for state in response.versions]
 
 
 def version_state(state: pb.ModelVersionState) -> ModelVersionState:

@@ -16,6 +16,7 @@ from lamina.client.results import (
     BatchSemanticEmbedResult,
     EmbedResult,
     ModelInfo,
+    ModelVersionState,
     SemanticEmbedResult,
     TokenizeResult,
 )
@@ -138,6 +139,11 @@ class AsyncClient:
 
     async def models(self) -> list[ModelInfo]:
         return await self._send(_calls.models())
+
+    async def model_versions(self) -> list[ModelVersionState]:
+        """Every version of every model the server knows (also models none of whose versions
+        serves): loading, serving, failed with why, or retired."""
+        return await self._send(_calls.model_versions())
 
     async def tokenize(
         self, model: str, prompt: str, *, tokens: bool = True, token_ids: bool = True

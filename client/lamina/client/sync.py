@@ -16,6 +16,7 @@ from lamina.client.results import (
     BatchSemanticEmbedResult,
     EmbedResult,
     ModelInfo,
+    ModelVersionState,
     SemanticEmbedResult,
     TokenizeResult,
 )
@@ -140,6 +141,11 @@ class Client:
 
     def models(self) -> list[ModelInfo]:
         return self._send(_calls.models())
+
+    def model_versions(self) -> list[ModelVersionState]:
+        """Every version of every model the server knows (also models none of whose versions
+        serves): loading, serving, failed with why, or retired."""
+        return self._send(_calls.model_versions())
 
     def tokenize(
         self, model: str, prompt: str, *, tokens: bool = True, token_ids: bool = True
