@@ -186,11 +186,16 @@ def test_the_arena_is_released_when_idle_and_before_a_larger_batch(
     released_since(before)
 
     after_idle = session.releases
+    # Back-to-back runs, however slow the machine: no idle release may come between them.
+    monkeypatch.setattr(session_module, "IDLE_RELEASE_SECONDS", 60.0)
     again = session.run(small, [0, 3, 6])
     for layer, states in plain.items():
         np.testing.assert_array_equal(again[layer], states)
     session.run(large, [6])  # larger than anything since the release: released first
     assert session.releases == after_idle + 1
     session.run(small, [6])  # smaller: reuses the arena
+    assert session.releases == after_idle + 1
+    monkeypatch.setattr(session_module, "IDLE_RELEASE_SECONDS", 0.05)
+    session.run(small, [6])  # the last run before the session goes idle
     assert session.releases == after_idle + 1
     released_since(after_idle + 1)

@@ -101,16 +101,16 @@ def _values(raw: bytes) -> int:
 class _Object:
     """A JSON object at a field path; each accessor returns None for a missing or null field."""
 
-    def __init__(self, value: object, path: FieldPath, fields: tuple[str, ...]) -> None:
+    def __init__(self, value: object, path: FieldPath, names: tuple[str, ...]) -> None:
         if not isinstance(value, dict):
             raise InvalidArgument(path or ("body",), f"expected a JSON object, got {_kind(value)}")
         self.path = path
-        known = {*fields, *IGNORED_FIELDS}
+        known = {*names, *IGNORED_FIELDS}
         unknown = [key for key in value if key not in known]
         if unknown:
             more = f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""
             raise InvalidArgument(
-                self._at(min(unknown)), f"unknown field; expected {', '.join(fields)}{more}"
+                self._at(min(unknown)), f"unknown field; expected {', '.join(names)}{more}"
             )
         self.values: Mapping[str, object] = value
 
@@ -148,9 +148,9 @@ class _Object:
         path = self._at(key)
         return [item(value, (*path, i)) for i, value in enumerate(values)]
 
-    def object(self, key: str, fields: tuple[str, ...]) -> _Object | None:
+    def object(self, key: str, names: tuple[str, ...]) -> _Object | None:
         value = self.values.get(key)
-        return None if value is None else _Object(value, self._at(key), fields)
+        return None if value is None else _Object(value, self._at(key), names)
 
 
 def _kind(value: object) -> str:
