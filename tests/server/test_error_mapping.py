@@ -20,10 +20,13 @@ from lamina.server.calls import CallRecord, Calls
 from lamina.server.domain import (
     EmbedRequest,
     EmbedResult,
+    ModelDescription,
+    ModelVersionState,
     Pooling,
     SemanticEmbedRequest,
     SemanticEmbedResult,
     Timing,
+    VersionState,
 )
 from lamina.server.errors import (
     DeadlineExceeded,
@@ -97,11 +100,13 @@ class FakeCalls:
         self.error = error
         self.seen: list[tuple[str, Any, float | None]] = []
         self.answering_records: list[str] = []
+        self.labels: list[tuple[str, str, bool, str | None]] = []
 
     @contextlib.contextmanager
     def answering(self, record: CallRecord) -> Iterator[None]:
         self.answering_records.append(record.method)
         yield
+        self.labels.append((record.method, record.model, record.nice, record.hosting))
 
     def _answer(self, name: str, request: Any, timeout: float | None = None) -> None:
         self.seen.append((name, request, timeout))
@@ -127,15 +132,29 @@ class FakeCalls:
         self._answer("detokenize", (model, list(ids)))
         return "a"
 
-    def models(self) -> list[Any]:
+    def models(self) -> list[ModelDescription]:
         self._answer("models", None)
-        return []
+        return [MODEL]
 
-    def version_states(self) -> list[Any]:
-        return []
+    def version_states(self) -> list[ModelVersionState]:
+        return [ModelVersionState("m", 2, VersionState.FAILED, "ValueError: bad graph")]
 
 
 TIMING = Timing(0.0, 0.0, 0.0)
+MODEL = ModelDescription(
+    name="m",
+    version=1,
+    model_version="m@1",
+    description="a model",
+    architecture="bert",
+    num_layers=6,
+    hidden_size=2,
+    max_context_size=512,
+    image_support=False,
+    trained=True,
+    embedding_types=("embed",),
+    hostings=(),
+)
 PROMPT = pb.Prompt(items=[pb.PromptItem(text=pb.TextItem(data="hi"))])
 
 
@@ -178,10 +197,12 @@ async def test_each_rpc_reaches_its_call_with_its_name_and_the_callers_deadline(
     calls = FakeCalls()
     servicer = servicer_of(calls)
     context = grpc_context(FakeContext(time_remaining=12.5))
-    embed = pb.EmbedRequest(model="e", prompt=PROMPT, layers=[0], pooling=["mean"])
+    embed = pb.EmbedRequest(
+        model="e", prompt=PROMPT, layers=[0], pooling=["mean"], nice=True, hosting="aleph-alpha"
+    )
     semantic = pb.SemanticEmbedRequest(model="s", prompt=PROMPT, representation="query")
     batch = pb.BatchSemanticEmbedRequest(model="b", prompts=[PROMPT], representation="query")
-    tokenize = pb.TokenizeRequest(model="t", prompt="a", tokens=True)
+    tokenize = pb.TokenizeRequest(model="t", prompt="a", tokens=True, token_ids=True)
     detokenize = pb.DetokenizeRequest(model="d", token_ids=[1])
     replies = [
         await servicer.Embed(embed, context),
@@ -201,7 +222,13 @@ async def test_each_rpc_reaches_its_call_with_its_name_and_the_callers_deadline(
     ]
     embedded, tokenized = cast(pb.EmbedResponse, replies[0]), cast(pb.TokenizeResponse, replies[3])
     assert list(embedded.embeddings["layer_0"].pooling["mean"].values) == [1.0, 1.0]
-    assert list(tokenized.tokens.tokens) == ["a"] and not tokenized.HasField("token_ids")
+    assert list(tokenized.tokens.tokens) == ["a"] and list(tokenized.token_ids.ids) == [1]
+    assert cast(pb.DetokenizeResponse, replies[4]).result == "a"
+    available = cast(pb.ModelsAvailableResponse, replies[5])
+    assert [(m.name, m.version, m.num_layers) for m in available.models] == [("m", "1", 6)]
+    assert [(v.model, v.version, v.state, v.reason) for v in available.versions] == [
+        ("m", 2, "failed", "ValueError: bad graph")
+    ]
     # Each call gets the domain request its message converts to, once, and the deadline.
     assert calls.seen == [
         ("embed", wire.embed_request(embed), 12.5),
@@ -210,6 +237,15 @@ async def test_each_rpc_reaches_its_call_with_its_name_and_the_callers_deadline(
         ("tokenize", ("t", "a"), None),
         ("detokenize", ("d", [1]), None),
         ("models", None, None),
+    ]
+    # Each call is labelled by what its message names, before any conversion.
+    assert calls.labels == [
+        ("Embed", "e", True, "aleph-alpha"),
+        ("SemanticEmbed", "s", False, None),
+        ("BatchSemanticEmbed", "b", False, None),
+        ("Tokenize", "t", False, None),
+        ("Detokenize", "d", False, None),
+        ("ModelsAvailable", "", False, None),
     ]
     # Every RPC is answered inside `answering` (serving gate, in-flight count, metrics).
     assert calls.answering_records == [
