@@ -8,8 +8,7 @@ import base64
 import pytest
 
 from lamina.server import domain
-from lamina.server.api.status import protobuf_field
-from lamina.server.errors import FieldPath, InvalidArgument
+from lamina.server.errors import InvalidArgument
 from lamina.server.gateway import json_api
 from lamina.server.gateway.errors import json_field
 
@@ -136,31 +135,3 @@ def test_batch_prompts_and_json_integers_written_as_floats() -> None:
     with pytest.raises(InvalidArgument) as error:  # null is an empty prompt
         json_api.batch_semantic_embed_request({"model": "m", "prompts": ["a", None]}, nice=False)
     assert json_field(error.value.field) == "prompts[1]" and "empty" in error.value.problem
-
-
-@pytest.mark.parametrize(
-    ("path", "grpc_field", "http_field"),
-    [
-        (
-            ("prompt", 0, "text", "controls", 1, "factor"),
-            "prompt.items[0].text.controls[1].factor",
-            "prompt[0].controls[1].factor",
-        ),
-        (("prompt", 2, "image", "crop"), "prompt.items[2].image.crop", "prompt[2]"),
-        (("prompt", 0, "image", "data"), "prompt.items[0].image.data", "prompt[0].data"),
-        (
-            ("prompt", 3, "token_ids", "data", 4),
-            "prompt.items[3].token_ids.data[4]",
-            "prompt[3].data[4]",
-        ),
-        (("prompts", 5, 0, "text", "data"), "prompts[5].items[0].text.data", "prompts[5][0].data"),
-        (("prompt", "items"), "prompt.items", "prompt"),
-        (("layers", 1), "layers[1]", "layers[1]"),
-        (("token_ids", 2), "token_ids[2]", "token_ids[2]"),
-    ],
-)
-def test_error_paths_read_as_each_edge_wrote_them(
-    path: FieldPath, grpc_field: str, http_field: str
-) -> None:
-    assert protobuf_field(path) == grpc_field
-    assert json_field(path) == http_field

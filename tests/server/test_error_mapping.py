@@ -15,7 +15,7 @@ import pytest
 
 from lamina.server.api import wire
 from lamina.server.api.servicer import EmbedServicer
-from lamina.server.api.status import GRPC_STATUS, protobuf_field, status_of
+from lamina.server.api.status import GRPC_STATUS, status_of
 from lamina.server.calls import CallRecord, Calls
 from lamina.server.domain import (
     EmbedRequest,
@@ -31,7 +31,6 @@ from lamina.server.domain import (
 from lamina.server.errors import (
     DeadlineExceeded,
     ErrorCode,
-    FieldPath,
     HostingUnavailable,
     InvalidArgument,
     LaminaError,
@@ -48,7 +47,6 @@ from lamina.server.gateway.errors import (
     error_body,
     error_response,
     internal_error,
-    json_field,
 )
 from lamina.server.metrics import OUTCOME_LABELS
 from lamina.v1 import embed_pb2 as pb
@@ -333,33 +331,6 @@ def test_an_invalid_argument_names_the_field_as_the_json_caller_wrote_it() -> No
         "error": "prompt[2].controls[0].factor: must be finite",
         "code": "INVALID_ARGUMENT",
     }
-
-
-@pytest.mark.parametrize(
-    ("path", "grpc_field", "http_field"),
-    [
-        (("prompt", 0, "text", "data"), "prompt.items[0].text.data", "prompt[0].data"),
-        (
-            ("prompt", 3, "token_ids", "data", 1),
-            "prompt.items[3].token_ids.data[1]",
-            "prompt[3].data[1]",
-        ),
-        (("prompt", 1, "image", "crop"), "prompt.items[1].image.crop", "prompt[1]"),
-        (
-            ("prompt", 1, "image", "crop", "size"),
-            "prompt.items[1].image.crop.size",
-            "prompt[1].size",
-        ),
-        (("prompts", 2, 0, "image"), "prompts[2].items[0].image", "prompts[2][0]"),
-        (("prompt", "items"), "prompt.items", "prompt"),
-        (("layers", 0), "layers[0]", "layers[0]"),
-    ],
-)
-def test_field_paths_as_each_edge_writes_them(
-    path: FieldPath, grpc_field: str, http_field: str
-) -> None:
-    assert protobuf_field(path) == grpc_field
-    assert json_field(path) == http_field
 
 
 def test_an_invalid_argument_names_the_field_as_the_grpc_caller_wrote_it() -> None:
