@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -36,6 +35,7 @@ from lamina.server.prompt import EncodedPrompt
 from lamina.server.repository.layout import list_versions
 from lamina.server.runtime.batch import Batch
 from lamina.v1 import embed_pb2 as pb
+from tests.bench import machine
 from tests.bench.load import (
     MakeRequest,
     Outcome,
@@ -158,6 +158,7 @@ def main() -> None:
     repo, seconds = args.model_repository, args.seconds
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"lamina-bench-{os.getpid()}"
     rows: list[Row] = []
+    step(f"on {machine.describe()}")
 
     # 1. Saturation against bare ONNX Runtime and PyTorch.
     shapes = {MINILM: (64, 128), SMOLLM2: (16, 128)}
@@ -300,8 +301,8 @@ def write(rows: list[Row], output: Path, seconds: float) -> None:
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `make bench` on {date.today().isoformat()}: {os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}, {seconds:.0f} s per load phase. "
+        f"Written by `make bench` on {date.today().isoformat()}: {machine.describe()}; "
+        f"{seconds:.0f} s per load phase. "
         "These machines are noisy: compare the ratios of one run, not figures across runs.",
         "",
         "| measurement | figure | target |",
