@@ -25,6 +25,7 @@ from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.conftest import MINILM
 from tests.integration.support import settings_for
+from tests.server.test_immutable_versions import overwrite_in_place
 
 pytestmark = pytest.mark.model
 
@@ -53,15 +54,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: f
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
-
-
-def overwrite_in_place(path: Path, data: bytes) -> None:
-    """Truncate and rewrite the same inode: what kills a process that has the file mapped."""
-    inode = path.stat().st_ino
-    with open(path, "r+b") as file:
-        file.truncate(0)
-        file.write(data)
-    assert path.stat().st_ino == inode
 
 
 def copy_version(source: Path, repository: Path, name: str, version: int = 1) -> Path:

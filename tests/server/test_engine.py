@@ -64,9 +64,6 @@ class FakeRegistry:
     def served(self) -> dict[str, ModelVersion]:
         return dict(sorted(self.versions.items()))
 
-    def serving_names(self) -> list[str]:
-        return sorted(self.versions)
-
     def states(self, name: str | None = None) -> list[ModelVersionState]:
         serving = [
             ModelVersionState(v.name, v.version, VersionState.SERVING, None)

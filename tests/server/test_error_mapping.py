@@ -16,7 +16,7 @@ import pytest
 from lamina.server.api import wire
 from lamina.server.api.servicer import EmbedServicer
 from lamina.server.api.status import GRPC_STATUS, status_of
-from lamina.server.calls import CallRecord, Calls
+from lamina.server.calls import STATUS_NAMES, CallRecord, Calls
 from lamina.server.domain import (
     EmbedRequest,
     EmbedResult,
@@ -48,7 +48,6 @@ from lamina.server.gateway.errors import (
     error_response,
     internal_error,
 )
-from lamina.server.metrics import OUTCOME_LABELS
 from lamina.v1 import embed_pb2 as pb
 
 # One error of each kind the domain raises, with the gRPC status it must map to.
@@ -301,10 +300,10 @@ def body_of(response: Any) -> Any:
 
 def test_every_error_code_has_its_http_status_and_grpc_name() -> None:
     assert {name: status for status, name in HTTP_STATUS.values()} == HTTP
-    assert set(HTTP_STATUS) == set(GRPC_STATUS) == set(OUTCOME_LABELS) == set(ErrorCode)
+    assert set(HTTP_STATUS) == set(GRPC_STATUS) == set(STATUS_NAMES) == set(ErrorCode)
     for code, (_, name) in HTTP_STATUS.items():
         # One vocabulary over both edges and the metrics: gRPC's status names.
-        assert GRPC_STATUS[code].name == name == OUTCOME_LABELS[code]
+        assert GRPC_STATUS[code].name == name == STATUS_NAMES[code]
 
 
 @pytest.mark.parametrize(("error", "status"), ERRORS, ids=lambda e: type(e).__name__)

@@ -132,7 +132,7 @@ def test_a_loaded_version_serves(repository: Path, add: Callable[..., Path]) -> 
     (version,) = registry.refresh()
     assert registry.states() == [ModelVersionState("tiny", 1, SERVING, None)]
     assert registry.serving("tiny") is version and registry.served() == {"tiny": version}
-    assert registry.serving_names() == ["tiny"]
+    assert list(registry.served()) == ["tiny"]
     row = registry.row("tiny", 1)
     assert row is not None and row.path == path and row.loaded is version and row.rejected is None
     assert registry.refresh() == []  # nothing changed: the same row

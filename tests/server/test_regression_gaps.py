@@ -7,10 +7,8 @@ executor; no model is loaded and no server started."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +26,7 @@ from lamina.server.scheduling.pool import PoolRunner
 from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue
 from lamina.server.security import TokenFile, bearer_problem
 from tests.jobs import make_job
-from tests.server.test_scheduler import FakeClock, InlineExecutor, echo_lengths
+from tests.server.test_scheduler import BusyThenInline, FakeClock, echo_lengths
 from tests.tiny_models import word_level_tokenizer
 
 ANYWHERE: frozenset[str] = frozenset()
@@ -98,16 +96,10 @@ async def test_a_job_whose_deadline_is_reached_as_its_pool_frees_up_never_runs()
         ran.extend(job.tokens for job in jobs)
         return echo_lengths(pool, jobs)
 
-    class FreesUpAtTheDeadline(InlineExecutor):
-        """Picked one second before its deadline; the pool's thread frees up exactly at it."""
-
-        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-            clock.now += 1.0
-            return super().submit(fn, *args, **kwargs)
-
     q = RequestQueue(SchedulingPolicy(max_wait_seconds=0))
+    # Picked one second before its deadline; the pool's thread frees up exactly at it.
     runner = PoolRunner(
-        PoolSpec("p", "cpu", 1, ANYWHERE), q, record, FreesUpAtTheDeadline(), clock=clock
+        PoolSpec("p", "cpu", 1, ANYWHERE), q, record, BusyThenInline(clock, 1.0), clock=clock
     )
     job = make_job(loop, length=3, at=clock.now, deadline=clock.now + 1.0)
     q.admit(job)

@@ -266,6 +266,18 @@ class FakeClock:
         return self.now
 
 
+class BusyThenInline(InlineExecutor):
+    """A pool's thread that frees up `seconds` of the fake clock after the batch was picked."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.clock.now += self.seconds
+        return super().submit(fn, *args, **kwargs)
+
+
 async def test_pool_answers_each_job_and_drains_on_close() -> None:
     loop = asyncio.get_running_loop()
     clock = FakeClock()
@@ -374,16 +386,9 @@ async def test_a_job_whose_deadline_passes_while_its_pool_is_busy_never_runs() -
         ran.extend(job.tokens for job in jobs)
         return echo_lengths(pool, jobs)
 
-    class LateExecutor(InlineExecutor):
-        """The pool's thread frees up only after the deadline."""
-
-        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-            clock.now += 5
-            return super().submit(fn, *args, **kwargs)
-
     q = queue_of()
     runner = PoolRunner(
-        PoolSpec("p", "cpu", 1, ANYWHERE), q, slow_start, LateExecutor(), clock=clock
+        PoolSpec("p", "cpu", 1, ANYWHERE), q, slow_start, BusyThenInline(clock, 5), clock=clock
     )
     job = make_job(loop, length=3, at=clock.now, deadline=clock.now + 1)
     q.admit(job)

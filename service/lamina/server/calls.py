@@ -25,10 +25,23 @@ from lamina.server.domain import (
     SemanticEmbedResult,
 )
 from lamina.server.engine import Engine
-from lamina.server.errors import LaminaError, Unavailable
-from lamina.server.metrics import Metrics, outcome_label
+from lamina.server.errors import ErrorCode, LaminaError, Unavailable
+from lamina.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# The API's name for each kind of failure, gRPC's status names (api-reference.md), one vocabulary
+# over both edges: the gRPC edge answers the status of that name, the HTTP edge's error bodies
+# carry it as `code`, and lamina_requests_total counts each call under it.
+STATUS_NAMES = {
+    ErrorCode.INVALID: "INVALID_ARGUMENT",
+    ErrorCode.NOT_FOUND: "NOT_FOUND",
+    ErrorCode.UNSERVABLE: "FAILED_PRECONDITION",
+    ErrorCode.OVERLOADED: "RESOURCE_EXHAUSTED",
+    ErrorCode.DEADLINE: "DEADLINE_EXCEEDED",
+    ErrorCode.UNAVAILABLE: "UNAVAILABLE",
+    ErrorCode.INTERNAL: "INTERNAL",
+}
 
 
 class ServingState:
@@ -76,7 +89,7 @@ class Calls:
             self.state.check()
             yield
         except LaminaError as error:
-            outcome = outcome_label(error.code)
+            outcome = STATUS_NAMES[error.code]
             raise
         except asyncio.CancelledError:
             outcome = "CANCELLED"  # the caller went away: nothing to answer or log

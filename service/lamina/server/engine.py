@@ -71,8 +71,6 @@ class ServedModels(Protocol):
 
     def served(self) -> dict[str, ModelVersion]: ...
 
-    def serving_names(self) -> list[str]: ...
-
     def states(self, name: str | None = None) -> list[ModelVersionState]: ...
 
 
@@ -341,7 +339,7 @@ class Engine:
     def _version(self, name: str) -> ModelVersion:
         version = self.registry.serving(name)
         if version is None:
-            raise ModelNotFound(name, self.registry.serving_names())
+            raise ModelNotFound(name, list(self.registry.served()))
         return version
 
     def _describe(self, version: ModelVersion) -> ModelDescription:

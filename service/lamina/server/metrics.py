@@ -9,7 +9,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lamina.server.errors import ErrorCode
 from lamina.server.scheduling.job import Job
 from lamina.server.scheduling.queue import RequestQueue
 
@@ -45,23 +44,6 @@ class _QueueCollector(Collector):
                 tokens.add_metric([tier, hosting], seen.tokens if seen else 0)
         yield requests
         yield tokens
-
-
-# The outcome label of lamina_requests_total: gRPC's status names, whichever edge a call came
-# through, so one series counts a kind of failure over both.
-OUTCOME_LABELS = {
-    ErrorCode.INVALID: "INVALID_ARGUMENT",
-    ErrorCode.NOT_FOUND: "NOT_FOUND",
-    ErrorCode.UNSERVABLE: "FAILED_PRECONDITION",
-    ErrorCode.OVERLOADED: "RESOURCE_EXHAUSTED",
-    ErrorCode.DEADLINE: "DEADLINE_EXCEEDED",
-    ErrorCode.UNAVAILABLE: "UNAVAILABLE",
-    ErrorCode.INTERNAL: "INTERNAL",
-}
-
-
-def outcome_label(code: ErrorCode) -> str:
-    return OUTCOME_LABELS[code]
 
 
 class Metrics:

@@ -5,17 +5,10 @@ from __future__ import annotations
 
 import grpc
 
-from lamina.server.errors import ErrorCode, FieldPath, InvalidArgument, LaminaError, path_parts
+from lamina.server.calls import STATUS_NAMES
+from lamina.server.errors import FieldPath, InvalidArgument, LaminaError, path_parts
 
-GRPC_STATUS = {
-    ErrorCode.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorCode.UNSERVABLE: grpc.StatusCode.FAILED_PRECONDITION,
-    ErrorCode.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCode.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
-}
+GRPC_STATUS = {code: grpc.StatusCode[name] for code, name in STATUS_NAMES.items()}
 
 
 def protobuf_field(path: FieldPath) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
+from lamina.server.calls import STATUS_NAMES
 from lamina.server.errors import (
     ErrorCode,
     FieldPath,
@@ -17,17 +18,18 @@ from lamina.server.errors import (
     shown,
 )
 
-# Each neutral code's HTTP status and the name the body's `code` carries.
-HTTP_STATUS = {
-    ErrorCode.INVALID: (400, "INVALID_ARGUMENT"),
-    ErrorCode.NOT_FOUND: (404, "NOT_FOUND"),
+_STATUS = {
+    ErrorCode.INVALID: 400,
+    ErrorCode.NOT_FOUND: 404,
     # The request cannot be served as asked (a hosting no pool honours): the caller's to change.
-    ErrorCode.UNSERVABLE: (400, "FAILED_PRECONDITION"),
-    ErrorCode.OVERLOADED: (429, "RESOURCE_EXHAUSTED"),
-    ErrorCode.DEADLINE: (408, "DEADLINE_EXCEEDED"),
-    ErrorCode.UNAVAILABLE: (503, "UNAVAILABLE"),
-    ErrorCode.INTERNAL: (500, "INTERNAL"),
+    ErrorCode.UNSERVABLE: 400,
+    ErrorCode.OVERLOADED: 429,
+    ErrorCode.DEADLINE: 408,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
 }
+# Each neutral code's HTTP status and the name the body's `code` carries.
+HTTP_STATUS = {code: (status, STATUS_NAMES[code]) for code, status in _STATUS.items()}
 INVALID_ARGUMENT = HTTP_STATUS[ErrorCode.INVALID][1]
 UNAUTHENTICATED = "UNAUTHENTICATED"  # raised by the gateway itself, never by the domain
 INTERNAL_MESSAGE = "internal error; the server logged the details"

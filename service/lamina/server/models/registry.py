@@ -154,9 +154,6 @@ class ModelRegistry:
         """Every model that serves, in name order, with its serving version."""
         return dict(self._table.serving)
 
-    def serving_names(self) -> list[str]:
-        return list(self._table.serving)  # in name order
-
     def states(self, name: str | None = None) -> list[ModelVersionState]:
         """Every version the registry knows (of `name` only, if given), by name then version."""
         return [
