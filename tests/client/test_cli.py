@@ -210,6 +210,7 @@ def test_models_tokenize_detokenize_print_json(
             "architecture": "bert",
             "untrained": False,
             "versions": [],  # the canned reply lists none
+            "precisions": [],
         }
     ]
     code, tokens, _ = _main(capsys, "--target", fake.target, "tokenize", "--model", "m", "a bc")

@@ -110,6 +110,7 @@ async def test_a_batch_held_back_by_memory_runs_without_waiting_for_company() ->
     loop = asyncio.get_running_loop()
     q = RequestQueue(SchedulingPolicy(max_wait_seconds=5, max_batch_memory_bytes=100 * 100))
     q.admit(job(loop, 100, at=0.0))
+    q.preparing = 1
     assert isinstance(q.next_batch(ANYWHERE, 0.1), WaitUntil)  # alone: it may wait for company
     q.admit(job(loop, 100, at=0.05))
     # The second cannot join, so more company could not either: the first runs now.

@@ -22,7 +22,7 @@ from lamina.server.domain import (
     TokenIdsItem,
     VersionState,
 )
-from lamina.server.engine import Engine
+from lamina.server.engine import HEAVY_PIXELS, HEAVY_TEXT_CHARS, LIGHT_CHARS, Cost, Engine
 from lamina.server.errors import (
     HostingUnavailable,
     InvalidArgument,
@@ -145,6 +145,40 @@ async def test_the_same_prompt_gets_the_same_vector_alone_and_in_company(engine:
     np.testing.assert_allclose(
         alone.embeddings[6][Pooling.MEAN], together[0].embeddings[6][Pooling.MEAN], atol=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    ("chars", "pixels", "spreading", "cost"),
+    [
+        (LIGHT_CHARS, 0, False, Cost.LIGHT),
+        (LIGHT_CHARS + 1, 0, False, Cost.NORMAL),
+        (10, 1, False, Cost.NORMAL),  # any image is decoded off the loop
+        (10, 0, True, Cost.HEAVY),
+        (HEAVY_TEXT_CHARS + 1, 0, False, Cost.HEAVY),
+        (10, HEAVY_PIXELS + 1, False, Cost.HEAVY),
+    ],
+)
+def test_where_a_prompt_is_prepared(chars: int, pixels: int, spreading: bool, cost: Cost) -> None:
+    assert Cost.of(chars, pixels, spreading) is cost
+
+
+async def test_a_prompt_counts_as_preparing_until_it_is_queued(engine: Engine) -> None:
+    """What a pool waits for company on: counted from arrival until admission, then not."""
+    long_text = "an apple a day " * 100  # past LIGHT_CHARS: prepared on the CPU executor
+    task = asyncio.ensure_future(engine.embed(embed(prompt=(TextItem(long_text),))))
+    await asyncio.sleep(0)
+    assert engine.queue.preparing == 1
+    await task
+    assert engine.queue.preparing == 0
+    # A short prompt is prepared on the loop: it is queued before the caller first yields.
+    task = asyncio.ensure_future(engine.embed(embed()))
+    await asyncio.sleep(0)
+    assert engine.queue.preparing == 0 and (len(engine.queue) == 1 or task.done())
+    await task
+    # A prompt that fails to prepare (a token id out of the vocabulary) is counted out too.
+    with pytest.raises(InvalidArgument):
+        await engine.embed(embed(prompt=(TokenIdsItem((10**9,) * 2000),)))
+    assert engine.queue.preparing == 0
 
 
 async def test_an_unknown_model_names_the_served_ones(engine: Engine) -> None:

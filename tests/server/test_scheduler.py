@@ -162,13 +162,26 @@ async def test_length_grouping_limits_padding() -> None:
     assert padding(True) < 0.05 < padding(False)
 
 
-async def test_a_partial_batch_waits_for_company_but_not_longer_than_max_wait() -> None:
+async def test_a_partial_batch_waits_for_company_being_prepared_but_not_longer_than_max_wait() -> (
+    None
+):
     loop = asyncio.get_running_loop()
     q = queue_of(SchedulingPolicy(max_wait_seconds=0.01, max_batch_rows=4))
     q.admit(make_job(loop, length=4, at=1.0))
+    q.preparing = 1
     assert q.next_batch(ANYWHERE, 1.001) == WaitUntil(1.01)
+    q.preparing = 0
     q.admit(make_job(loop, length=4, at=1.005))
+    q.preparing = 1  # yet another on the way: the wait still ends at max_wait
     assert lengths(q.next_batch(ANYWHERE, 1.01)) == [4, 4]
+
+
+async def test_a_lone_request_runs_at_once_when_no_other_is_being_prepared() -> None:
+    """Waiting for company that is not on the way only adds latency."""
+    loop = asyncio.get_running_loop()
+    q = queue_of(SchedulingPolicy(max_wait_seconds=10, max_batch_rows=4))
+    q.admit(make_job(loop, length=4, at=1.0))
+    assert lengths(q.next_batch(ANYWHERE, 1.0)) == [4]
 
 
 async def test_a_full_batch_does_not_wait() -> None:

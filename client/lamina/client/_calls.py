@@ -18,6 +18,7 @@ from lamina.client.results import (
     EmbedResult,
     ModelInfo,
     ModelVersionState,
+    PoolPrecision,
     SemanticEmbedResult,
     Timing,
     TokenizeResult,
@@ -285,6 +286,9 @@ def model_infos(response: pb.ModelsAvailableResponse) -> list[ModelInfo]:
             architecture=m.architecture,
             untrained=m.untrained,
             versions=[version_state(v) for v in m.versions],
+            precisions=[
+                PoolPrecision(p.pool, p.precision, list(p.min_cosine)) for p in m.precisions
+            ],
         )
         for m in response.models
     ]

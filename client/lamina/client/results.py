@@ -78,6 +78,16 @@ class ModelVersionState:
 
 
 @dataclass(frozen=True)
+class PoolPrecision:
+    """The precision one server pool serves a model in, and how close it came to fp32."""
+
+    pool: str
+    precision: str  # "fp32", "int8", ...
+    # Per hidden state 0..num_layers: the lowest cosine to fp32 on the server's calibration set.
+    min_cosine: list[float]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     description: str
@@ -92,6 +102,7 @@ class ModelInfo:
     untrained: bool = False  # random weights: the embeddings carry no meaning
     # Every version of the model the server knows, by version (what serves, what failed and why).
     versions: list[ModelVersionState] = field(default_factory=list)
+    precisions: list[PoolPrecision] = field(default_factory=list)  # per pool
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,7 @@ class ModelVersionState(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "description", "max_context_size", "hostings", "image_support", "embedding_types", "version", "num_layers", "hidden_size", "architecture", "untrained", "versions")
+    __slots__ = ("name", "description", "max_context_size", "hostings", "image_support", "embedding_types", "version", "num_layers", "hidden_size", "architecture", "untrained", "versions", "precisions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +288,7 @@ class ModelInfo(_message.Message):
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     UNTRAINED_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PRECISIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     max_context_size: int
@@ -300,7 +301,18 @@ class ModelInfo(_message.Message):
     architecture: str
     untrained: bool
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersionState]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_context_size: _Optional[int] = ..., hostings: _Optional[_Iterable[str]] = ..., image_support: _Optional[bool] = ..., embedding_types: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., architecture: _Optional[str] = ..., untrained: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[ModelVersionState, _Mapping]]] = ...) -> None: ...
+    precisions: _containers.RepeatedCompositeFieldContainer[PoolPrecision]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_context_size: _Optional[int] = ..., hostings: _Optional[_Iterable[str]] = ..., image_support: _Optional[bool] = ..., embedding_types: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., architecture: _Optional[str] = ..., untrained: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[ModelVersionState, _Mapping]]] = ..., precisions: _Optional[_Iterable[_Union[PoolPrecision, _Mapping]]] = ...) -> None: ...
+
+class PoolPrecision(_message.Message):
+    __slots__ = ("pool", "precision", "min_cosine")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MIN_COSINE_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    precision: str
+    min_cosine: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, pool: _Optional[str] = ..., precision: _Optional[str] = ..., min_cosine: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("model", "prompt", "tokens", "token_ids")

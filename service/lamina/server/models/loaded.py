@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from lamina.server.domain import Precision
 from lamina.server.errors import FieldPath, InvalidArgument
 from lamina.server.images import ImageSpec
+from lamina.server.models.precision import ChosenGraph, choose
 from lamina.server.prompt import PromptEncoder
 from lamina.server.repository.external_data import external_data
 from lamina.server.repository.files import read_file
@@ -37,7 +39,7 @@ class VersionContents:
     manifest: Manifest
     tokenizer: Tokenizer | None
     token_embeddings: np.ndarray | None  # read-only, backed by memory, not by the file
-    graph: bytes
+    graphs: dict[str, bytes]  # file -> contents: the fp32 graph and each reduced-precision one
     external_data: dict[str, bytes]  # location -> contents, for a graph naming external data
 
     @staticmethod
@@ -60,7 +62,11 @@ class VersionContents:
         with _reading(manifest.graph):
             graph = read_file(directory / manifest.graph)
             files = external_data(graph, directory)
-        return VersionContents(manifest, tokenizer, embeddings, graph, files)
+        graphs = {manifest.graph: graph}
+        for record in manifest.precisions.values():
+            with _reading(record.graph):
+                graphs[record.graph] = read_file(directory / record.graph)
+        return VersionContents(manifest, tokenizer, embeddings, graphs, files)
 
     def encoder(self, name: str) -> PromptEncoder:
         manifest, image = self.manifest, self.manifest.image
@@ -127,6 +133,7 @@ class LoadedModel:
     manifest: Manifest
     encoder: PromptEncoder
     session: HiddenStateSession
+    chosen: ChosenGraph
 
     @staticmethod
     def load(
@@ -134,29 +141,37 @@ class LoadedModel:
         *,
         threads: int,
         providers: Providers,
+        precision: Precision | None = Precision.FP32,
+        device: str = "cpu",
         contents: VersionContents | None = None,
         encoder: PromptEncoder | None = None,
     ) -> LoadedModel:
         """From the files of `entry`, or from `contents` already read from them (one read for
-        every pool, so all of them serve the same bytes)."""
+        every pool, so all of them serve the same bytes). `precision` None: auto
+        (models/precision.py)."""
         if contents is None:
             contents = VersionContents.read(entry.path)
         manifest = contents.manifest
-        with _reading(manifest.graph):
+        chosen = choose(manifest, precision, device)
+        fp32 = chosen.graph == manifest.graph
+        with _reading(chosen.graph):
             session = HiddenStateSession(
-                entry.path / manifest.graph,
+                entry.path / chosen.graph,
                 num_layers=manifest.num_layers,
                 threads=threads,
                 providers=providers,
-                model_bytes=contents.graph,
-                external_data=contents.external_data,
+                model_bytes=contents.graphs[chosen.graph],
+                external_data=contents.external_data if fp32 else None,
             )
         encoder = encoder if encoder is not None else contents.encoder(entry.name)
-        return LoadedModel(entry.name, entry.version, manifest, encoder, session)
+        return LoadedModel(entry.name, entry.version, manifest, encoder, session, chosen)
 
     @property
     def model_version(self) -> str:
-        return f"{self.name}@{self.version}"
+        """`name@version`, and `+precision` where that is not fp32: what a reply says it came
+        from."""
+        suffix = "" if self.chosen.precision is Precision.FP32 else f"+{self.chosen.precision}"
+        return f"{self.name}@{self.version}{suffix}"
 
     def absolute_layer(self, layer: int, field: FieldPath) -> int:
         """0..num_layers as is; -1 is the last block, -num_layers-1 the embedding output."""

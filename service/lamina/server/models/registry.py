@@ -78,6 +78,10 @@ class ModelVersion:
     def model_version(self) -> str:
         return self.primary.model_version
 
+    def model_version_on(self, pool: str) -> str:
+        """What a reply from `pool` says it came from (its precision may differ by pool)."""
+        return self.per_pool[pool].model_version
+
     @property
     def manifest(self) -> Manifest:
         return self.primary.manifest
@@ -352,6 +356,8 @@ class ModelRegistry:
                     entry,
                     threads=pool.threads,
                     providers=pool.providers,
+                    precision=pool.precision,
+                    device=pool.device,
                     contents=contents,
                     encoder=encoder,
                 )

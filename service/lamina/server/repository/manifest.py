@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamina.server.domain import Pooling, Representation
+from lamina.server.domain import Pooling, Precision, Representation
 from lamina.server.repository.files import read_file
 
 MANIFEST_FILE = "manifest.json"
@@ -100,6 +100,47 @@ def _representations(data: Any) -> dict[Representation, str]:
 
 
 @dataclass(frozen=True)
+class PrecisionGraph:
+    """A reduced-precision graph of the version, beside the fp32 one it was made from, with the
+    fidelity measured when it was made (convert/fidelity.py)."""
+
+    graph: str  # a file in the version folder
+    min_cosine: tuple[float, ...]  # per hidden state 0..num_layers, on the calibration set
+    calibration: str  # which calibration set (convert/calibration.py CALIBRATION_ID)
+    kept_fp32: tuple[str, ...] = ()  # parts left in fp32 to pass the gate, e.g. "block 6 mlp"
+
+    def passes_gate(self, precision: Precision) -> bool:
+        return min(self.min_cosine) >= precision.gate
+
+    @staticmethod
+    def from_json(name: str, data: Any, num_layers: int) -> PrecisionGraph:
+        where = f"manifest precisions.{name}"
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected an object")
+        fields = {"graph", "min_cosine", "calibration", "kept_fp32"}
+        if set(data) - fields or not {"graph", "min_cosine", "calibration"} <= set(data):
+            raise ValueError(f"{where}: expected the fields {sorted(fields)} (kept_fp32 optional)")
+        graph, cosines, calibration = data["graph"], data["min_cosine"], data["calibration"]
+        if not isinstance(graph, str) or not _FILE_NAME.fullmatch(graph):
+            raise ValueError(f"{where}.graph: expected the name of a file in the version folder")
+        if (
+            not isinstance(cosines, list)
+            or len(cosines) != num_layers + 1
+            or not all(type(c) in (int, float) and -1 <= c <= 1 for c in cosines)
+        ):
+            raise ValueError(
+                f"{where}.min_cosine: expected {num_layers + 1} numbers in -1..1, one per hidden "
+                "state"
+            )
+        kept = data.get("kept_fp32", [])
+        if not isinstance(calibration, str) or not (
+            isinstance(kept, list) and all(isinstance(k, str) for k in kept)
+        ):
+            raise ValueError(f"{where}: calibration is a string, kept_fp32 a list of strings")
+        return PrecisionGraph(graph, tuple(float(c) for c in cosines), calibration, tuple(kept))
+
+
+@dataclass(frozen=True)
 class Manifest:
     architecture: str  # "bert", "llama", "dinov2" or "vision-llama"
     num_layers: int  # transformer blocks; hidden states are 0..num_layers
@@ -120,11 +161,13 @@ class Manifest:
     token_embeddings: str = TOKEN_EMBEDDINGS_FILE
     format: int = FORMAT_VERSION
     converter_revision: int = CONVERTER_REVISION
+    # Reduced-precision graphs beside `graph` (which is fp32), by precision.
+    precisions: dict[Precision, PrecisionGraph] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def write(self, directory: Path) -> None:
+    def write(self, directory: Path, file: str = MANIFEST_FILE) -> None:
         data = asdict(self)
-        (directory / MANIFEST_FILE).write_text(json.dumps(data, indent=2) + "\n")
+        (directory / file).write_text(json.dumps(data, indent=2) + "\n")
 
     @staticmethod
     def read(directory: Path) -> Manifest:
@@ -155,6 +198,7 @@ class Manifest:
             data["image"] = _image_input(data["image"])
         if data.get("semantic") is not None:
             data["semantic"] = SemanticConfig.from_json(data["semantic"])
+        data["precisions"] = _precisions(data.get("precisions", {}), data.get("num_layers"))
         try:
             return Manifest(**data)
         except TypeError as error:  # a required field missing
@@ -232,6 +276,26 @@ def _check_fields(data: Mapping[str, Any]) -> None:
         raise ValueError("manifest trained: expected true or false")
     if "extra" in data and not isinstance(data["extra"], dict):
         raise ValueError("manifest extra: expected an object")
+
+
+def _precisions(data: Any, num_layers: Any) -> dict[Precision, PrecisionGraph]:
+    if not isinstance(data, Mapping):
+        raise ValueError("manifest precisions: expected an object")
+    if not isinstance(num_layers, int):
+        raise ValueError("manifest num_layers: required for precisions")
+    graphs: dict[Precision, PrecisionGraph] = {}
+    for name, record in data.items():
+        try:
+            precision = Precision(name)
+        except ValueError:
+            expected = ", ".join(p.value for p in Precision if p is not Precision.FP32)
+            raise ValueError(
+                f"manifest precisions: unknown {name!r}; expected {expected}"
+            ) from None
+        if precision is Precision.FP32:
+            raise ValueError("manifest precisions: fp32 is the graph itself, not an entry")
+        graphs[precision] = PrecisionGraph.from_json(name, record, num_layers)
+    return graphs
 
 
 def _image_input(data: Any) -> ImageInput:

@@ -1,10 +1,12 @@
-"""Where a pool runs: its device, threads and hosting labels, and the ONNX Runtime execution
-providers that device means."""
+"""Where a pool runs: its device, threads, hosting labels and precision, and the ONNX Runtime
+execution providers that device means."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from lamina.server.domain import Precision
 
 # Execution providers in order of preference, each a name or (name, options).
 Providers = Sequence[str | tuple[str, dict[str, str]]]
@@ -16,6 +18,8 @@ class PoolSpec:
     device: str  # "cpu" or "cuda:<index>"
     threads: int
     hostings: frozenset[str]
+    # The graphs it serves (models/precision.py); None: auto, the fastest that passes its gate.
+    precision: Precision | None = None
 
     @property
     def providers(self) -> Providers:

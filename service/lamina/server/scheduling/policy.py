@@ -14,7 +14,8 @@ class SchedulingPolicy:
     # more still runs, alone in its batch.
     max_batch_memory_bytes: int = 2048 * MIB
     max_batch_rows: int = 64
-    max_wait_seconds: float = 0.002  # how long a partial batch waits for company
+    # How long a partial batch waits for company, while more requests are being prepared.
+    max_wait_seconds: float = 0.002
     nice_max_wait_seconds: float = 5.0  # a nice request waiting this long is served as non-nice
     max_queue_requests: int = 1024  # admission: beyond either bound, RESOURCE_EXHAUSTED at once
     max_queue_tokens: int = 262144

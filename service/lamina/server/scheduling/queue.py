@@ -12,6 +12,11 @@ a batch needs is its model's estimate (BatchMemory, from the job): attention gro
 of the padded length, so a few long prompts can need more than many short ones. The most urgent
 request always runs, alone if it alone passes a budget: nothing legal is refused or truncated for
 memory.
+
+A partial batch waits for company (at most `max_wait_seconds`) only while more requests are being
+prepared (`preparing`, counted by the engine between arrival and admission): with none on the way,
+waiting adds latency and gains no row, so a lone request runs at once. Under load the pools are
+busy and batches fill while they run.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class RequestQueue:
         self.policy = policy
         self._jobs: list[Job] = []  # in arrival order; bounded by admission
         self._tokens = 0
+        self.preparing = 0  # requests arrived and not yet admitted (tokenizing, decoding)
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -109,7 +115,7 @@ class RequestQueue:
         p = self.policy
         filling = len(batch) < p.max_batch_rows and len(batch) == len(company)
         ready_at = head.enqueued_at + p.max_wait_seconds
-        if filling and now < ready_at:
+        if filling and self.preparing > 0 and now < ready_at:
             return WaitUntil(ready_at)
         chosen = {id(j) for j in batch}
         self._replace([j for j in self._jobs if id(j) not in chosen])
