@@ -43,8 +43,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# Reduced-precision graphs made beside fp32 (each measured against it; docs/precision.md).
+PRECISIONS ?= int8
 models: install
-	$(BIN)/lamina prepare --model-repository "$(LAMINA_MODEL_REPOSITORY)"
+	$(BIN)/lamina prepare --model-repository "$(LAMINA_MODEL_REPOSITORY)" \
+		$(foreach p,$(PRECISIONS),--precision $(p))
 
 serve: models
 	$(BIN)/lamina serve --model-repository "$(LAMINA_MODEL_REPOSITORY)" --port $(PORT) --metrics-port $(METRICS_PORT) \

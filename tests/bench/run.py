@@ -3,7 +3,9 @@ docs/bench.md. Figures are reported as ratios against targets, never asserted.
 
 1. Saturation: Lamina over gRPC (many concurrent clients on loopback) against a bare ONNX Runtime
    session running the same graph on batches of the same shape (target >= 0.9x), and against the
-   PyTorch path users would otherwise run (sentence-transformers; transformers for SmolLM2).
+   PyTorch path users would otherwise run (sentence-transformers; transformers for SmolLM2);
+   int8 beside fp32 with its recorded fidelity; the per-request overhead of a short request and
+   tiny-request throughput (tests/bench/overhead.py).
 2. Layer-depth cost on SmolLM2: a batch asking for layers=[1] against layers=[-1] (target <= 0.15).
 3. Priority isolation: p50/p99 of normal requests at a low fixed rate, idle and under a nice flood
    (target: flood p99 <= idle p99 + one batch's run time).
@@ -30,9 +32,11 @@ import numpy as np
 
 from lamina.server.config import default_home
 from lamina.server.convert.packages import ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT
+from lamina.server.domain import Precision
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.repository.layout import list_versions
+from lamina.server.repository.manifest import Manifest
 from lamina.server.runtime.batch import Batch
 from lamina.v1 import embed_pb2 as pb
 from tests.bench import machine
@@ -46,6 +50,7 @@ from tests.bench.load import (
     request_of,
     scrape,
 )
+from tests.bench.overhead import measure as measure_overhead
 from tests.bench.soak import soak
 
 MINILM, SMOLLM2 = ALL_MINILM_L6_V2.name, SMOLLM2_135M_INSTRUCT.name
@@ -192,6 +197,27 @@ def main() -> None:
         else:
             rows.append(Row(f"{model}: PyTorch", torch_figures))
 
+    # 1b. Precision: the same load on a pool serving int8, beside fp32 (docs/precision.md).
+    rows += precision_rows(repo, scratch, seconds)
+
+    # 1c. What serving adds to a short request, and tiny requests at saturation.
+    step("per-request overhead: 'Hello world' one at a time, then 64 clients of two-word prompts")
+    overhead = measure_overhead(only(repo, MINILM, scratch), MINILM, seconds=seconds)
+    rows.append(
+        Row(
+            "short request p50: in-process (tokenize + run + pool) / over gRPC",
+            f"{overhead.in_process_p50 * 1e3:.2f} / {overhead.grpc_p50 * 1e3:.2f} ms "
+            f"(+{overhead.added * 1e3:.2f} ms)",
+            "+ <= 1 ms",
+        )
+    )
+    rows.append(
+        Row(
+            f"tiny requests (two words), {overhead.tiny_clients} clients",
+            f"{overhead.tiny_requests_per_second:,.0f} requests/s",
+        )
+    )
+
     # 2. Cost that follows depth.
     step("layer-depth cost, smollm2, 8 x 128 tokens")
     rows.append(
@@ -273,6 +299,32 @@ def main() -> None:
         rows += [Row(*row) for row in soak(repo, args.soak_seconds).rows()]
 
     write(rows, args.output, seconds)
+
+
+def precision_rows(repo: Path, scratch: Path, seconds: float) -> list[Row]:
+    """MiniLM over gRPC with --precision int8 beside fp32, with the fidelity its manifest
+    records (the lowest cosine to fp32 of any layer on the calibration set)."""
+    manifest = Manifest.read(list_versions(repo)[MINILM][-1].path)
+    record = manifest.precisions.get(Precision.INT8)
+    if record is None or not record.passes_gate(Precision.INT8):
+        return [Row(f"{MINILM}: int8", "not prepared or below its gate: pools serve fp32")]
+    make, clients = fixed_length(MINILM, 128), 64
+    rates = {}
+    for precision in (Precision.FP32, Precision.INT8):
+        step(f"Lamina over gRPC, {MINILM}, --precision {precision}, {clients} clients")
+        with lamina_server(only(repo, MINILM, scratch), "--precision", str(precision)) as server:
+            asyncio.run(closed_loop(server.target, make, clients, 1.0))
+            started = time.perf_counter()
+            outcome = asyncio.run(closed_loop(server.target, make, clients, seconds))
+            rates[precision] = outcome.tokens / (time.perf_counter() - started)
+    return [
+        Row(
+            f"{MINILM}: Lamina int8 / fp32 over gRPC ({len(record.kept_fp32)} parts kept fp32)",
+            f"{rates[Precision.INT8] / rates[Precision.FP32]:.2f}x "
+            f"({rates[Precision.INT8]:,.0f} tokens/s)",
+            f"lowest cosine {min(record.min_cosine):.4f} >= gate {Precision.INT8.gate}",
+        )
+    ]
 
 
 def fixed_length(model: str, length: int) -> MakeRequest:

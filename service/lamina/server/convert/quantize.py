@@ -99,6 +99,7 @@ def quantize_int8(
     progress(f"int8: fp32 states of {len(prompts)} calibration prompts (1..{context} tokens)")
     reference = fidelity.reference_states(fidelity.session(source), prompts, manifest.num_layers)
     kept: list[Unit] = []
+    first: fidelity.Fidelity | None = None  # all int8
     with tempfile.TemporaryDirectory(prefix="lamina-int8-") as scratch:
         candidate = Path(scratch) / INT8_GRAPH_FILE
         while True:
@@ -123,9 +124,17 @@ def quantize_int8(
             left = [u for u in units if u not in kept]
             if measured.passes(Precision.INT8.gate) or not left:
                 break
-            # An eighth of the parts at a time bounds the rounds (each a quantization and a
-            # measurement of the whole set) at about eight, whatever the depth of the model.
-            kept += _costliest(left, measured.per_layer, -(-len(units) // ROUNDS))
+            if first is None:
+                first = measured
+            # One part at a time for shallow models; for deep ones a share that bounds the
+            # rounds (each a quantization and a measurement of the whole set) at about ROUNDS.
+            step = 1 if len(units) <= 2 * ROUNDS else -(-len(units) // ROUNDS)
+            kept += _costliest(left, measured.per_layer, step)
+        if not left and first is not None:
+            # Nothing of int8 passes: recorded (with what all-int8 measured) so that it is not
+            # tried again, and no graph is written; pools asking for int8 serve fp32.
+            progress(f"int8 fails its gate even in part (all int8: {first.worst:.4f})")
+            return PrecisionGraph("", first.per_layer, calibration.CALIBRATION_ID)
         candidate.replace(version / INT8_GRAPH_FILE)
     return PrecisionGraph(
         graph=INT8_GRAPH_FILE,

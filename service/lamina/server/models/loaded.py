@@ -64,6 +64,8 @@ class VersionContents:
             files = external_data(graph, directory)
         graphs = {manifest.graph: graph}
         for record in manifest.precisions.values():
+            if not record.graph:
+                continue  # measured and failed its gate: no graph was written
             with _reading(record.graph):
                 graphs[record.graph] = read_file(directory / record.graph)
         return VersionContents(manifest, tokenizer, embeddings, graphs, files)

@@ -104,13 +104,15 @@ class PrecisionGraph:
     """A reduced-precision graph of the version, beside the fp32 one it was made from, with the
     fidelity measured when it was made (convert/fidelity.py)."""
 
-    graph: str  # a file in the version folder
+    # A file in the version folder; "" when no graph of this precision passes its gate (then
+    # min_cosine is what the whole graph in this precision measured, and none was written).
+    graph: str
     min_cosine: tuple[float, ...]  # per hidden state 0..num_layers, on the calibration set
     calibration: str  # which calibration set (convert/calibration.py CALIBRATION_ID)
     kept_fp32: tuple[str, ...] = ()  # parts left in fp32 to pass the gate, e.g. "block 6 mlp"
 
     def passes_gate(self, precision: Precision) -> bool:
-        return min(self.min_cosine) >= precision.gate
+        return bool(self.graph) and min(self.min_cosine) >= precision.gate
 
     @staticmethod
     def from_json(name: str, data: Any, num_layers: int) -> PrecisionGraph:
@@ -121,8 +123,10 @@ class PrecisionGraph:
         if set(data) - fields or not {"graph", "min_cosine", "calibration"} <= set(data):
             raise ValueError(f"{where}: expected the fields {sorted(fields)} (kept_fp32 optional)")
         graph, cosines, calibration = data["graph"], data["min_cosine"], data["calibration"]
-        if not isinstance(graph, str) or not _FILE_NAME.fullmatch(graph):
-            raise ValueError(f"{where}.graph: expected the name of a file in the version folder")
+        if not isinstance(graph, str) or not (graph == "" or _FILE_NAME.fullmatch(graph)):
+            raise ValueError(
+                f"{where}.graph: expected the name of a file in the version folder, or ''"
+            )
         if (
             not isinstance(cosines, list)
             or len(cosines) != num_layers + 1

@@ -1,0 +1,75 @@
+"""A reduced precision end to end: `prepare_precision` measures and writes an int8 graph beside
+the fp32 one, a real server whose pool asks for int8 serves it, and the API says so (the reply's
+model_version, ModelsAvailable's precisions with the recorded fidelity); a pool asking for fp32
+beside it serves the same version exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lamina.server.convert.prepare import prepare_precision
+from lamina.server.convert.quantize import INT8_GRAPH_FILE, weight_units
+from lamina.server.domain import Precision
+from lamina.server.repository.manifest import Manifest
+from lamina.server.runtime.device import PoolSpec
+from lamina.v1 import embed_pb2 as pb
+from tests.integration.test_scheduling import embed, serving, tiny_repository
+
+# A pinned request runs on the int8 pool only: that is how the test picks it.
+INT8_POOL = PoolSpec("fast", "cpu", 1, frozenset({"aleph-alpha"}), Precision.INT8)
+FP32_POOL = PoolSpec("exact", "cpu", 1, frozenset(), Precision.FP32)
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tiny_repository(tmp_path_factory.mktemp("precision"))
+    record = prepare_precision(repo / "tiny" / "1", Precision.INT8, progress=lambda _: None)
+    assert record is not None and record.passes_gate(Precision.INT8)  # random weights: no outliers
+    return repo
+
+
+def test_the_int8_graph_is_written_and_recorded_beside_fp32(repository: Path) -> None:
+    version = repository / "tiny" / "1"
+    manifest = Manifest.read(version)
+    record = manifest.precisions[Precision.INT8]
+    assert record.graph == INT8_GRAPH_FILE and (version / INT8_GRAPH_FILE).is_file()
+    assert len(record.min_cosine) == manifest.num_layers + 1
+    assert (version / INT8_GRAPH_FILE).stat().st_size < (version / manifest.graph).stat().st_size
+    # Asked again, nothing is redone: the record measured on this calibration set stands.
+    again = prepare_precision(version, Precision.INT8, progress=lambda _: None)
+    assert again == record
+
+
+def test_weight_units_are_each_blocks_attention_and_feed_forward(repository: Path) -> None:
+    import onnx
+
+    manifest = Manifest.read(repository / "tiny" / "1")
+    units = weight_units(onnx.load(str(repository / "tiny" / "1" / manifest.graph)))
+    blocks = range(1, manifest.num_layers + 1)
+    assert [(u.block, u.part) for u in units] == [
+        (block, part) for block in blocks for part in ("mlp", "attention")
+    ]
+    assert all(len(u.nodes) == (4 if u.part == "attention" else 2) for u in units)
+
+
+async def test_a_pool_serves_the_precision_it_asks_for_and_says_so(repository: Path) -> None:
+    record = Manifest.read(repository / "tiny" / "1").precisions[Precision.INT8]
+    async with serving(repository, pools=(INT8_POOL, FP32_POOL)) as (_, stub, _port):
+        models = await stub.ModelsAvailable(pb.ModelsAvailableRequest())
+        (tiny,) = models.models
+        by_pool = {p.pool: p for p in tiny.precisions}
+        assert by_pool["fast"].precision == "int8" and by_pool["exact"].precision == "fp32"
+        np.testing.assert_allclose(by_pool["fast"].min_cosine, record.min_cosine, rtol=1e-6)
+        assert list(by_pool["exact"].min_cosine) == [1.0] * len(record.min_cosine)
+        fast = await stub.Embed(embed("tiny", 12, hosting="aleph-alpha"))
+    async with serving(repository, pools=(FP32_POOL,)) as (_, stub, _port):
+        exact = await stub.Embed(embed("tiny", 12))
+    assert fast.model_version == "tiny@1+int8" and exact.model_version == "tiny@1"
+    a, b = (
+        np.asarray(next(iter(r.embeddings.values())).pooling["mean"].values) for r in (fast, exact)
+    )
+    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert Precision.INT8.gate <= cosine < 1.0  # close, and computed differently

@@ -1,0 +1,138 @@
+"""Precision as a pool property: which graph a pool serves (models/precision.py), how the manifest
+records a reduced-precision graph, and how pools ask for one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from lamina.server.config import parse_precision, read_pools_file
+from lamina.server.domain import Precision
+from lamina.server.models.precision import choose, cpu_has_bf16, native
+from lamina.server.repository.manifest import Manifest, PrecisionGraph
+
+BASE = Manifest(
+    architecture="bert",
+    num_layers=2,
+    hidden_size=4,
+    max_context_size=16,
+    vocab_size=10,
+    pad_token_id=0,
+)
+
+
+def record(graph: str, *cosines: float) -> PrecisionGraph:
+    return PrecisionGraph(graph, cosines, "calibration-1", ("block 2 mlp",))
+
+
+def with_precisions(**records: PrecisionGraph) -> Manifest:
+    return dataclasses.replace(BASE, precisions={Precision(k): v for k, v in records.items()})
+
+
+def test_a_pool_asking_for_int8_gets_it_where_it_passes_its_gate() -> None:
+    manifest = with_precisions(int8=record("model.int8.onnx", 1.0, 0.995, 0.99))
+    chosen = choose(manifest, Precision.INT8, "cpu")
+    assert (chosen.precision, chosen.graph) == (Precision.INT8, "model.int8.onnx")
+    assert chosen.min_cosine == (1.0, 0.995, 0.99)
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        BASE,
+        with_precisions(int8=record("model.int8.onnx", 1.0, 0.999, 0.98)),
+        with_precisions(int8=record("", 1.0, 0.999, 0.999)),
+    ],
+    ids=["none prepared", "below its gate", "no graph written"],
+)
+def test_int8_falls_back_to_fp32_where_the_version_has_none_that_passes(
+    manifest: Manifest,
+) -> None:
+    chosen = choose(manifest, Precision.INT8, "cpu")
+    assert (chosen.precision, chosen.graph, chosen.min_cosine) == (
+        Precision.FP32,
+        "model.onnx",
+        (1.0, 1.0, 1.0),
+    )
+
+
+def test_auto_never_picks_int8_and_picks_what_the_device_computes_natively() -> None:
+    manifest = with_precisions(
+        int8=record("model.int8.onnx", 1.0, 1.0, 1.0),
+        fp16=record("model.fp16.onnx", 1.0, 0.9995, 0.9991),
+    )
+    assert choose(manifest, None, "cuda:0").precision is Precision.FP16
+    assert choose(manifest, None, "cpu").precision is Precision.FP32  # no bf16 graph here
+    failing = with_precisions(fp16=record("model.fp16.onnx", 1.0, 0.9995, 0.998))
+    assert choose(failing, None, "cuda:0").precision is Precision.FP32
+
+
+def test_native_precisions_follow_the_device_and_the_cpu_flags(tmp_path: Path) -> None:
+    assert native("cuda:1") == [Precision.FP16]
+    with_amx, without = tmp_path / "amx", tmp_path / "avx2"
+    with_amx.write_text("processor : 0\nflags : fpu avx2 avx512f amx_bf16 amx_tile\n")
+    without.write_text("processor : 0\nflags : fpu avx2 fma f16c\n")
+    assert cpu_has_bf16(with_amx) and not cpu_has_bf16(without)
+    assert not cpu_has_bf16(tmp_path / "absent")
+
+
+def test_the_manifest_records_precisions_and_reads_them_back(tmp_path: Path) -> None:
+    manifest = with_precisions(int8=record("model.int8.onnx", 1.0, 0.995, 0.991))
+    manifest.write(tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["precisions"]["int8"]["min_cosine"] == [1.0, 0.995, 0.991]
+    assert Manifest.read(tmp_path) == manifest
+
+
+@pytest.mark.parametrize(
+    ("precisions", "problem"),
+    [
+        ({"int4": {}}, "unknown 'int4'"),
+        ({"fp32": {}}, "fp32 is the graph itself"),
+        ({"int8": {"graph": "model.int8.onnx", "calibration": "c"}}, "expected the fields"),
+        (
+            {"int8": {"graph": "../x.onnx", "min_cosine": [1, 1, 1], "calibration": "c"}},
+            "precisions.int8.graph",
+        ),
+        (
+            {"int8": {"graph": "model.int8.onnx", "min_cosine": [1, 1], "calibration": "c"}},
+            "expected 3 numbers",
+        ),
+        (
+            {"int8": {"graph": "model.int8.onnx", "min_cosine": [1, 1, 2], "calibration": "c"}},
+            "expected 3 numbers",
+        ),
+        ([], "precisions: expected an object"),
+    ],
+)
+def test_a_bad_precisions_section_is_refused_saying_where(
+    tmp_path: Path, precisions: object, problem: str
+) -> None:
+    BASE.write(tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["precisions"] = precisions
+    with pytest.raises(ValueError, match=problem):
+        Manifest.parse(json.dumps(data))
+
+
+def test_pools_ask_for_a_precision_by_name(tmp_path: Path) -> None:
+    assert parse_precision("auto") is None
+    assert parse_precision("int8") is Precision.INT8
+    with pytest.raises(ValueError, match="'bf16' is none of auto, fp32, int8"):
+        parse_precision("bf16")
+    pools = tmp_path / "pools.toml"
+    pools.write_text(
+        '[[pools]]\nname = "fast"\nprecision = "int8"\n[[pools]]\nname = "exact"\n'
+        'precision = "fp32"\n[[pools]]\nname = "either"\n'
+    )
+    assert [p.precision for p in read_pools_file(pools)] == [
+        Precision.INT8,
+        Precision.FP32,
+        None,
+    ]
+    pools.write_text('[[pools]]\nname = "x"\nprecision = "fp8"\n')
+    with pytest.raises(ValueError, match=r"pools\[0\]: precision 'fp8'"):
+        read_pools_file(pools)
