@@ -115,11 +115,20 @@ image:
 		-t $(IMAGE):$(IMAGE_VERSION)-gpu .
 
 # torch, transformers and sentence-transformers for reference figures only: never in .venv.
+# Also the peers tests/bench/peers.py times (OpenVINO, fastembed, llama-cpp-python) and matplotlib.
+# optimum-intel 2.1 caps transformers <5.6 and huggingface_hub <1.22, hence those pins; 2.2 would
+# pull torchvision, whose index wheel is a CUDA build that breaks transformers beside torch+cpu.
+# sentence-transformers[onnx] is left out: optimum-onnx needs transformers <4.58 (peers.py says so).
+# llama-cpp-python is source only: a ~20 min C++ build on 2 cores, best effort on its own line.
 $(REFERENCE)/bin/python:
 	@echo "creating $(REFERENCE): torch (CPU), transformers, sentence-transformers (reference only)"
 	$(PYTHON) -m venv $(REFERENCE)
-	$(REFERENCE)/bin/pip install --progress-bar on torch==2.13.0 transformers sentence-transformers \
-		gguf accelerate safetensors numpy onnx
+	$(REFERENCE)/bin/pip install --progress-bar on torch==2.13.0 transformers==5.5.4 \
+		huggingface_hub==1.21.0 sentence-transformers==6.2.0 gguf accelerate safetensors numpy onnx \
+		'optimum-intel[openvino]==2.1.0' openvino==2026.4.1 fastembed==0.9.1 onnxruntime==1.32.0 \
+		matplotlib==3.11.2
+	$(REFERENCE)/bin/pip install --progress-bar off llama-cpp-python==0.3.36 \
+		|| echo "llama-cpp-python did not build; the bench marks that peer skipped" >&2
 
 fixtures: models $(REFERENCE)/bin/python
 	PYTHONPATH=service:client $(REFERENCE)/bin/python tests/parity/make_fixtures.py

@@ -57,10 +57,11 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     # Warnings about shape merging are noise for our dynamic graphs; errors still surface.
     options.log_severity_level = 3
-    # Idle intra-op threads sleep rather than spin: between runs the event loop (gRPC, tokenizing,
-    # replies) needs the cores, and a spinning worker takes one from it (docs/bench.md: short
-    # requests' p50 and tiny-request throughput, measured both ways).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Intra-op threads spin within a run (its many small parallel sections need them awake) and
+    # stop when it returns: between runs the event loop (gRPC, tokenizing, replies) needs the
+    # cores, and a worker spinning on after a run takes one from it. Measured both ways and with
+    # no spinning at all, which halves large batches on two cores (docs/bench.md).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
