@@ -307,8 +307,10 @@ def transformers_decoder(gguf: Path, dtype_name: str) -> tuple[Peer, Peer]:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
     model.eval()
 
+    # The GGUF says add_bos_token false, which llama.cpp and Lamina follow; transformers' GGUF
+    # tokenizer prepends a BOS regardless. Without it, all embed the same token ids.
     def states(texts: list[str]) -> tuple[Vectors, Vectors]:
-        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
             out = model.model(**batch, output_hidden_states=True)
         hidden = out.hidden_states[-1].float()  # after the final norm in transformers
@@ -318,7 +320,8 @@ def transformers_decoder(gguf: Path, dtype_name: str) -> tuple[Peer, Peer]:
         return mean.numpy(), last.numpy()
 
     def count(texts: list[str]) -> int:
-        return int(tokenizer(texts, padding=True, return_tensors="pt")["attention_mask"].sum())
+        batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        return int(batch["attention_mask"].sum())
 
     return (
         Peer(lambda texts: states(texts)[0], count),

@@ -210,7 +210,7 @@ def peer_rows(
     rows: list[Row] = []
     if isinstance(peers, str):
         return [Row("peers", peers)], None
-    clients = {MINILM: 32, SMOLLM2: 16}
+    clients = {MINILM: 64, SMOLLM2: 16}
     for model in (MINILM, SMOLLM2):
         section = peers[model]
         step(f"Lamina over gRPC on the peers' texts, {model}, {clients[model]} clients")

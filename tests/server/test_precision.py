@@ -3,13 +3,14 @@ records a reduced-precision graph, and how pools ask for one."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from lamina.server.config import parse_precision, read_pools_file
+from lamina.server.config import add_serve_arguments, parse_precision, read_pools_file
 from lamina.server.domain import Precision
 from lamina.server.models.precision import choose, cpu_has_bf16, native
 from lamina.server.repository.manifest import Manifest, PrecisionGraph
@@ -136,3 +137,13 @@ def test_pools_ask_for_a_precision_by_name(tmp_path: Path) -> None:
     pools.write_text('[[pools]]\nname = "x"\nprecision = "fp8"\n')
     with pytest.raises(ValueError, match=r"pools\[0\]: precision 'fp8'"):
         read_pools_file(pools)
+
+
+def test_the_serve_flag_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert parser.parse_args([]).precision is None  # auto, the default
+    assert parser.parse_args(["--precision", "int8"]).precision is Precision.INT8
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "bf16"])
+    assert "precision 'bf16' is none of auto, fp32, int8" in capsys.readouterr().err

@@ -120,14 +120,22 @@ def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
     return files
 
 
-def parse_precision(text: str, where: str = "--precision") -> Precision | None:
+def parse_precision(text: str, where: str = "") -> Precision | None:
     """'auto' is None; otherwise a precision a pool can serve."""
     if text == "auto":
         return None
     choices = ("auto", Precision.FP32.value, Precision.INT8.value)
     if text not in choices:
-        raise ValueError(f"{where}: precision {text!r} is none of {', '.join(choices)}")
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}precision {text!r} is none of {', '.join(choices)}")
     return Precision(text)
+
+
+def _precision_flag(text: str) -> Precision | None:
+    try:
+        return parse_precision(text)
+    except ValueError as error:  # argparse prints this one's text as it is
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def read_pools_file(path: Path) -> tuple[PoolSpec, ...]:
@@ -262,7 +270,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "the default pool's precision: auto (the fastest that passes its fidelity gate and that "
         "the device computes natively; else fp32), fp32, or int8 where `lamina prepare "
         "--precision int8` made one (docs/precision.md)",
-        parse_precision,
+        _precision_flag,
     )
 
     batching_group = parser.add_argument_group("scheduling and batching")
