@@ -18,7 +18,7 @@ CLIENTS = (1, 2, 4, 8, 16, 32, 64, 128)
 LENGTH_CLIENTS = 32  # concurrency of the by-length phases
 CONCURRENCY_LENGTH = 128  # prompt length of the by-concurrency phases
 
-Point = dict[str, float]
+Point = dict[str, float]  # ints for the x values
 
 
 async def _phase(target: str, make: MakeRequest, clients: int, seconds: float, pid: int) -> Point:
@@ -55,12 +55,12 @@ def lamina_curves(
             point = asyncio.run(
                 _phase(server.target, of_length(length), LENGTH_CLIENTS, seconds, server.pid)
             )
-            by_length.append({"tokens": float(length), **point})
+            by_length.append({"tokens": length, **point})
         for clients in CLIENTS:
             progress(f"curves: {clients} clients of {CONCURRENCY_LENGTH} tokens")
             make = of_length(CONCURRENCY_LENGTH)
             point = asyncio.run(_phase(server.target, make, clients, seconds, server.pid))
-            by_concurrency.append({"clients": float(clients), **point})
+            by_concurrency.append({"clients": clients, **point})
     return {"by_length": by_length, "by_concurrency": by_concurrency}
 
 

@@ -33,7 +33,7 @@ def draw(
     series: list[dict[str, Any]], rows: str, x: str, label: str, title: str, out: Path
 ) -> None:
     figure, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    ticks: set[int] = set()
+    ticks: set[float] = set()
     for entry in series:
         points = sorted(entry.get(rows, []), key=lambda row: row[x])
         if not points:
@@ -46,7 +46,7 @@ def draw(
         memory.plot(xs, [row["peak_rss_mib"] for row in points], marker="o", label=entry["name"])
     for axis, ylabel in ((speed, "tokens / s"), (memory, "peak RSS (MiB)")):
         axis.set_xscale("log", base=2)  # the lengths and client counts are powers of two
-        axis.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])  # 512, not 2^9
+        axis.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])  # 512, not 2^9
         axis.minorticks_off()
         axis.set_xlabel(label)
         axis.set_ylabel(ylabel)

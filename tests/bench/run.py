@@ -33,6 +33,7 @@ import numpy as np
 
 from lamina.server.config import default_home
 from lamina.server.convert import calibration
+from lamina.server.convert.fidelity import cosines
 from lamina.server.convert.packages import ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT
 from lamina.server.domain import Precision
 from lamina.server.models.loaded import LoadedModel
@@ -196,9 +197,7 @@ async def embed_texts(target: str, model: str, texts: list[str]) -> np.ndarray:
 
 
 def fidelity_text(vectors: np.ndarray, reference: list[list[float]]) -> str:
-    ref = np.asarray(reference, np.float64)
-    ours = vectors.astype(np.float64)
-    cosine = (ours * ref).sum(-1) / (np.linalg.norm(ours, axis=-1) * np.linalg.norm(ref, axis=-1))
+    cosine = cosines(vectors, np.asarray(reference))
     return f"cosine to fp32 min {cosine.min():.5f} / mean {cosine.mean():.5f}"
 
 
@@ -241,14 +240,14 @@ def peer_rows(
                 rows.append(Row(f"{model}: {peer['name']}", "skipped", peer["skipped"][:160]))
                 continue
             speed = float(peer["tokens_per_second"])
-            cosines = (
+            measured = (
                 f"cosine to fp32 min {peer['min_cosine']:.5f} / mean {peer['mean_cosine']:.5f}"
             )
             rows.append(
                 Row(
                     f"{model}: {peer['name']}",
                     f"{speed:,.0f} tokens/s (Lamina {rate / speed:.2f}x of it)",
-                    cosines,
+                    measured,
                 )
             )
     return rows, peers.get("curves")
@@ -470,9 +469,9 @@ def draw_plots(
     """The PNGs tests/bench/plots.py draws (in the reference environment, where matplotlib is),
     by file name; none when it cannot run."""
     python = ROOT / ".venv-reference" / "bin" / "python"
-    series = [{"name": "Lamina (gRPC, 32 clients / 128 tokens)", **lamina}]
+    series = [{"name": "Lamina (over gRPC)", **lamina}]
     if peer is not None:
-        series.append({"name": str(peer.get("peer", "fastest peer")), **peer})
+        series.append({"name": f"{peer.get('peer', 'fastest peer')} (in process)", **peer})
     source = scratch / "curves.json"
     source.write_text(json.dumps({"machine": machine.describe(), "series": series}))
     if not python.exists():
@@ -499,6 +498,17 @@ def write(rows: list[Row], output: Path, seconds: float, plots: list[str]) -> No
         "|---|---|---|",
         *(f"| {r.measurement} | {r.figure} | {r.target} |" for r in rows),
         "",
+        *(
+            [
+                "Curves (all-minilm-l6-v2): Lamina over gRPC, by prompt length from 32 clients and "
+                "by concurrent clients of 128-token prompts; the fastest peer in process, the same "
+                "lengths in calls of 32 texts and, for concurrency, that many texts per call. Peak "
+                "RSS is the whole process's during each phase.",
+                "",
+            ]
+            if plots
+            else []
+        ),
         *(f"![{name}]({name})\n" for name in plots),
     ]
     output.write_text("\n".join(lines))
