@@ -318,7 +318,7 @@ class Engine:
         return await self._on_cpu(version.encoder.tokenize, text, cost=Cost.of(len(text)))
 
     async def detokenize(self, model_name: str, ids: Sequence[int]) -> str:
-        """`ids` as they came (a protobuf repeated field): copied off the event loop."""
+        """`ids` as they came (a protobuf repeated field): copied off the event loop when long."""
         version = self._version(model_name)
         self.limits.check_detokenize(ids)
         return await self._on_cpu(

@@ -59,8 +59,9 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.log_severity_level = 3
     # Intra-op threads spin within a run (its many small parallel sections need them awake) and
     # stop when it returns: between runs the event loop (gRPC, tokenizing, replies) needs the
-    # cores, and a worker spinning on after a run takes one from it. Measured both ways and with
-    # no spinning at all, which halves large batches on two cores (docs/bench.md).
+    # cores, and a worker spinning on after a run takes one from it. Measured on two cores
+    # (MiniLM, bare session): a 4-token run 3.5 ms against 4.0 spinning on and 4.8 never
+    # spinning, 32 x 128 batches no slower; over gRPC, short requests' p50 fell by 2-4 ms.
     options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
