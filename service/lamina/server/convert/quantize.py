@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +101,10 @@ def quantize_int8(
     reference = fidelity.reference_states(fidelity.session(source), prompts, manifest.num_layers)
     kept: list[Unit] = []
     first: fidelity.Fidelity | None = None  # all int8
-    with tempfile.TemporaryDirectory(prefix="lamina-int8-") as scratch:
+    with (
+        _without_preprocessing_advice(),
+        tempfile.TemporaryDirectory(prefix="lamina-int8-") as scratch,
+    ):
         candidate = Path(scratch) / INT8_GRAPH_FILE
         while True:
             excluded = [name for unit in kept for name in unit.nodes]
@@ -142,6 +146,23 @@ def quantize_int8(
         calibration=calibration.CALIBRATION_ID,
         kept_fp32=tuple(str(u) for u in sorted(kept, key=lambda u: (u.block, u.part))),
     )
+
+
+@contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs advice to pre-process the graph (shape inference, for
+    static quantization) on every call, once per round here; the fidelity is measured without
+    it, so the line says nothing about the result."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _costliest(left: list[Unit], per_layer: tuple[float, ...], count: int) -> list[Unit]:
