@@ -8,6 +8,8 @@ import os
 import platform
 from pathlib import Path
 
+from lamina.server.models.precision import cpu_flags
+
 # The flags that change what runs fast, in the order a reader compares them.
 RELEVANT_FLAGS = (
     "avx2",
@@ -26,14 +28,13 @@ RELEVANT_FLAGS = (
 
 def cpu_of(cpuinfo: str) -> tuple[str, list[str]]:
     """The model name and the relevant flags of the first processor in a /proc/cpuinfo text."""
-    model, flags = "", set[str]()
+    model = ""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
+        if key.strip() == "model name":
             model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
+            break
+    flags = cpu_flags(cpuinfo)
     return model, [flag for flag in RELEVANT_FLAGS if flag in flags]
 
 

@@ -29,6 +29,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from lamina.server.config import default_home
@@ -39,9 +40,10 @@ from lamina.server.domain import Precision
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.repository.layout import list_versions
-from lamina.server.repository.manifest import Manifest
+from lamina.server.repository.manifest import Manifest, PrecisionGraph
 from lamina.server.runtime.batch import Batch
 from lamina.v1 import embed_pb2 as pb
+from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.bench import machine
 from tests.bench.curves import lamina_curves
 from tests.bench.load import (
@@ -54,6 +56,7 @@ from tests.bench.load import (
     request_of,
     scrape,
 )
+from tests.bench.overhead import embed_request
 from tests.bench.overhead import measure as measure_overhead
 from tests.bench.soak import soak
 
@@ -171,26 +174,15 @@ def lamina_on_texts(
     return rate, vectors
 
 
-def text_request(model: str, text: str) -> pb.EmbedRequest:
-    item = pb.PromptItem(text=pb.TextItem(data=text))
-    return pb.EmbedRequest(
-        model=model, prompt=pb.Prompt(items=[item]), layers=[-1], pooling=["mean"], normalize=True
-    )
-
-
 def text_requests(model: str) -> MakeRequest:
     texts = TEXTS[model]
-    return lambda rng: text_request(model, texts[int(rng.integers(len(texts)))])
+    return lambda rng: embed_request(model, texts[int(rng.integers(len(texts)))])
 
 
 async def embed_texts(target: str, model: str, texts: list[str]) -> np.ndarray:
-    import grpc
-
-    from lamina.v1 import embed_pb2_grpc as pb_grpc
-
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.EmbedServiceStub(channel)
-        replies = await asyncio.gather(*(stub.Embed(text_request(model, t)) for t in texts))
+        replies = await asyncio.gather(*(stub.Embed(embed_request(model, t)) for t in texts))
     return np.asarray(
         [next(iter(r.embeddings.values())).pooling["mean"].values for r in replies], np.float32
     )
@@ -221,9 +213,7 @@ def peer_rows(
                 fidelity_text(vectors, section["reference"]),
             )
         )
-        manifest = Manifest.read(list_versions(repo)[model][-1].path)
-        record = manifest.precisions.get(Precision.INT8)
-        if record is not None and record.passes_gate(Precision.INT8):
+        if serving_int8(repo, model) is not None:
             step(f"Lamina --precision int8 on the peers' texts, {model}")
             fast, int8_vectors = lamina_on_texts(
                 repo, scratch, model, seconds, clients[model], "--precision", "int8"
@@ -419,12 +409,18 @@ def main() -> None:
     write(rows, args.output, seconds, plots)
 
 
+def serving_int8(repo: Path, model: str) -> PrecisionGraph | None:
+    """The int8 record of the newest version where it passed its gate (a pool serves it)."""
+    manifest = Manifest.read(list_versions(repo)[model][-1].path)
+    record = manifest.precisions.get(Precision.INT8)
+    return record if record is not None and record.passes_gate(Precision.INT8) else None
+
+
 def precision_rows(repo: Path, scratch: Path, seconds: float) -> list[Row]:
     """MiniLM over gRPC with --precision int8 beside fp32, with the fidelity its manifest
     records (the lowest cosine to fp32 of any layer on the calibration set)."""
-    manifest = Manifest.read(list_versions(repo)[MINILM][-1].path)
-    record = manifest.precisions.get(Precision.INT8)
-    if record is None or not record.passes_gate(Precision.INT8):
+    record = serving_int8(repo, MINILM)
+    if record is None:
         return [Row(f"{MINILM}: int8", "not prepared or below its gate: pools serve fp32")]
     make, clients = fixed_length(MINILM, 128), 64
     rates = {}

@@ -2,18 +2,15 @@
 
 It ships with the project so that every machine measures the same thing: prose in several
 languages and scripts, code, numbers, emoji and markup, from a single token up to the model's
-whole context (the long prompt is the set itself, joined and cut at the context). For image
-models, a few deterministic images: gradients, stripes, noise and flat colour, which cover the
-range of pixel statistics a vision encoder normalises.
+whole context (the long prompt is the set itself, joined and cut at the context). Image models
+are not quantized, so the set has no images yet.
 
 CALIBRATION_ID names this set in the manifests that record a measurement on it: change the texts
-or images and bump it, so that a recorded fidelity always says what it was measured on.
+and bump it, so that a recorded fidelity always says what it was measured on.
 """
 
 # ruff: noqa: RUF001 (the texts are in other scripts on purpose)
 from __future__ import annotations
-
-import numpy as np
 
 CALIBRATION_ID = "calibration-1"
 
@@ -56,15 +53,3 @@ TEXTS: tuple[str, ...] = (
 def long_text() -> str:
     """Every text joined: tokenized and cut at the context, the longest calibration prompt."""
     return "\n".join(TEXTS * 8)
-
-
-def images(size: int) -> list[np.ndarray]:
-    """[size, size, 3] uint8 images, the same on every machine."""
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    horizontal = np.broadcast_to(ramp[None, :, None], (size, size, 3))
-    stripes = np.where((np.arange(size) // max(1, size // 16)) % 2 == 0, 230.0, 20.0)
-    noise = np.random.default_rng(0).integers(0, 256, (size, size, 3)).astype(np.float32)
-    flat = np.full((size, size, 3), (200.0, 80.0, 40.0), np.float32)
-    coloured = np.stack([horizontal[..., 0], horizontal[..., 0].T, 255 - horizontal[..., 0]], -1)
-    patterns = [horizontal, np.broadcast_to(stripes[:, None, None], (size, size, 3)), noise]
-    return [np.ascontiguousarray(p, dtype=np.uint8) for p in [*patterns, flat, coloured]]

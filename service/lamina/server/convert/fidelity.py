@@ -72,12 +72,6 @@ def hidden_states(
     return [state[0] for state in graph.run(names, feeds)]
 
 
-def reference_states(
-    graph: ort.InferenceSession, prompts: Sequence[np.ndarray], num_layers: int
-) -> list[list[np.ndarray]]:
-    return [hidden_states(graph, ids, num_layers) for ids in prompts]
-
-
 def measure(
     candidate: ort.InferenceSession,
     reference: Sequence[Sequence[np.ndarray]],

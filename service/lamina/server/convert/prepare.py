@@ -4,7 +4,6 @@ the reduced-precision graphs asked for (`--precision int8`), made once beside th
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,6 @@ from lamina.server.domain import Precision
 from lamina.server.repository.layout import list_versions
 from lamina.server.repository.manifest import (
     CONVERTER_REVISION,
-    MANIFEST_FILE,
     Manifest,
     PrecisionGraph,
 )
@@ -76,8 +74,9 @@ def prepare_precision(
         return None
     started = time.monotonic()
     record = quantize_int8(version, manifest, progress)
+    # The graph it names is in place before the manifest that names it.
     precisions = manifest.precisions | {precision: record}
-    write_manifest(version, dataclasses.replace(manifest, precisions=precisions))
+    dataclasses.replace(manifest, precisions=precisions).write(version)
     took, lowest = time.monotonic() - started, min(record.min_cosine)
     if record.graph:
         progress(
@@ -90,14 +89,6 @@ def prepare_precision(
             f"{lowest:.4f}), measured in {took:.1f} s; pools asking for {precision} serve fp32"
         )
     return record
-
-
-def write_manifest(version: Path, manifest: Manifest) -> None:
-    """Replace the manifest at once: a server reading it sees the old one or the new one. The new
-    graph it names is in place before it."""
-    staging = version / f".{MANIFEST_FILE}.new"
-    manifest.write(staging.parent, staging.name)
-    os.replace(staging, version / MANIFEST_FILE)
 
 
 def _version_from(repository: Path, model: PackagedModel) -> Path | None:

@@ -98,7 +98,8 @@ def quantize_int8(
     context = min(manifest.max_context_size, MAX_CALIBRATION_TOKENS)
     prompts = fidelity.calibration_ids(tokenizer, context)
     progress(f"int8: fp32 states of {len(prompts)} calibration prompts (1..{context} tokens)")
-    reference = fidelity.reference_states(fidelity.session(source), prompts, manifest.num_layers)
+    fp32 = fidelity.session(source)
+    reference = [fidelity.hidden_states(fp32, ids, manifest.num_layers) for ids in prompts]
     kept: list[Unit] = []
     first: fidelity.Fidelity | None = None  # all int8
     with (

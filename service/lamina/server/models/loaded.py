@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 from lamina.server.domain import Precision
 from lamina.server.errors import FieldPath, InvalidArgument
 from lamina.server.images import ImageSpec
-from lamina.server.models.precision import ChosenGraph, choose
+from lamina.server.models.precision import Asked, ChosenGraph, choose
 from lamina.server.prompt import PromptEncoder
 from lamina.server.repository.external_data import external_data
 from lamina.server.repository.files import read_file
@@ -39,12 +39,15 @@ class VersionContents:
     manifest: Manifest
     tokenizer: Tokenizer | None
     token_embeddings: np.ndarray | None  # read-only, backed by memory, not by the file
-    graphs: dict[str, bytes]  # file -> contents: the fp32 graph and each reduced-precision one
+    graphs: dict[str, bytes]  # file -> contents, for each graph a pool serves
     external_data: dict[str, bytes]  # location -> contents, for a graph naming external data
 
     @staticmethod
-    def read(directory: Path) -> VersionContents:
-        """Any problem with the files is an exception saying what (OSError, ValueError, ...)."""
+    def read(
+        directory: Path, serving: Iterable[Asked] = ((Precision.FP32, "cpu"),)
+    ) -> VersionContents:
+        """For pools asking for `serving` (precision, device) pairs. Any problem with the files
+        is an exception saying what (OSError, ValueError, ...)."""
         manifest = Manifest.read(directory)
         tokenizer = None
         if manifest.tokenizer:
@@ -59,15 +62,14 @@ class VersionContents:
                     pass  # converted before they were written: contextual controls say so
                 else:
                     embeddings = _token_embeddings(data, manifest)
-        with _reading(manifest.graph):
-            graph = read_file(directory / manifest.graph)
-            files = external_data(graph, directory)
-        graphs = {manifest.graph: graph}
-        for record in manifest.precisions.values():
-            if not record.graph:
-                continue  # measured and failed its gate: no graph was written
-            with _reading(record.graph):
-                graphs[record.graph] = read_file(directory / record.graph)
+        graphs, files = {}, {}
+        # Only the graphs the pools will serve: an int8 graph beside fp32 costs nothing to a
+        # server whose pools all serve fp32.
+        for name in sorted({choose(manifest, *asked).graph for asked in serving}):
+            with _reading(name):
+                graphs[name] = read_file(directory / name)
+                if name == manifest.graph:  # converted reduced-precision graphs name none
+                    files = external_data(graphs[name], directory)
         return VersionContents(manifest, tokenizer, embeddings, graphs, files)
 
     def encoder(self, name: str) -> PromptEncoder:
@@ -152,7 +154,7 @@ class LoadedModel:
         every pool, so all of them serve the same bytes). `precision` None: auto
         (models/precision.py)."""
         if contents is None:
-            contents = VersionContents.read(entry.path)
+            contents = VersionContents.read(entry.path, [(precision, device)])
         manifest = contents.manifest
         chosen = choose(manifest, precision, device)
         fp32 = chosen.graph == manifest.graph

@@ -16,6 +16,8 @@ from pathlib import Path
 from lamina.server.domain import Precision
 from lamina.server.repository.manifest import Manifest
 
+# What a pool asks for: its precision (None: auto) on its device.
+Asked = tuple[Precision | None, str]
 # Faster first, where the device runs them natively.
 AUTO_ORDER = (Precision.FP16, Precision.BF16)
 
@@ -45,8 +47,16 @@ def native(device: str) -> list[Precision]:
 
 def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     try:
-        text = cpuinfo.read_text()
+        flags = cpu_flags(cpuinfo.read_text())
     except OSError:
         return False
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The instruction-set flags of the first processor in a /proc/cpuinfo text."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()

@@ -348,7 +348,7 @@ class ModelRegistry:
 
     def _load(self, entry: VersionDir) -> ModelVersion:
         # One read for every pool: all serve the same bytes, whatever happens on disk meanwhile.
-        contents = VersionContents.read(entry.path)
+        contents = VersionContents.read(entry.path, [(p.precision, p.device) for p in self.pools])
         encoder = contents.encoder(entry.name)
         return ModelVersion(
             {

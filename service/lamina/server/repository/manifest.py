@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -169,9 +170,11 @@ class Manifest:
     precisions: dict[Precision, PrecisionGraph] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def write(self, directory: Path, file: str = MANIFEST_FILE) -> None:
-        data = asdict(self)
-        (directory / file).write_text(json.dumps(data, indent=2) + "\n")
+    def write(self, directory: Path) -> None:
+        """Replaced at once: a server reading it sees the old manifest or the new one."""
+        staging = directory / f".{MANIFEST_FILE}.new"
+        staging.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(staging, directory / MANIFEST_FILE)
 
     @staticmethod
     def read(directory: Path) -> Manifest:
