@@ -7,9 +7,11 @@ docs/bench.md. Figures are reported as ratios against targets, never asserted.
    int8 beside fp32 with its recorded fidelity; the per-request overhead of a short request and
    tiny-request throughput (tests/bench/overhead.py).
 2. Layer-depth cost on SmolLM2: a batch asking for layers=[1] against layers=[-1] (target <= 0.15).
-3. Priority isolation: p50/p99 of normal requests at a low fixed rate, idle and under a nice flood
-   (target: flood p99 <= idle p99 + one batch's run time).
-4. Starvation bound: the longest a nice request waited under a normal flood, against the bound.
+3. Priority isolation: p50/p99 of normal requests at a low fixed rate, idle and under a nice flood,
+   with yielding between segments and without (target: flood p99 <= 2x idle p99), on MiniLM and
+   SmolLM2; the nice flood's throughput both ways (target >= 0.9x).
+4. Starvation bound: the longest a nice request waited under a normal flood, against the bound
+   plus one segment.
 5. Padding: mixed prompt lengths with and without length grouping.
 6. Soak: minutes of mixed load (the deploy/ghz scenarios side by side), then the server's memory
    growth and the errors by status (tests/bench/soak.py).
@@ -48,16 +50,15 @@ from tests.bench import machine
 from tests.bench.curves import lamina_curves
 from tests.bench.load import (
     MakeRequest,
-    Outcome,
     closed_loop,
     histogram_mean,
     lamina_server,
-    open_loop,
     request_of,
     scrape,
 )
 from tests.bench.overhead import embed_request
 from tests.bench.overhead import measure as measure_overhead
+from tests.bench.priority import isolation_rows, starvation_rows
 from tests.bench.soak import soak
 
 MINILM, SMOLLM2 = ALL_MINILM_L6_V2.name, SMOLLM2_135M_INSTRUCT.name
@@ -330,48 +331,24 @@ def main() -> None:
         )
     )
 
-    # 3. Priority isolation on all-minilm-l6-v2.
+    # 3. Priority isolation, with yielding and without, on both text models; 4. the starvation
+    # bound (tests/bench/priority.py).
     minilm_repo = only(repo, MINILM, scratch)
-
-    def normal(r: np.random.Generator) -> pb.EmbedRequest:
-        return request_of(MINILM, 128, r)
-
-    def nice(r: np.random.Generator) -> pb.EmbedRequest:
-        return request_of(MINILM, 128, r, nice=True)
-
-    with lamina_server(minilm_repo) as server:
-        step("priority isolation: normal requests at 4/s, idle")
-        idle = asyncio.run(open_loop(server.target, normal, 4, seconds))
-        step("priority isolation: the same under a nice flood (32 clients)")
-        flood, under = asyncio.run(alongside(server.target, nice, normal, 4, seconds))
-    one_batch = float(np.percentile(flood.batch_runs, 99))
-    rows.append(
-        Row("normal p50 / p99, idle", f"{ms(idle.percentile(50))} / {ms(idle.percentile(99))} ms")
-    )
-    rows.append(
-        Row(
-            "normal p50 / p99, under a nice flood",
-            f"{ms(under.percentile(50))} / {ms(under.percentile(99))} ms",
-            f"p99 <= {ms(idle.percentile(99) + one_batch)} ms "
-            f"(idle p99 + one flood batch, p99 {ms(one_batch)} ms)",
-        )
-    )
-
-    # 4. Starvation bound.
-    bound = 1.0
-    with lamina_server(minilm_repo, "--nice-max-wait-seconds", str(bound)) as server:
-        step(f"starvation: nice requests at 2/s under a normal flood, bound {bound} s")
-        flood, starved = asyncio.run(alongside(server.target, normal, nice, 2, seconds))
-    one_batch = float(np.percentile(flood.batch_runs, 99))
-    longest = max(starved.queue_waits, default=float("nan"))
-    rows.append(
-        Row(
-            f"longest nice queue wait under a normal flood "
-            f"({len(starved.queue_waits)} nice requests)",
-            f"{longest:.2f} s",
-            f"<= bound {bound:.1f} s + one flood batch ({one_batch:.2f} s)",
-        )
-    )
+    isolation = [
+        (MINILM, dict(normal_length=128, nice_length=128, nice_clients=32)),
+        (SMOLLM2, dict(normal_length=16, nice_length=300, nice_clients=6)),
+    ]
+    for model, shape in isolation:
+        rows += [
+            Row(*row)
+            for row in isolation_rows(
+                only(repo, model, scratch), model, seconds=seconds, step=step, **shape
+            )
+        ]
+    rows += [
+        Row(*row)
+        for row in starvation_rows(minilm_repo, MINILM, bound=1.0, seconds=seconds, step=step)
+    ]
 
     # 5. Padding with mixed lengths.
     def mixed(r: np.random.Generator) -> pb.EmbedRequest:
@@ -443,20 +420,6 @@ def precision_rows(repo: Path, scratch: Path, seconds: float) -> list[Row]:
 
 def fixed_length(model: str, length: int) -> MakeRequest:
     return lambda rng: request_of(model, length, rng)
-
-
-async def alongside(
-    target: str, flood: MakeRequest, measured: MakeRequest, rate: float, seconds: float
-) -> tuple[Outcome, Outcome]:
-    """32 closed-loop clients of `flood` saturate the server while `measured` arrives at `rate`."""
-    flooding = asyncio.ensure_future(closed_loop(target, flood, 32, seconds + 1))
-    await asyncio.sleep(0.5)
-    result = await open_loop(target, measured, rate, seconds)
-    return await flooding, result
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f}"
 
 
 def draw_plots(

@@ -75,6 +75,7 @@ class FakeEmbedService(embed_pb2_grpc.EmbedServiceServicer):
         reply.timing.queue_seconds = 0.25
         reply.timing.tokenization_seconds = 0.5
         reply.timing.inference_seconds = 0.75
+        reply.timing.parked_seconds = 0.125
         return reply
 
     def ModelsAvailable(

@@ -113,13 +113,18 @@ def test_embed_json_shape() -> None:
         embeddings={0: {"mean": [0.5, 1.0]}, 6: {"max": [2.0]}},
         tokens=None,
         num_tokens_prompt_total=2,
-        timing=Timing(0.0, 0.5, 1.0),
+        timing=Timing(0.0, 0.5, 1.0, 0.25),
     )
     assert embed_json(result) == {
         "model_version": "m@1",
         "num_tokens_prompt_total": 2,
         "embeddings": {"layer_0": {"mean": [0.5, 1.0]}, "layer_6": {"max": [2.0]}},
-        "timing": {"queue_seconds": 0.0, "tokenization_seconds": 0.5, "inference_seconds": 1.0},
+        "timing": {
+            "queue_seconds": 0.0,
+            "tokenization_seconds": 0.5,
+            "inference_seconds": 1.0,
+            "parked_seconds": 0.25,
+        },
     }
 
 
@@ -159,7 +164,12 @@ def test_embed_prints_the_api_json(fake: FakeServer, capsys: pytest.CaptureFixtu
             "layer_6": {"mean": [6.0, 0.5], "last_token": [6.0, 1.5]},
         },
         "tokens": ["t0", "t1"],
-        "timing": {"queue_seconds": 0.25, "tokenization_seconds": 0.5, "inference_seconds": 0.75},
+        "timing": {
+            "queue_seconds": 0.25,
+            "tokenization_seconds": 0.5,
+            "inference_seconds": 0.75,
+            "parked_seconds": 0.125,
+        },
     }
     request = fake.last.request
     assert request.prompt.items[0].text.data == "Hello"

@@ -170,6 +170,7 @@ def _reply(with_tokens: bool) -> pb.EmbedResponse:
     reply.timing.queue_seconds = 0.125
     reply.timing.tokenization_seconds = 0.25
     reply.timing.inference_seconds = 0.5
+    reply.timing.parked_seconds = 0.0625
     if with_tokens:
         reply.tokens.tokens.extend(["[CLS]", "hi", "[SEP]"])
     return reply
@@ -185,7 +186,7 @@ def test_reply_layers_become_ascending_integer_keys_and_vectors_numpy() -> None:
     assert result.vector(6, "max").tolist() == [4.0, 5.0]
     assert result.tokens is None
     assert (result.model_version, result.num_tokens_prompt_total) == ("m@2", 3)
-    assert result.timing == results.Timing(0.125, 0.25, 0.5)
+    assert result.timing == results.Timing(0.125, 0.25, 0.5, parked_seconds=0.0625)
 
 
 def test_vector_names_what_is_there_when_missing() -> None:

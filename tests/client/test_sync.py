@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from lamina.client import Client, LaminaError, ModelInfo, Text, TokenIds, TokenizeResult
+from lamina.client import Client, LaminaError, ModelInfo, Text, Timing, TokenIds, TokenizeResult
 from lamina.v1 import embed_pb2 as pb
 from tests.client import fake_server
 from tests.client.fake_server import FakeServer
@@ -38,7 +38,7 @@ def test_embed_sends_the_request_and_parses_the_reply(fake: FakeServer) -> None:
     assert result.vector(6, "max").tolist() == [6.0, 1.5]
     assert result.vector(0, "mean").dtype == np.float32
     assert result.tokens == ["t0", "t1"] and result.num_tokens_prompt_total == 2
-    assert (result.timing.queue_seconds, result.timing.inference_seconds) == (0.25, 0.75)
+    assert result.timing == Timing(0.25, 0.5, 0.75, parked_seconds=0.125)
 
 
 def test_embed_defaults_ask_for_the_last_layer_mean_and_leave_optionals_unset(

@@ -809,7 +809,7 @@ def _numbers(ex: Example, values: Any, what: str) -> list[float]:
     return [float(v) for v in values]
 
 
-_TIMING = {"queue_seconds", "tokenization_seconds", "inference_seconds"}
+_TIMING = {"queue_seconds", "tokenization_seconds", "inference_seconds", "parked_seconds"}
 
 
 def http_reply(ex: Example, method: str, data: Any) -> Message | None:

@@ -8,7 +8,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -18,12 +18,10 @@ from PIL import Image
 from lamina.server.domain import MAX_CONTROL_FACTOR, Pooling
 from lamina.server.engine import first_nonfinite
 from lamina.server.models import registry as registry_module
-from lamina.server.models.inference import run_batch
-from lamina.server.models.loaded import LoadedModel
-from lamina.server.scheduling.job import Embeddings, Job
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.integration.support import RunningServer, sample, scrape
+from tests.jobs import PoisonedRun
 
 MINILM = "all-minilm-l6-v2"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -355,17 +353,7 @@ async def test_a_nan_from_the_graph_is_answered_internal_and_counted(
     stub: pb_grpc.EmbedServiceStub, server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Fault injection: the real batch, with its vectors turned to NaN on the way out.
-    real = run_batch
-
-    def poisoned(model: LoadedModel, jobs: Sequence[Job]) -> list[Embeddings]:
-        results = real(model, jobs)
-        for embeddings in results:
-            for vectors in embeddings.values():
-                for pooling in vectors:
-                    vectors[pooling] = np.full_like(vectors[pooling], np.nan)
-        return results
-
-    monkeypatch.setattr(registry_module, "run_batch", poisoned)
+    monkeypatch.setattr(registry_module, "BatchRun", PoisonedRun)
     before = sample(
         await scrape(server.metrics_port), "lamina_nonfinite_results_total", model=MINILM
     )

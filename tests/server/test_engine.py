@@ -31,12 +31,14 @@ from lamina.server.errors import (
     QueueFull,
 )
 from lamina.server.metrics import Metrics
+from lamina.server.models.inference import BatchRun
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.models.registry import ModelVersion
 from lamina.server.runtime.device import PoolSpec
-from lamina.server.scheduling.job import Embeddings, Job
+from lamina.server.scheduling.job import Job
 from lamina.server.scheduling.policy import SchedulingPolicy
 from tests.conftest import DINOV2, MINILM
+from tests.jobs import PoisonedRun
 from tests.server.test_scheduler import InlineExecutor
 
 pytestmark = pytest.mark.model
@@ -77,13 +79,8 @@ class FakeRegistry:
 class PoisonedVersion(ModelVersion):
     """A real version whose vectors come out NaN, as a broken graph's would."""
 
-    def run_batch(self, pool: str, jobs: Sequence[Job]) -> list[Embeddings]:
-        results = super().run_batch(pool, jobs)
-        for embeddings in results:
-            for vectors in embeddings.values():
-                for pooling in vectors:
-                    vectors[pooling] = np.full_like(vectors[pooling], np.nan)
-        return results
+    def start_batch(self, pool: str, jobs: Sequence[Job]) -> BatchRun:
+        return PoisonedRun(self.per_pool[pool], jobs)
 
 
 def on_pool(*models: LoadedModel) -> list[ModelVersion]:

@@ -25,7 +25,7 @@ from lamina.server.scheduling.policy import SchedulingPolicy
 from lamina.server.scheduling.pool import PoolRunner
 from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue
 from lamina.server.security import TokenFile, bearer_problem
-from tests.jobs import make_job
+from tests.jobs import make_job, whole
 from tests.server.test_scheduler import BusyThenInline, FakeClock, echo_lengths
 from tests.tiny_models import word_level_tokenizer
 
@@ -99,7 +99,7 @@ async def test_a_job_whose_deadline_is_reached_as_its_pool_frees_up_never_runs()
     q = RequestQueue(SchedulingPolicy(max_wait_seconds=0))
     # Picked one second before its deadline; the pool's thread frees up exactly at it.
     runner = PoolRunner(
-        PoolSpec("p", "cpu", 1, ANYWHERE), q, record, BusyThenInline(clock, 1.0), clock=clock
+        PoolSpec("p", "cpu", 1, ANYWHERE), q, whole(record), BusyThenInline(clock, 1.0), clock=clock
     )
     job = make_job(loop, length=3, at=clock.now, deadline=clock.now + 1.0)
     q.admit(job)

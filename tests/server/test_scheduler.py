@@ -16,9 +16,9 @@ from lamina.server.errors import DeadlineExceeded
 from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.job import Embeddings, Job
 from lamina.server.scheduling.policy import SchedulingPolicy
-from lamina.server.scheduling.pool import PoolRunner
+from lamina.server.scheduling.pool import PoolRunner, Unobserved
 from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue, WaitUntil
-from tests.jobs import NamedModel, make_job
+from tests.jobs import NamedModel, make_job, whole
 
 OURS = frozenset({"aleph-alpha"})
 ANYWHERE: frozenset[str] = frozenset()
@@ -271,6 +271,14 @@ def echo_lengths(pool: PoolSpec, jobs: Sequence[Job]) -> list[Embeddings]:
     return [{1: {Pooling.MEAN: np.array([float(job.tokens)])}} for job in jobs]
 
 
+class CountRows(Unobserved):
+    def __init__(self, rows: list[int]) -> None:
+        self.rows = rows
+
+    def batch_ran(self, pool: PoolSpec, jobs: Sequence[Job], seconds: float) -> None:
+        self.rows.append(len(jobs))
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -299,10 +307,10 @@ async def test_pool_answers_each_job_and_drains_on_close() -> None:
     runner = PoolRunner(
         PoolSpec("p", "cpu", 1, ANYWHERE),
         q,
-        echo_lengths,
+        whole(echo_lengths),
         InlineExecutor(),
         clock=clock,
-        on_batch=lambda pool, jobs, s: batches.append(len(jobs)),
+        observer=CountRows(batches),
     )
     jobs = [make_job(loop, length=n, at=clock.now) for n in (3, 5, 7)]
     for job in jobs:
@@ -319,7 +327,7 @@ async def test_pool_fails_expired_jobs_with_deadline_exceeded() -> None:
     clock = FakeClock()
     q = queue_of()
     runner = PoolRunner(
-        PoolSpec("p", "cpu", 1, ANYWHERE), q, echo_lengths, InlineExecutor(), clock=clock
+        PoolSpec("p", "cpu", 1, ANYWHERE), q, whole(echo_lengths), InlineExecutor(), clock=clock
     )
     late = make_job(loop, at=clock.now, deadline=clock.now + 1)
     q.admit(late)
@@ -343,7 +351,7 @@ async def test_a_failed_batch_fails_its_jobs_and_the_pool_goes_on() -> None:
 
     q = queue_of(SchedulingPolicy(max_wait_seconds=0, max_batch_rows=1))
     runner = PoolRunner(
-        PoolSpec("p", "cpu", 1, ANYWHERE), q, flaky, InlineExecutor(), clock=FakeClock()
+        PoolSpec("p", "cpu", 1, ANYWHERE), q, whole(flaky), InlineExecutor(), clock=FakeClock()
     )
     first, second = make_job(loop, at=100.0), make_job(loop, at=100.0)
     q.admit(first)
@@ -366,7 +374,11 @@ async def test_a_reply_to_a_caller_that_is_gone_is_dropped() -> None:
         return echo_lengths(pool, jobs)
 
     runner = PoolRunner(
-        PoolSpec("p", "cpu", 1, ANYWHERE), q, cancel_then_run, InlineExecutor(), clock=FakeClock()
+        PoolSpec("p", "cpu", 1, ANYWHERE),
+        q,
+        whole(cancel_then_run),
+        InlineExecutor(),
+        clock=FakeClock(),
     )
     runner.close()
     await asyncio.wait_for(runner.run(), 5)
@@ -401,7 +413,11 @@ async def test_a_job_whose_deadline_passes_while_its_pool_is_busy_never_runs() -
 
     q = queue_of()
     runner = PoolRunner(
-        PoolSpec("p", "cpu", 1, ANYWHERE), q, slow_start, BusyThenInline(clock, 5), clock=clock
+        PoolSpec("p", "cpu", 1, ANYWHERE),
+        q,
+        whole(slow_start),
+        BusyThenInline(clock, 5),
+        clock=clock,
     )
     job = make_job(loop, length=3, at=clock.now, deadline=clock.now + 1)
     q.admit(job)

@@ -173,14 +173,16 @@ class TokenList(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RequestTiming(_message.Message):
-    __slots__ = ("queue_seconds", "tokenization_seconds", "inference_seconds")
+    __slots__ = ("queue_seconds", "tokenization_seconds", "inference_seconds", "parked_seconds")
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TOKENIZATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PARKED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     queue_seconds: float
     tokenization_seconds: float
     inference_seconds: float
-    def __init__(self, queue_seconds: _Optional[float] = ..., tokenization_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ...) -> None: ...
+    parked_seconds: float
+    def __init__(self, queue_seconds: _Optional[float] = ..., tokenization_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., parked_seconds: _Optional[float] = ...) -> None: ...
 
 class SemanticEmbedRequest(_message.Message):
     __slots__ = ("model", "hosting", "prompt", "representation", "compress_to_size", "normalize", "contextual_control_threshold", "control_log_additive", "nice")

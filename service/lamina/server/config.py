@@ -77,6 +77,9 @@ class Settings:
                 max_queue_tokens=args.max_queue_tokens,
                 length_grouping=not args.no_length_grouping,
                 max_padding_ratio=args.max_padding_ratio,
+                segment_seconds=args.segment_ms / 1000,
+                max_parked_batches=args.max_parked_batches,
+                long_batch_seconds=args.long_batch_seconds,
             ),
             drain_seconds=args.drain_seconds,
             repository_poll_seconds=args.repository_poll_seconds,
@@ -309,6 +312,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "0.25",
         "with length grouping, the largest share of padding a batch may have; a request that "
         "would pass it waits for a batch nearer its length",
+        float,
+    )
+    batching.add(
+        "--segment-ms",
+        "25",
+        "yielding: a batch runs in segments of about this long (whole blocks), and between them "
+        "its pool runs more urgent work first; a batch is no larger than one block of it runs "
+        "in this time (0: batches run whole and yield to nothing)",
+        float,
+    )
+    batching.add(
+        "--max-parked-batches",
+        "2",
+        "yielding: batches parked per pool at most; with as many, the running one runs on",
+        int,
+    )
+    batching.add(
+        "--long-batch-seconds",
+        "1",
+        "yielding: a batch that has run this long takes turns of one segment with queued "
+        "requests of its own tier",
         float,
     )
     _add_flag(

@@ -133,6 +133,7 @@ class Timing:
     queue_seconds: float
     tokenization_seconds: float
     inference_seconds: float
+    parked_seconds: float = 0.0  # paused between segments while more urgent work ran; 0 if never
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from enum import Enum
 from functools import partial
@@ -50,7 +50,7 @@ from lamina.server.models.registry import ModelVersion
 from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.job import Embeddings, Job
 from lamina.server.scheduling.policy import SchedulingPolicy
-from lamina.server.scheduling.pool import PoolRunner, run_on_model
+from lamina.server.scheduling.pool import PoolRunner, start_on_model
 from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue
 
 log = logging.getLogger(__name__)
@@ -128,10 +128,10 @@ class Engine:
             PoolRunner(
                 spec,
                 self.queue,
-                run_on_model,
+                start_on_model,
                 pool_executor(spec),
                 clock=clock,
-                on_batch=self._observe_batch,
+                observer=_PoolMetrics(self),
             )
             for spec in self.pools
         ]
@@ -229,6 +229,7 @@ class Engine:
                 queue_seconds=max(r.timing.queue_seconds for r in results),
                 tokenization_seconds=max(r.timing.tokenization_seconds for r in results),
                 inference_seconds=max(r.timing.inference_seconds for r in results),
+                parked_seconds=max(r.timing.parked_seconds for r in results),
             ),
         )
 
@@ -309,6 +310,7 @@ class Engine:
                 queue_seconds=result.queue_seconds,
                 tokenization_seconds=tokenization_seconds,
                 inference_seconds=result.inference_seconds,
+                parked_seconds=result.parked_seconds,
             ),
         )
 
@@ -360,7 +362,7 @@ class Engine:
         log.error("%s: non-finite %s embedding of layer %d", version.model_version, *where[::-1])
         raise NonFiniteResult(version.model_version, where[0], where[1].value)
 
-    def _observe_batch(self, pool: PoolSpec, jobs: Sequence[Job], seconds: float) -> None:
+    def observe_batch(self, pool: PoolSpec, jobs: Sequence[Job], seconds: float) -> None:
         padded = max(job.tokens for job in jobs) * len(jobs)
         self._seconds_per_token = 0.8 * self._seconds_per_token + 0.2 * seconds / padded
         self.metrics.observe_batch(pool.name, jobs, seconds)
@@ -409,6 +411,25 @@ class Engine:
         loop = asyncio.get_running_loop()
         executor = self._cpu_heavy if cost is Cost.HEAVY else self._cpu
         return await loop.run_in_executor(executor, partial(fn, *args))
+
+
+class _PoolMetrics:
+    """The pools' reports (scheduling.pool.PoolObserver), as metrics."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def batch_ran(self, pool: PoolSpec, jobs: Sequence[Job], seconds: float) -> None:
+        self._engine.observe_batch(pool, jobs, seconds)
+
+    def segment_ran(self, pool: PoolSpec, model: str, seconds: float) -> None:
+        self._engine.metrics.segment_seconds.labels(pool.name, model).observe(seconds)
+
+    def preempted(self, pool: PoolSpec, model: str) -> None:
+        self._engine.metrics.preemptions.labels(pool.name, model).inc()
+
+    def parked(self, pool: PoolSpec, held: Mapping[str, tuple[int, int]]) -> None:
+        self._engine.metrics.observe_parked(pool.name, held)
 
 
 def first_nonfinite(embeddings: Embeddings) -> tuple[int, Pooling] | None:

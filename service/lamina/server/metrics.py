@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -13,6 +13,8 @@ from lamina.server.scheduling.job import Job
 from lamina.server.scheduling.queue import RequestQueue
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Finer around the default segment (25 ms), which bounds how long urgent work waits.
+_SEGMENT_SECONDS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 1, 5)
 _TOKENS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
 _RATIO = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -51,6 +53,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self._queue: RequestQueue | None = None
+        self._parked_models: dict[str, set[str]] = {}  # by pool: every model ever parked there
         r.register(_QueueCollector(lambda: self._queue))
         self.requests = Counter(
             "lamina_requests",
@@ -128,6 +131,31 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+        self.segment_seconds = Histogram(
+            "lamina_segment_duration_seconds",
+            "One segment of a batch: the longest a pool runs before it can yield to urgent work.",
+            ["pool", "model"],
+            buckets=_SEGMENT_SECONDS,
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "lamina_preemptions",
+            "Batches parked between segments so that more urgent work could run first.",
+            ["pool", "model"],
+            registry=r,
+        )
+        self.parked_batches = Gauge(
+            "lamina_parked_batches",
+            "Batches parked on each pool now, waiting to resume.",
+            ["pool", "model"],
+            registry=r,
+        )
+        self.parked_bytes = Gauge(
+            "lamina_parked_bytes",
+            "Memory the parked batches hold (inputs, state, layers returned so far).",
+            ["pool", "model"],
+            registry=r,
+        )
         self.model_version = Gauge(
             "lamina_model_version",
             "The version of each model that serves (0: none loaded).",
@@ -188,6 +216,14 @@ class Metrics:
         self.pool_busy_seconds.labels(pool).inc(seconds)
         for job in jobs:
             self.pool_requests.labels(pool, job.hosting or "any").inc()
+
+    def observe_parked(self, pool: str, held: Mapping[str, tuple[int, int]]) -> None:
+        """`held`: what is parked on `pool` now, by model; models absent hold nothing."""
+        for model in self._parked_models.setdefault(pool, set()) | set(held):
+            batches, size = held.get(model, (0, 0))
+            self.parked_batches.labels(pool, model).set(batches)
+            self.parked_bytes.labels(pool, model).set(size)
+        self._parked_models[pool] |= set(held)
 
     def observe_rpc(
         self, method: str, model: str, code: str, seconds: float, nice: bool, hosting: str | None

@@ -189,6 +189,7 @@ def _timing(timing: domain.Timing) -> pb.RequestTiming:
         queue_seconds=timing.queue_seconds,
         tokenization_seconds=timing.tokenization_seconds,
         inference_seconds=timing.inference_seconds,
+        parked_seconds=timing.parked_seconds,
     )
 
 

@@ -68,6 +68,9 @@ def hidden_states(
         signature.CONTROL_LOG_ADDITIVE: np.ones(1, bool),
         signature.DEPTH: np.array(num_layers, np.int64),
     }
+    resume = {i.name: i for i in graph.get_inputs()}.get(signature.RESUME_STATE)
+    if resume is not None:
+        feeds |= signature.from_the_start(int(resume.shape[-1]))
     names = [signature.hidden_state_output(i) for i in range(num_layers + 1)]
     return [state[0] for state in graph.run(names, feeds)]
 

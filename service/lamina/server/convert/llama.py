@@ -134,11 +134,13 @@ def build_llama_graph(
     `splice(g, token_embeddings)` may replace positions of the input embeddings (images)."""
     rotary: Rotary | None = None
 
-    def embed(g: GraphBuilder) -> str:
+    def prepare(g: GraphBuilder) -> None:
         nonlocal rotary
         rotary = Rotary.build(
             g, head_dim=config.head_dim, theta=config.rope_theta, max_positions=config.max_positions
         )
+
+    def embed(g: GraphBuilder) -> str:
         table = g.const("embed_tokens", weights("embed_tokens.weight"))
         tokens = g.op("Gather", [table, signature.INPUT_IDS], axis=0)
         return tokens if splice is None else splice(g, tokens)
@@ -200,4 +202,5 @@ def build_llama_graph(
         embed=embed,
         block=block,
         final=final,
+        prepare=prepare,
     )

@@ -9,12 +9,21 @@ resized position embeddings does not (docs/architecture.md, Images, has the comp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 
 from lamina.server.convert.dinov2 import Dinov2Config, VisionInputs, VisionTower, Weights
 from lamina.server.convert.graph import BOOL, FLOAT, INT64, GraphBuilder
-from lamina.server.convert.layered import declare_sequence_inputs
+from lamina.server.convert.layered import (
+    declare_sequence_inputs,
+    first_state,
+    maybe_empty,
+    runs_block,
+    segment_blocks,
+    starts_at,
+)
 from lamina.server.repository import signature
 
 CELLS_PER_SIDE = signature.CELLS_PER_SIDE
@@ -61,29 +70,53 @@ def is_image_position(g: GraphBuilder) -> str:
 
 def build_vision_graph(config: Dinov2Config, weights: Weights, image_size: int) -> onnx.ModelProto:
     """An image encoder served on its own: hidden state i at a prompt's image positions is block
-    i's output for that image's cells. Block i runs only when `depth` >= i."""
+    i's output for that image's cells. Block i runs only when START < i <= DEPTH; the state a
+    later segment resumes from is the tower's own, [images, tokens, hidden]."""
     g = GraphBuilder("dinov2")
-    declare_sequence_inputs(g)
+    declare_sequence_inputs(g, config.hidden_size)
     tower = VisionTower(config, weights, image_size)
     inputs = declare_image_inputs(g, image_size, tower.side * tower.side)
-    shape: list[str | int] = ["batch", "sequence", config.hidden_size]
+    exposed = maybe_empty(config.hidden_size)  # a layer's image positions; empty if not run
 
-    def expose(layer: int, state: str) -> None:
-        placed = place_cells(g, image_cells(g, tower, state), config.hidden_size)
-        g.output(signature.hidden_state_output(layer), placed, FLOAT, shape)
+    def placed(b: GraphBuilder, state: str) -> str:
+        return place_cells(b, image_cells(b, tower, state), config.hidden_size)
 
-    hidden = tower.embed(g, inputs)
-    expose(0, hidden)
+    def skipped(b: GraphBuilder) -> str:
+        return b.const("no_positions", np.zeros((0, 0, config.hidden_size), np.float32))
+
+    def expose(layer: int, state: str, ran: str) -> None:
+        """Placed only where the segment ran the layer: the others are never read, and the
+        placing costs a matrix product per layer."""
+        output = signature.hidden_state_output(layer)
+        value = g.branch(ran, lambda b: placed(b, state), skipped, exposed, name=output)
+        g.expose(value, FLOAT, exposed)
+
+    first = first_state(g, lambda b: tower.embed(b, inputs), tower.shape)
+    expose(0, first, starts_at(g, 0))
     controls = tower.controls(g, inputs)
-    for layer in range(1, config.num_layers + 1):
-        wanted = g.op("GreaterOrEqual", [signature.DEPTH, g.const("layer", np.int64(layer))])
-
-        def run(b: GraphBuilder, x: str, index: int = layer - 1) -> str:
-            return tower.block(b, index, x, controls)
-
-        hidden = g.gated(wanted, hidden, run, tower.shape)
-        expose(layer, hidden)
+    width = config.hidden_size
+    state_shape = maybe_empty(width)  # the tower's state, or empty where a segment skipped it
+    states = segment_blocks(
+        g,
+        first,
+        lambda b, index, x: tower.block(b, index, x, controls),
+        width,
+        [None] * config.num_layers,
+    )
+    carried = g.const("empty_state", np.zeros((0, 0, width), np.float32))
+    for layer, state in enumerate(states, start=1):
+        expose(layer, state, runs_block(g, layer))
+        # The image positions are not the tower's state: STATE carries block DEPTH's output on
+        # past the blocks after it (a copy each; an image encoder's state is small).
+        at_depth = g.op("Equal", [signature.DEPTH, g.const("layer", np.int64(layer))])
+        carried = g.branch(at_depth, _given(state), _given(carried), state_shape)
+    g.output(signature.STATE, carried, FLOAT, state_shape)
     return g.build(producer="lamina-convert-dinov2")
+
+
+def _given(value: str) -> Callable[[GraphBuilder], str]:
+    """A branch that hands on `value` from the outer scope."""
+    return lambda b: value
 
 
 def grid_pooling(side: int, cells: int) -> np.ndarray:

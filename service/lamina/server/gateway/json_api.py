@@ -517,4 +517,5 @@ def _timing(timing: domain.Timing) -> dict[str, float]:
         "queue_seconds": timing.queue_seconds,
         "tokenization_seconds": timing.tokenization_seconds,
         "inference_seconds": timing.inference_seconds,
+        "parked_seconds": timing.parked_seconds,
     }

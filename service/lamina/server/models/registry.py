@@ -36,14 +36,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lamina.server.domain import ModelVersionState, VersionState
-from lamina.server.models.inference import run_batch
+from lamina.server.models.inference import BatchRun
 from lamina.server.models.loaded import LoadedModel, VersionContents
 from lamina.server.prompt import PromptEncoder
 from lamina.server.repository.files import FileStamp, version_stamp
 from lamina.server.repository.layout import VersionDir, list_versions
 from lamina.server.repository.manifest import Manifest
 from lamina.server.runtime.device import PoolSpec
-from lamina.server.scheduling.job import Embeddings, Job
+from lamina.server.scheduling.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,12 @@ class ModelVersion:
     def encoder(self) -> PromptEncoder:
         return self.primary.encoder
 
-    def run_batch(self, pool: str, jobs: Sequence[Job]) -> list[Embeddings]:
+    def start_batch(self, pool: str, jobs: Sequence[Job]) -> BatchRun:
         """Runs on the pool's thread (scheduling.job.BatchModel)."""
-        return run_batch(self.per_pool[pool], jobs)
+        return BatchRun(self.per_pool[pool], jobs)
+
+    def block_seconds(self, pool: str, positions: int) -> float | None:
+        return self.per_pool[pool].session.block_seconds(positions)
 
 
 @dataclass(frozen=True, eq=False)

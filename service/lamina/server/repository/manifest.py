@@ -24,7 +24,8 @@ TOKEN_EMBEDDINGS_FILE = "token_embeddings.npy"
 FORMAT_VERSION = 3
 # Bumped when the converter writes better versions of the same format: `lamina prepare` rebuilds.
 # 4: manifests carry the semantic section (read from sentence-transformers configs).
-CONVERTER_REVISION = 4
+# 5: graphs resume from a segment's state (signature.START, RESUME_STATE, STATE).
+CONVERTER_REVISION = 5
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ share a batch and a model never needs a second graph format.
 
 from __future__ import annotations
 
+import numpy as np
+
 INPUT_IDS = "input_ids"  # int64 [batch, sequence]
 ATTENTION_MASK = "attention_mask"  # int64 [batch, sequence]: 1 = prompt position, 0 = padding
 # float [batch, sequence]: the AtMan factor applied to attention *towards* each key position
@@ -20,6 +22,25 @@ CONTROL_LOG_ADDITIVE = "control_log_additive"
 DEPTH = "depth"
 
 INPUT_NAMES = (INPUT_IDS, ATTENTION_MASK, CONTROL_FACTORS, CONTROL_LOG_ADDITIVE, DEPTH)
+
+# Resuming: a batch can run as several segments of blocks, so that its pool can run more urgent
+# work in between (scheduling/pool.py). int64 scalar START: blocks 1..START are skipped and block
+# START + 1 reads RESUME_STATE, the STATE output of the segment before (the state the blocks
+# carry: [batch, sequence, hidden] for text, [images, tokens, hidden] for an image encoder). With
+# START 0 the graph embeds its inputs as ever and RESUME_STATE is not read (feed it empty).
+# Graphs converted before these existed lack them and run whole.
+START = "start"
+RESUME_STATE = "resume_state"
+STATE = "state"  # output: the state after block DEPTH (text graphs: hidden_state_DEPTH itself)
+
+
+def from_the_start(state_width: int) -> dict[str, np.ndarray]:
+    """START and RESUME_STATE of a run that begins by embedding: a whole run, or a batch's first
+    segment."""
+    return {
+        START: np.array(0, dtype=np.int64),
+        RESUME_STATE: np.zeros((0, 0, state_width), np.float32),
+    }
 
 
 def hidden_state_output(index: int) -> str:

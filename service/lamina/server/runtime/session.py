@@ -1,5 +1,10 @@
 """One ONNX Runtime session over a converted graph: hidden states by layer index.
 
+A batch runs as one or more segments (`begin`, then `advance` until `finished`): each runs the
+next blocks, as many as fit the time asked for at the session's measured pace, and keeps the
+state the next segment resumes from (signature.py, START). Between segments the pool may run
+other work; the results are bit-identical to one uninterrupted run.
+
 Memory (docs/memory.md): the session knows what a batch of its graph needs (`memory`, a
 BatchMemory the scheduler budgets with) and gives back what large batches leave behind. ONNX
 Runtime's CPU arena keeps every region it grew, so the session releases it (shrinks the arena,
@@ -21,8 +26,10 @@ import logging
 import mmap
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +55,42 @@ RELEASE_ABOVE_BYTES = 64 * MIB
 # How long a session that ran a batch above RELEASE_ABOVE_BYTES waits for the next before it
 # releases: the gaps between back-to-back batches are far shorter.
 IDLE_RELEASE_SECONDS = 2.0
+# How much each measured segment moves the session's pace (seconds per block and padded position).
+PACE_WEIGHT = 0.3
+
+
+@dataclass
+class GraphRun:
+    """A batch on its way through the graph: what the next segment needs, and what the earlier
+    ones returned."""
+
+    batch: Batch
+    layers: tuple[int, ...]  # the absolute layers asked for, ascending
+    feeds: dict[str, np.ndarray]
+    done: int = -1  # blocks run so far; -1 before the first segment (which also embeds)
+    state: np.ndarray | None = None  # what block `done` handed on
+    states: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        return self.layers[-1]
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.depth
+
+    @property
+    def positions(self) -> int:
+        rows, padded = self.batch.input_ids.shape
+        return int(rows * padded)
+
+    @property
+    def held_bytes(self) -> int:
+        """What it keeps between segments: its inputs, the state and the layers returned."""
+        kept = [*self.feeds.values(), *self.states.values()]
+        if self.state is not None:
+            kept.append(self.state)
+        return sum(int(a.nbytes) for a in kept)
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -107,6 +150,14 @@ class HiddenStateSession:
             raise ValueError(
                 f"{graph}: graph lacks inputs {set(signature.INPUT_NAMES) - set(inputs)}"
             )
+        # A graph that can stop between blocks, and the width of the state it resumes from.
+        self._resume_width: int | None = None
+        if signature.START in inputs and signature.RESUME_STATE in inputs:
+            width = inputs[signature.RESUME_STATE].shape[-1]
+            self._resume_width = int(width) if isinstance(width, int) else None
+        # Image encoders hand on their own state; text graphs' is the last hidden state run.
+        self._state_is_own_output = signature.STATE in outputs
+        self._pace: float | None = None  # seconds per block and padded position, measured
         self._image_shapes: tuple[tuple[int, int, int], int] | None = None
         if signature.PIXEL_VALUES in inputs:
             _, *pixel_shape = inputs[signature.PIXEL_VALUES].shape
@@ -142,17 +193,89 @@ class HiddenStateSession:
         release_freed_heap()
 
     def run(self, batch: Batch, layers: Iterable[int]) -> dict[int, np.ndarray]:
-        """[rows, padded, hidden] per requested absolute layer index."""
-        wanted = sorted(set(layers))
-        names = [signature.hidden_state_output(i) for i in wanted]
-        # Blocks past the deepest requested layer are skipped inside the graph.
-        feeds = {**batch.feeds(), signature.DEPTH: np.array(wanted[-1], dtype=np.int64)}
+        """[rows, padded, hidden] per requested absolute layer index, in one uninterrupted run."""
+        run = self.begin(batch, layers)
+        self.advance(run)
+        return run.states
+
+    def begin(self, batch: Batch, layers: Iterable[int]) -> GraphRun:
+        """A run of `batch` that returns `layers`; nothing runs until `advance`."""
+        wanted = tuple(sorted(set(layers)))
+        feeds = batch.feeds()
         if self._image_shapes is not None:
             feeds |= batch.images.feeds(*self._image_shapes)
         elif batch.images.pixels:
             raise ValueError("this graph takes no images")
-        rows, padded = batch.input_ids.shape
-        needs = self.memory.batch_bytes(rows, padded, len(wanted), len(batch.images.pixels))
+        return GraphRun(batch, wanted, feeds)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a run can stop between blocks (graphs converted before START run whole)."""
+        return self._resume_width is not None
+
+    def block_seconds(self, positions: int) -> float | None:
+        """The measured time one block takes over `positions` padded positions; None before any
+        segment ran."""
+        return None if self._pace is None else self._pace * positions
+
+    def blocks_within(self, run: GraphRun, seconds: float | None) -> int:
+        """How many blocks the next segment of `run` runs to take about `seconds` (at least one;
+        None or a graph that cannot stop between blocks: all that are left)."""
+        left = run.depth - max(run.done, 0)
+        if seconds is None or not self.resumable:
+            return left
+        per_block = self.block_seconds(run.positions)
+        if per_block is None:
+            return min(left, 1)  # the first segment ever measures the pace
+        return max(1, min(left, int(seconds / per_block)))
+
+    def advance(self, run: GraphRun, seconds: float | None = None) -> None:
+        """Run the next segment of `run`: about `seconds` of blocks (None: to the end)."""
+        if run.finished:
+            return
+        start = max(run.done, 0)
+        stop = start + self.blocks_within(run, seconds)
+        first = run.done < 0
+        names = [
+            signature.hidden_state_output(i)
+            for i in run.layers
+            if start < i <= stop or (first and i == 0)
+        ]
+        feeds = {**run.feeds, signature.DEPTH: np.array(stop, dtype=np.int64)}
+        more = stop < run.depth
+        if more:  # the state the next segment resumes from
+            names.append(self._state_output(stop))
+        if self._resume_width is not None:
+            feeds |= signature.from_the_start(self._resume_width)
+            if run.state is not None:
+                feeds[signature.START] = np.array(start, dtype=np.int64)
+                feeds[signature.RESUME_STATE] = run.state
+        rows, padded = run.batch.input_ids.shape
+        needs = self.memory.batch_bytes(rows, padded, len(run.layers), len(run.batch.images.pixels))
+        began = time.perf_counter()
+        results = self._run(names, feeds, needs)
+        blocks = stop - start
+        if blocks > 0:
+            measured = (time.perf_counter() - began) / (blocks * run.positions)
+            self._pace = (
+                measured
+                if self._pace is None
+                else (1 - PACE_WEIGHT) * self._pace + PACE_WEIGHT * measured
+            )
+        if more:
+            run.state = results.pop()
+        else:
+            run.state = None
+        wanted = [i for i in run.layers if start < i <= stop or (first and i == 0)]
+        run.states.update(zip(wanted, results, strict=True))
+        run.done = stop
+
+    def _state_output(self, blocks: int) -> str:
+        return (
+            signature.STATE if self._state_is_own_output else signature.hidden_state_output(blocks)
+        )
+
+    def _run(self, names: list[str], feeds: dict[str, np.ndarray], needs: int) -> list[np.ndarray]:
         with self._running:
             self._runs += 1
             if needs > RELEASE_ABOVE_BYTES:
@@ -163,12 +286,12 @@ class HiddenStateSession:
                 # past what any run since the last release needs: start it afresh.
                 self._release()
             before = resident_bytes()
-            results = self._session.run(names, feeds)
+            results: list[np.ndarray] = self._session.run(names, feeds)
             self._held = max(self._held, needs)
             if self._held > RELEASE_ABOVE_BYTES:
                 self._grown += max(0, resident_bytes() - before)
                 self._release_when_idle(self._runs)
-        return dict(zip(wanted, results, strict=True))
+        return results
 
     def release_memory(self) -> None:
         """Hand back what the arena holds beyond the runs in flight, and glibc's freed heap."""
@@ -200,6 +323,8 @@ class HiddenStateSession:
             signature.CONTROL_LOG_ADDITIVE: np.ones(1, bool),
             signature.DEPTH: np.array(0, dtype=np.int64),
         }
+        if self._resume_width is not None:
+            feeds |= signature.from_the_start(self._resume_width)
         if self._image_shapes is not None:  # the one position is the first cell of one image
             pixel_shape, patches = self._image_shapes
             feeds |= {

@@ -23,3 +23,12 @@ class SchedulingPolicy:
     # With grouping: a request that would push the batch's padding past this share waits for a
     # batch nearer its own length (the most urgent request always runs).
     max_padding_ratio: float = 0.25
+    # Yielding (docs/architecture.md, Priority): a batch runs in segments of about this long, and
+    # between them its pool runs more urgent work first. A batch is no larger than one block of
+    # it runs in this time (as measured; the most urgent request always runs). 0: every batch
+    # runs whole, as large as the other budgets allow.
+    segment_seconds: float = 0.025
+    max_parked_batches: int = 2  # per pool; with as many parked, the running batch runs on
+    # A batch that has run this long yields to queued work of its own tier too, one segment at
+    # a time, so a very long batch cannot hold a pool while short requests queue behind it.
+    long_batch_seconds: float = 1.0

@@ -2,7 +2,19 @@
 
 A pool runs one batch at a time on its own inference thread (ONNX Runtime spreads that run over
 the pool's threads). Its loop only coordinates: it asks the queue for the most urgent eligible
-batch, runs it off the event loop, and answers each request's future.
+batch, runs it off the event loop segment by segment, and answers each request's future.
+
+Yielding (policy.segment_seconds > 0): between two segments the loop looks at what else the pool
+could run, and parks the batch (its state kept, to resume on this pool only) when
+- a queued request, or a batch parked here, is more urgent: of a better tier (normal over nice),
+  or older in the same one (nice work that waited its bound counts as normal from its arrival,
+  so it goes before the normal work that came after it);
+- or the batch has run `long_batch_seconds` and a request of its own tier is queued. It then
+  goes behind its tier's queued work, as if it had arrived when it parked: a very long batch
+  takes turns of one segment with the requests that queue behind it.
+At most `max_parked_batches` are parked per pool; with as many, the running batch runs on. A free
+pool resumes the most urgent parked batch before queued work that is not more urgent. A parked
+batch whose callers are all gone is dropped; closing the pool finishes the others first.
 """
 
 from __future__ import annotations
@@ -11,26 +23,75 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol
 
 from lamina.server.errors import DeadlineExceeded
 from lamina.server.runtime.device import PoolSpec
-from lamina.server.scheduling.job import Embeddings, Job, JobResult
-from lamina.server.scheduling.queue import RequestQueue
+from lamina.server.scheduling.job import Embeddings, Job, JobResult, RunningBatch
+from lamina.server.scheduling.queue import RequestQueue, Urgency
 
 log = logging.getLogger(__name__)
 
 
-RunBatch = Callable[[PoolSpec, Sequence[Job]], list[Embeddings]]
+StartBatch = Callable[[PoolSpec, Sequence[Job]], RunningBatch]
 
 
-def run_on_model(pool: PoolSpec, jobs: Sequence[Job]) -> list[Embeddings]:
-    """The pools' way to run a batch: through the one model version its jobs share."""
-    return jobs[0].model.run_batch(pool.name, jobs)
+def start_on_model(pool: PoolSpec, jobs: Sequence[Job]) -> RunningBatch:
+    """The pools' way to start a batch: through the one model version its jobs share."""
+    return jobs[0].model.start_batch(pool.name, jobs)
 
 
-BatchObserver = Callable[[PoolSpec, Sequence[Job], float], None]
+class PoolObserver(Protocol):
+    """What a pool reports (the engine turns it into metrics)."""
+
+    def batch_ran(self, pool: PoolSpec, jobs: Sequence[Job], seconds: float) -> None: ...
+
+    def segment_ran(self, pool: PoolSpec, model: str, seconds: float) -> None: ...
+
+    def preempted(self, pool: PoolSpec, model: str) -> None: ...
+
+    def parked(self, pool: PoolSpec, held: Mapping[str, tuple[int, int]]) -> None:
+        """Now parked on `pool`, by model: (batches, bytes held)."""
+        ...
+
+
+class Unobserved:
+    def batch_ran(self, pool: PoolSpec, jobs: Sequence[Job], seconds: float) -> None:
+        pass
+
+    def segment_ran(self, pool: PoolSpec, model: str, seconds: float) -> None:
+        pass
+
+    def preempted(self, pool: PoolSpec, model: str) -> None:
+        pass
+
+    def parked(self, pool: PoolSpec, held: Mapping[str, tuple[int, int]]) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class Active:
+    """A batch the pool started: running, or parked between two of its segments."""
+
+    jobs: list[Job]
+    run: RunningBatch
+    started: float
+    ran_seconds: float = 0.0
+    parked_seconds: float = 0.0
+    parked_at: float | None = None
+    # Set when it yielded to queued work of its own tier: it ranks as if it arrived then.
+    requeued_at: float | None = None
+
+    @property
+    def model(self) -> str:
+        return self.jobs[0].model.name
+
+    @property
+    def gone(self) -> bool:
+        return all(job.abandoned for job in self.jobs)
 
 
 class PoolRunner:
@@ -38,29 +99,35 @@ class PoolRunner:
         self,
         spec: PoolSpec,
         queue: RequestQueue,
-        run_batch: RunBatch,
+        start_batch: StartBatch,
         executor: Executor,
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_batch: BatchObserver | None = None,
+        observer: PoolObserver | None = None,
     ) -> None:
         self.spec = spec
         self._queue = queue
-        self._run_batch = run_batch
+        self._policy = queue.policy
+        self._start_batch = start_batch
         self._executor = executor
         self._clock = clock
-        self._on_batch = on_batch
+        self._observer = observer or Unobserved()
         self._arrived = asyncio.Event()
         self._closing = False
+        self._parked: list[Active] = []
 
     def notify(self) -> None:
         """Work arrived (or the queue changed): look again."""
         self._arrived.set()
 
     def close(self) -> None:
-        """Stop once nothing this pool may run is queued."""
+        """Stop once nothing this pool may run is queued or parked."""
         self._closing = True
         self._arrived.set()
+
+    @property
+    def parked(self) -> tuple[Active, ...]:
+        return tuple(self._parked)
 
     async def run(self) -> None:
         while True:
@@ -68,9 +135,20 @@ class PoolRunner:
             now = self._clock()
             for job in self._queue.remove_gone(now):
                 job.future.set_exception(DeadlineExceeded(now - job.enqueued_at))
-            pick = self._queue.next_batch(self.spec.hostings, now)
+            self._drop_gone()
+            parked = self._most_urgent_parked(now)
+            queued = self._queue.most_urgent(self.spec.hostings, now)
+            if parked is not None and (queued is None or self._urgency(parked, now) <= queued):
+                await self._resume(parked)
+                continue
+            pick = self._queue.next_batch(
+                self.spec.hostings, now, self.spec.name, self._parked_bytes()
+            )
             if isinstance(pick, list):
-                await self._execute(pick)
+                await self._start(pick)
+                continue
+            if parked is not None:  # the queued batch is still filling: use the time
+                await self._resume(parked)
                 continue
             if pick is None and self._closing:
                 return
@@ -78,34 +156,132 @@ class PoolRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
 
-    async def _execute(self, jobs: list[Job]) -> None:
+    async def _start(self, jobs: list[Job]) -> None:
         started = self._clock()
         loop = asyncio.get_running_loop()
 
-        def work() -> tuple[list[Job], list[Job], list[Embeddings]]:
+        def begin() -> tuple[list[Job], list[Job], RunningBatch | None]:
             # Checked again on the pool's thread, which may have been busy since the pick: a
             # caller gone or out of time by now costs no compute.
             now = self._clock()
             expired = [j for j in jobs if j.deadline is not None and j.deadline <= now]
             live = [j for j in jobs if not j.abandoned and j not in expired]
-            return live, expired, (self._run_batch(self.spec, live) if live else [])
+            return live, expired, (self._start_batch(self.spec, live) if live else None)
 
         try:
-            live, expired, results = await loop.run_in_executor(self._executor, work)
-        except Exception as error:  # a failed batch fails its requests, not the pool
-            log.exception("batch of %d on pool %s failed", len(jobs), self.spec.name)
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(error)
+            live, expired, run = await loop.run_in_executor(self._executor, begin)
+        except Exception as error:
+            self._fail(jobs, error)
             return
         for job in expired:
             if not job.future.done():
                 job.future.set_exception(DeadlineExceeded(started - job.enqueued_at))
-        elapsed = self._clock() - started
-        if live and self._on_batch is not None:
-            self._on_batch(self.spec, live, elapsed)
-        for job, embeddings in zip(live, results, strict=True):
+        if run is not None:
+            await self._execute(Active(live, run, started))
+
+    async def _resume(self, active: Active) -> None:
+        self._parked.remove(active)
+        assert active.parked_at is not None
+        active.parked_seconds += self._clock() - active.parked_at
+        active.parked_at = None
+        self._report_parked()
+        await self._execute(active)
+
+    async def _execute(self, active: Active) -> None:
+        """Segments until the batch finishes, its callers are gone, or it yields."""
+        loop = asyncio.get_running_loop()
+        seconds = self._policy.segment_seconds or None
+
+        def segment() -> list[Embeddings] | None:
+            return active.run.results() if active.run.advance(seconds) else None
+
+        while True:
+            began = self._clock()
+            try:
+                results = await loop.run_in_executor(self._executor, segment)
+            except Exception as error:
+                self._fail(active.jobs, error)
+                return
+            took = self._clock() - began
+            active.ran_seconds += took
+            self._observer.segment_ran(self.spec, active.model, took)
+            if results is not None:
+                self._answer(active, results)
+                return
+            if active.gone:  # every caller left: the rest would be computed for no one
+                return
+            if self._should_yield(active):
+                self._park(active)
+                return
+
+    def _should_yield(self, active: Active) -> bool:
+        now = self._clock()
+        mine = self._urgency(active, now)
+        parked = self._most_urgent_parked(now)
+        if parked is not None and self._urgency(parked, now) < mine:
+            return True  # a swap: as many stay parked
+        if len(self._parked) >= self._policy.max_parked_batches:
+            return False
+        queued = self._queue.most_urgent(self.spec.hostings, now)
+        if queued is None:
+            return False
+        # More urgent: a better tier, or older in the same one (nice work past its bound, which
+        # counts as normal from when it arrived).
+        if queued < mine:
+            return True
+        if queued[0] == mine[0] and active.ran_seconds >= self._policy.long_batch_seconds:
+            active.requeued_at = now
+            return True
+        return False
+
+    def _park(self, active: Active) -> None:
+        active.parked_at = self._clock()
+        self._parked.append(active)
+        self._observer.preempted(self.spec, active.model)
+        self._report_parked()
+
+    def _answer(self, active: Active, results: list[Embeddings]) -> None:
+        self._observer.batch_ran(self.spec, active.jobs, active.ran_seconds)
+        for job, embeddings in zip(active.jobs, results, strict=True):
             # A caller that is gone (cancelled, deadline) has a done future: its reply is dropped.
             if not job.future.done():
-                result = JobResult(embeddings, started - job.enqueued_at, elapsed, self.spec.name)
-                job.future.set_result(result)
+                job.future.set_result(
+                    JobResult(
+                        embeddings,
+                        queue_seconds=active.started - job.enqueued_at,
+                        inference_seconds=active.ran_seconds,
+                        pool=self.spec.name,
+                        parked_seconds=active.parked_seconds,
+                    )
+                )
+
+    def _fail(self, jobs: Sequence[Job], error: Exception) -> None:
+        """A failed batch fails its requests, not the pool."""
+        log.exception("batch of %d on pool %s failed", len(jobs), self.spec.name, exc_info=error)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _urgency(self, active: Active, now: float) -> Urgency:
+        live = [job for job in active.jobs if not job.abandoned] or active.jobs
+        tier, arrived = min(self._queue.urgency(job, now) for job in live)
+        return tier, arrived if active.requeued_at is None else active.requeued_at
+
+    def _most_urgent_parked(self, now: float) -> Active | None:
+        return min(self._parked, key=lambda a: self._urgency(a, now), default=None)
+
+    def _parked_bytes(self) -> int:
+        return sum(active.run.held_bytes for active in self._parked)
+
+    def _drop_gone(self) -> None:
+        gone = [active for active in self._parked if active.gone]
+        if gone:
+            self._parked = [active for active in self._parked if not active.gone]
+            self._report_parked()
+
+    def _report_parked(self) -> None:
+        held: dict[str, tuple[int, int]] = {}
+        for active in self._parked:
+            batches, size = held.get(active.model, (0, 0))
+            held[active.model] = (batches + 1, size + active.run.held_bytes)
+        self._observer.parked(self.spec, held)

@@ -13,6 +13,11 @@ of the padded length, so a few long prompts can need more than many short ones. 
 request always runs, alone if it alone passes a budget: nothing legal is refused or truncated for
 memory.
 
+With yielding on (`segment_seconds`), a batch is no larger than one block of its model runs in
+that time on the pool (as the pool measured it), so the pool reaches a segment boundary, where
+more urgent work goes first, at least that often (pool.py). Memory that parked batches hold on
+the pool counts against the batch budget.
+
 A partial batch waits for company (at most `max_wait_seconds`) only while more requests are being
 prepared (`preparing`, counted by the engine between arrival and admission): with none on the way,
 waiting adds latency and gains no row, so a lone request runs at once. Under load the pools are
@@ -28,6 +33,9 @@ from lamina.server.scheduling.job import Job
 from lamina.server.scheduling.policy import SchedulingPolicy
 
 URGENT, NICE = 0, 1
+
+# (tier, enqueued_at): the lower, the sooner it runs.
+Urgency = tuple[int, float]
 
 
 @dataclass(frozen=True)
@@ -102,16 +110,27 @@ class RequestQueue:
             return URGENT
         return NICE
 
-    def next_batch(self, hostings: frozenset[str], now: float) -> list[Job] | WaitUntil | None:
+    def urgency(self, job: Job, now: float) -> Urgency:
+        return self.tier(job, now), job.enqueued_at
+
+    def most_urgent(self, hostings: frozenset[str], now: float) -> Urgency | None:
+        """The urgency of what a pool with these labels would take next; None if nothing."""
+        eligible = [j for j in self._jobs if not j.abandoned and self._may_run(j, hostings)]
+        return min((self.urgency(j, now) for j in eligible), default=None)
+
+    def next_batch(
+        self, hostings: frozenset[str], now: float, pool: str = "", reserved_bytes: int = 0
+    ) -> list[Job] | WaitUntil | None:
         """For a free pool with these labels: a batch to run now, a time to look again, or None
-        when nothing queued may run on it."""
+        when nothing queued may run on it. `reserved_bytes`: what batches parked on the pool
+        hold, taken from the memory budget."""
         eligible = [j for j in self._jobs if not j.abandoned and self._may_run(j, hostings)]
         if not eligible:
             return None
-        head = min(eligible, key=lambda j: (self.tier(j, now), j.enqueued_at))
+        head = min(eligible, key=lambda j: self.urgency(j, now))
         tier = self.tier(head, now)
         company = [j for j in eligible if j.model is head.model and self.tier(j, now) == tier]
-        batch = self._fill(head, company)
+        batch = self._fill(head, company, pool, reserved_bytes)
         p = self.policy
         filling = len(batch) < p.max_batch_rows and len(batch) == len(company)
         ready_at = head.enqueued_at + p.max_wait_seconds
@@ -136,8 +155,9 @@ class RequestQueue:
     def _may_run(job: Job, hostings: frozenset[str]) -> bool:
         return job.hosting is None or job.hosting in hostings
 
-    def _fill(self, head: Job, company: Iterable[Job]) -> list[Job]:
+    def _fill(self, head: Job, company: Iterable[Job], pool: str, reserved_bytes: int) -> list[Job]:
         p = self.policy
+        memory_budget = p.max_batch_memory_bytes - reserved_bytes
         others = [j for j in company if j is not head]  # already in arrival order
         if p.length_grouping:
             others.sort(
@@ -156,8 +176,12 @@ class RequestQueue:
                 continue
             returned, seen = outputs.union(job.layers), images + len(job.prompt.images)
             needs = head.memory.batch_bytes(len(batch) + 1, widest, len(returned), seen)
-            if needs > p.max_batch_memory_bytes:
+            if needs > memory_budget:
                 continue  # as for tokens: a shorter one may still fit
+            if p.segment_seconds > 0:
+                block = head.model.block_seconds(pool, padded)
+                if block is not None and block > p.segment_seconds:
+                    continue
             batch.append(job)
             longest, real, outputs, images = widest, real + job.tokens, returned, seen
         return batch
