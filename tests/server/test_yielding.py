@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -301,3 +303,38 @@ async def test_parked_memory_counts_against_the_batch_budget() -> None:
     assert isinstance(second, list) and len(second) == 1  # the head runs, whatever is parked
     third = q.next_batch(ANYWHERE, 2.0, "p", reserved_bytes=150_000)
     assert isinstance(third, list) and len(third) == 2
+
+
+class CountingExecutor(InlineExecutor):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_with_nothing_more_urgent_the_thread_runs_segments_without_coming_back() -> None:
+    h = Harness(YIELDING)
+    counting = CountingExecutor()
+    h.runners[0]._executor = counting  # test-only: count the hops to the pool's thread
+    h.submit("A", 6, nice=True)
+    await h.drain()
+    assert h.order() == [f"A{n}" for n in range(1, 7)]
+    assert counting.calls == 2  # starting the batch, then all six segments in one go
+
+
+async def test_nice_work_aging_past_its_bound_stops_the_running_batch_with_no_arrival() -> None:
+    bound = 0.05
+    policy = SchedulingPolicy(
+        max_wait_seconds=0, max_batch_rows=1, nice_max_wait_seconds=bound, long_batch_seconds=100
+    )
+    h = Harness(policy)
+    nice = h.submit("X", 1, nice=True)  # nothing else arrives after these two
+    h.clock.now += 0.001
+    h.submit("N", 20)  # normal, 20 segments: it goes first
+    await h.drain()
+    order = h.order()
+    # Urgent from its bound on, and older than N: it runs at the first boundary after.
+    assert order.index("X1") == round(bound / SEGMENT)
+    assert (await nice.future).queue_seconds == pytest.approx(bound, abs=SEGMENT + 1e-9)

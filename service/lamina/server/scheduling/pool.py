@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -115,10 +116,18 @@ class PoolRunner:
         self._arrived = asyncio.Event()
         self._closing = False
         self._parked: list[Active] = []
+        self._running: Active | None = None
+        self._running_since = 0.0  # when its segments now on the thread began
+        # Set on the loop, read on the pool's thread between segments: return to the loop.
+        self._stop_asked = threading.Event()
 
     def notify(self) -> None:
-        """Work arrived (or the queue changed): look again."""
+        """Work arrived (or the queue changed): look again, and have the running batch stop at
+        its next segment boundary if what arrived goes before it."""
         self._arrived.set()
+        running = self._running
+        if running is not None and not self._stop_asked.is_set() and self._should_yield(running):
+            self._stop_asked.set()
 
     def close(self) -> None:
         """Stop once nothing this pool may run is queued or parked."""
@@ -188,34 +197,73 @@ class PoolRunner:
         await self._execute(active)
 
     async def _execute(self, active: Active) -> None:
-        """Segments until the batch finishes, its callers are gone, or it yields."""
+        """Segments until the batch finishes, its callers are gone, or it yields.
+
+        The pool's thread runs segment after segment without coming back to the loop (a hop
+        costs more than the check) until the loop asks it to stop (`notify`: an arrival that goes
+        first) or the time comes when queued or parked work would age past it (`_next_change`);
+        then the loop decides, and parks the batch or sends it on."""
         loop = asyncio.get_running_loop()
         seconds = self._policy.segment_seconds or None
+        durations: list[float] = []
 
-        def segment() -> list[Embeddings] | None:
-            return active.run.results() if active.run.advance(seconds) else None
+        def segments(until: float | None) -> list[Embeddings] | None:
+            while True:
+                began = self._clock()
+                finished = active.run.advance(seconds)
+                durations.append(self._clock() - began)
+                if finished:
+                    return active.run.results()
+                if self._stop_asked.is_set() or active.gone:
+                    return None
+                if until is not None and self._clock() >= until:
+                    return None
 
         while True:
-            began = self._clock()
+            self._stop_asked.clear()
+            self._running, self._running_since = active, self._clock()
+            until = self._next_change(active) if seconds is not None else None
             try:
-                results = await loop.run_in_executor(self._executor, segment)
+                results = await loop.run_in_executor(self._executor, segments, until)
             except Exception as error:
                 self._fail(active.jobs, error)
                 return
-            took = self._clock() - began
-            active.ran_seconds += took
-            self._observer.segment_ran(self.spec, active.model, took)
+            finally:
+                self._running = None
+                for took in durations:
+                    active.ran_seconds += took
+                    self._observer.segment_ran(self.spec, active.model, took)
+                durations.clear()
             if results is not None:
                 self._answer(active, results)
                 return
             if active.gone:  # every caller left: the rest would be computed for no one
                 return
             if self._should_yield(active):
+                if active.ran_seconds >= self._policy.long_batch_seconds:
+                    active.requeued_at = self._clock()
                 self._park(active)
                 return
 
+    def _next_change(self, active: Active) -> float | None:
+        """The earliest time the decision to yield could change with no arrival: a nice job
+        queued or parked reaching its bound, or the batch becoming long."""
+        bound = self._policy.nice_max_wait_seconds
+        waiting = [
+            job.enqueued_at + bound
+            for job in self._queue.eligible(self.spec.hostings)
+            + [job for parked in self._parked for job in parked.jobs]
+            if job.nice
+        ]
+        long_at = self._clock() + self._policy.long_batch_seconds - active.ran_seconds
+        changes = [t for t in (*waiting, long_at) if t > self._clock()]
+        return min(changes, default=None)
+
     def _should_yield(self, active: Active) -> bool:
         now = self._clock()
+        running = active.ran_seconds
+        if active is self._running:
+            running += now - self._running_since
         mine = self._urgency(active, now)
         parked = self._most_urgent_parked(now)
         if parked is not None and self._urgency(parked, now) < mine:
@@ -229,10 +277,7 @@ class PoolRunner:
         # counts as normal from when it arrived).
         if queued < mine:
             return True
-        if queued[0] == mine[0] and active.ran_seconds >= self._policy.long_batch_seconds:
-            active.requeued_at = now
-            return True
-        return False
+        return queued[0] == mine[0] and running >= self._policy.long_batch_seconds
 
     def _park(self, active: Active) -> None:
         active.parked_at = self._clock()

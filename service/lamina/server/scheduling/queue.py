@@ -113,10 +113,13 @@ class RequestQueue:
     def urgency(self, job: Job, now: float) -> Urgency:
         return self.tier(job, now), job.enqueued_at
 
+    def eligible(self, hostings: frozenset[str]) -> list[Job]:
+        """The queued jobs a pool with these labels may run."""
+        return [j for j in self._jobs if not j.abandoned and self._may_run(j, hostings)]
+
     def most_urgent(self, hostings: frozenset[str], now: float) -> Urgency | None:
         """The urgency of what a pool with these labels would take next; None if nothing."""
-        eligible = [j for j in self._jobs if not j.abandoned and self._may_run(j, hostings)]
-        return min((self.urgency(j, now) for j in eligible), default=None)
+        return min((self.urgency(j, now) for j in self.eligible(hostings)), default=None)
 
     def next_batch(
         self, hostings: frozenset[str], now: float, pool: str = "", reserved_bytes: int = 0
@@ -124,7 +127,7 @@ class RequestQueue:
         """For a free pool with these labels: a batch to run now, a time to look again, or None
         when nothing queued may run on it. `reserved_bytes`: what batches parked on the pool
         hold, taken from the memory budget."""
-        eligible = [j for j in self._jobs if not j.abandoned and self._may_run(j, hostings)]
+        eligible = self.eligible(hostings)
         if not eligible:
             return None
         head = min(eligible, key=lambda j: self.urgency(j, now))
