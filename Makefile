@@ -84,6 +84,7 @@ MUTATE_DIR ?= build/mutate
 MUTANTS ?= 'lamina.server.pooling.*' 'lamina.server.prompt.x__text_factors_*' \
 	'lamina.server.prompt.x__token_factors_*' 'lamina.server.prompt.x__check_combined_*' \
 	'lamina.server.prompt.xǁPromptEncoderǁ_spread_*' 'lamina.server.scheduling.queue.*' \
+	'lamina.server.scheduling.pool.*' \
 	'lamina.server.runtime.memory.*' 'lamina.server.security.*' \
 	'lamina.server.api.servicer.xǁEmbedServicerǁ*' 'lamina.server.api.status.*' \
 	'lamina.server.errors.x_path_parts_*' 'lamina.server.errors.x_dotted_*' \

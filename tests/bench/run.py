@@ -336,7 +336,9 @@ def main() -> None:
     minilm_repo = only(repo, MINILM, scratch)
     isolation = [
         (MINILM, dict(normal_length=128, nice_length=128, nice_clients=32)),
-        (SMOLLM2, dict(normal_length=16, nice_length=300, nice_clients=6)),
+        # Four clients saturate the pool; with six, nice requests here wait past their 5 s bound
+        # and count as normal from then on (the starvation rule, measured below), not isolation.
+        (SMOLLM2, dict(normal_length=16, nice_length=300, nice_clients=4)),
     ]
     for model, shape in isolation:
         rows += [
@@ -345,9 +347,11 @@ def main() -> None:
                 only(repo, model, scratch), model, seconds=seconds, step=step, **shape
             )
         ]
+    # The bound above the normal flood's own queue wait (about 1.2 s here): past its bound a nice
+    # request counts as a normal one that arrived with it, and waits as long as those do.
     rows += [
         Row(*row)
-        for row in starvation_rows(minilm_repo, MINILM, bound=1.0, seconds=seconds, step=step)
+        for row in starvation_rows(minilm_repo, MINILM, bound=2.0, seconds=seconds, step=step)
     ]
 
     # 5. Padding with mixed lengths.

@@ -11,6 +11,7 @@ import pytest
 from lamina.server.domain import (
     ImageControl,
     ImageItem,
+    Precision,
     PromptItem,
     Rect,
     TextControl,
@@ -18,8 +19,10 @@ from lamina.server.domain import (
     TokenIdsItem,
 )
 from lamina.server.models.loaded import LoadedModel
+from lamina.server.repository.layout import list_versions
 from lamina.server.runtime.batch import Batch
 from lamina.server.runtime.session import GraphRun, HiddenStateSession
+from tests.conftest import MINILM
 from tests.server.test_convert_vision import TEXT, VISION, png
 from tests.tiny_models import convert_tiny_vlm, load_version
 
@@ -117,3 +120,22 @@ def test_a_batch_stops_at_its_deepest_layer(smollm2: LoadedModel) -> None:
     while not run.finished:
         smollm2.session.advance(run, 1e-9)
     assert run.done == 2 and set(run.states) == {0, 2}
+
+
+def test_a_batch_of_the_embedding_layer_alone_runs_no_block(minilm: LoadedModel) -> None:
+    session = minilm.session
+    run = session.begin(batch_of(minilm, TEXTS[:1]), [0])
+    session.advance(run, 1e-9)
+    assert run.finished and run.done == 0 and set(run.states) == {0}
+    whole = session.run(batch_of(minilm, TEXTS[:1]), [0])
+    assert np.array_equal(run.states[0], whole[0])
+
+
+def test_int8_batches_parked_between_blocks_are_bit_identical(model_repository: Path) -> None:
+    entry = list_versions(model_repository)[MINILM][-1]
+    int8 = LoadedModel.load(
+        entry, threads=2, providers=["CPUExecutionProvider"], precision=Precision.INT8
+    )
+    if int8.chosen.precision is not Precision.INT8:
+        pytest.fail("all-minilm-l6-v2 serves no int8 graph: run `make models`")
+    assert_segments_match_one_run(int8, batch_of(int8, TEXTS), batch_of(int8, TEXTS[1:]))

@@ -121,11 +121,19 @@ class Harness:
         self.hooks[segments] = lambda: (action(), None)[1]
 
     async def drain(self) -> None:
+        """Run until every arrival due has come and all is answered. A pool closes only after
+        the last arrival (as a server drains only once it takes no more requests)."""
         tasks = [asyncio.ensure_future(runner.run()) for runner in self.runners]
         await asyncio.sleep(0)
+        while self.hooks and self.busy():
+            await asyncio.sleep(0)
         for runner in self.runners:
             runner.close()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+    def busy(self) -> bool:
+        """Work is queued, running or parked: more segments, so more arrivals, may come."""
+        return len(self.queue) > 0 or any(r.running or r.parked for r in self.runners)
 
     def order(self) -> list[str]:
         return [f"{label}{n}" for label, n, _ in self.log]
@@ -321,7 +329,7 @@ async def test_with_nothing_more_urgent_the_thread_runs_segments_without_coming_
     h.submit("A", 6, nice=True)
     await h.drain()
     assert h.order() == [f"A{n}" for n in range(1, 7)]
-    assert counting.calls == 2  # starting the batch, then all six segments in one go
+    assert counting.calls == 1  # starting the batch and all six segments: one hop
 
 
 async def test_nice_work_aging_past_its_bound_stops_the_running_batch_with_no_arrival() -> None:
@@ -338,3 +346,23 @@ async def test_nice_work_aging_past_its_bound_stops_the_running_batch_with_no_ar
     # Urgent from its bound on, and older than N: it runs at the first boundary after.
     assert order.index("X1") == round(bound / SEGMENT)
     assert (await nice.future).queue_seconds == pytest.approx(bound, abs=SEGMENT + 1e-9)
+
+
+async def test_work_arriving_while_a_batch_starts_goes_first() -> None:
+    # notify() then finds no batch running to stop: the pool decides before the first segment.
+    h = Harness(YIELDING)
+    runner = h.runners[0]
+    start = runner._start_batch
+    arrivals: list[Job] = []
+
+    def starting(pool: PoolSpec, jobs: Sequence[Job]) -> Segments:
+        if not arrivals:
+            arrivals.append(h.submit("B", 1))
+        started = start(pool, jobs)
+        assert isinstance(started, Segments)
+        return started
+
+    runner._start_batch = starting  # test-only: an arrival during the start
+    h.submit("A", 3, nice=True)
+    await h.drain()
+    assert h.order() == ["B1", "A1", "A2", "A3"]

@@ -222,7 +222,7 @@ class HiddenStateSession:
         """How many blocks the next segment of `run` runs to take about `seconds` (at least one;
         None or a graph that cannot stop between blocks: all that are left)."""
         left = run.depth - max(run.done, 0)
-        if seconds is None or not self.resumable:
+        if seconds is None or not self.resumable or left == 0:
             return left
         per_block = self.block_seconds(run.positions)
         if per_block is None:
@@ -236,15 +236,13 @@ class HiddenStateSession:
         start = max(run.done, 0)
         stop = start + self.blocks_within(run, seconds)
         first = run.done < 0
-        names = [
-            signature.hidden_state_output(i)
-            for i in run.layers
-            if start < i <= stop or (first and i == 0)
-        ]
+        wanted = [i for i in run.layers if start < i <= stop or (first and i == 0)]
+        names = [signature.hidden_state_output(i) for i in wanted]
         feeds = {**run.feeds, signature.DEPTH: np.array(stop, dtype=np.int64)}
         more = stop < run.depth
-        if more:  # the state the next segment resumes from
-            names.append(self._state_output(stop))
+        state = self._state_output(stop)
+        if more and state not in names:  # the state the next segment resumes from
+            names.append(state)
         if self._resume_width is not None:
             feeds |= signature.from_the_start(self._resume_width)
             if run.state is not None:
@@ -262,12 +260,9 @@ class HiddenStateSession:
                 if self._pace is None
                 else (1 - PACE_WEIGHT) * self._pace + PACE_WEIGHT * measured
             )
-        if more:
-            run.state = results.pop()
-        else:
-            run.state = None
-        wanted = [i for i in run.layers if start < i <= stop or (first and i == 0)]
-        run.states.update(zip(wanted, results, strict=True))
+        fetched = dict(zip(names, results, strict=True))
+        run.state = fetched[state] if more else None
+        run.states.update((i, fetched[signature.hidden_state_output(i)]) for i in wanted)
         run.done = stop
 
     def _state_output(self, blocks: int) -> str:

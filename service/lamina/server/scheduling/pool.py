@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from lamina.server.errors import DeadlineExceeded
@@ -73,12 +74,17 @@ class Unobserved:
         pass
 
 
+class Yield(Enum):
+    URGENT = "urgent"  # more urgent work waits
+    TURN = "turn"  # a long batch lets its tier's queued work take a turn
+
+
 @dataclass(eq=False)
 class Active:
     """A batch the pool started: running, or parked between two of its segments."""
 
-    jobs: list[Job]
-    run: RunningBatch
+    jobs: list[Job]  # the live ones, once started
+    run: RunningBatch | None  # None until the pool's thread starts it
     started: float
     ran_seconds: float = 0.0
     parked_seconds: float = 0.0
@@ -93,6 +99,10 @@ class Active:
     @property
     def gone(self) -> bool:
         return all(job.abandoned for job in self.jobs)
+
+    @property
+    def held_bytes(self) -> int:
+        return 0 if self.run is None else self.run.held_bytes
 
 
 class PoolRunner:
@@ -118,16 +128,22 @@ class PoolRunner:
         self._parked: list[Active] = []
         self._running: Active | None = None
         self._running_since = 0.0  # when its segments now on the thread began
-        # Set on the loop, read on the pool's thread between segments: return to the loop.
+        # Set on the loop, read on the pool's thread between segments: return to the loop now,
+        # or once the clock passes `_stop_at`.
         self._stop_asked = threading.Event()
+        self._stop_at: float | None = None
 
     def notify(self) -> None:
         """Work arrived (or the queue changed): look again, and have the running batch stop at
         its next segment boundary if what arrived goes before it."""
         self._arrived.set()
         running = self._running
-        if running is not None and not self._stop_asked.is_set() and self._should_yield(running):
+        if running is None or self._stop_asked.is_set():
+            return
+        if self._should_yield(running):
             self._stop_asked.set()
+        else:  # a nice arrival may age past the running batch before it ends
+            self._stop_at = self._next_change(running)
 
     def close(self) -> None:
         """Stop once nothing this pool may run is queued or parked."""
@@ -138,6 +154,11 @@ class PoolRunner:
     def parked(self) -> tuple[Active, ...]:
         return tuple(self._parked)
 
+    @property
+    def running(self) -> Active | None:
+        """The batch whose segments run on the pool's thread now."""
+        return self._running
+
     async def run(self) -> None:
         while True:
             self._arrived.clear()
@@ -147,7 +168,8 @@ class PoolRunner:
             self._drop_gone()
             parked = self._most_urgent_parked(now)
             queued = self._queue.most_urgent(self.spec.hostings, now)
-            if parked is not None and (queued is None or self._urgency(parked, now) <= queued):
+            # Strictly more urgent: a batch that yielded goes behind what it yielded to.
+            if parked is not None and (queued is None or self._urgency(parked, now) < queued):
                 await self._resume(parked)
                 continue
             pick = self._queue.next_batch(
@@ -166,27 +188,7 @@ class PoolRunner:
                 await asyncio.wait_for(self._arrived.wait(), timeout)
 
     async def _start(self, jobs: list[Job]) -> None:
-        started = self._clock()
-        loop = asyncio.get_running_loop()
-
-        def begin() -> tuple[list[Job], list[Job], RunningBatch | None]:
-            # Checked again on the pool's thread, which may have been busy since the pick: a
-            # caller gone or out of time by now costs no compute.
-            now = self._clock()
-            expired = [j for j in jobs if j.deadline is not None and j.deadline <= now]
-            live = [j for j in jobs if not j.abandoned and j not in expired]
-            return live, expired, (self._start_batch(self.spec, live) if live else None)
-
-        try:
-            live, expired, run = await loop.run_in_executor(self._executor, begin)
-        except Exception as error:
-            self._fail(jobs, error)
-            return
-        for job in expired:
-            if not job.future.done():
-                job.future.set_exception(DeadlineExceeded(started - job.enqueued_at))
-        if run is not None:
-            await self._execute(Active(live, run, started))
+        await self._execute(Active(jobs, None, self._clock()))
 
     async def _resume(self, active: Active) -> None:
         self._parked.remove(active)
@@ -197,17 +199,33 @@ class PoolRunner:
         await self._execute(active)
 
     async def _execute(self, active: Active) -> None:
-        """Segments until the batch finishes, its callers are gone, or it yields.
+        """Start (on the first call) and run segments until the batch finishes, its callers are
+        gone, or it yields.
 
         The pool's thread runs segment after segment without coming back to the loop (a hop
         costs more than the check) until the loop asks it to stop (`notify`: an arrival that goes
         first) or the time comes when queued or parked work would age past it (`_next_change`);
-        then the loop decides, and parks the batch or sends it on."""
+        then the loop decides, and parks the batch or sends it on. The batch counts as running
+        from before it starts, so an arrival during the start is seen too."""
         loop = asyncio.get_running_loop()
         seconds = self._policy.segment_seconds or None
         durations: list[float] = []
+        expired: list[Job] = []
 
-        def segments(until: float | None) -> list[Embeddings] | None:
+        def segments() -> list[Embeddings] | None:
+            if active.run is None:
+                # Checked again on the pool's thread, which may have been busy since the pick:
+                # a caller gone or out of time by now costs no compute.
+                now = self._clock()
+                expired.extend(
+                    j for j in active.jobs if j.deadline is not None and j.deadline <= now
+                )
+                active.jobs = [j for j in active.jobs if not j.abandoned and j not in expired]
+                if not active.jobs:
+                    return None
+                active.run = self._start_batch(self.spec, active.jobs)
+                if self._stop_asked.is_set():
+                    return None
             while True:
                 began = self._clock()
                 finished = active.run.advance(seconds)
@@ -216,15 +234,16 @@ class PoolRunner:
                     return active.run.results()
                 if self._stop_asked.is_set() or active.gone:
                     return None
-                if until is not None and self._clock() >= until:
+                stop_at = self._stop_at
+                if stop_at is not None and self._clock() >= stop_at:
                     return None
 
         while True:
             self._stop_asked.clear()
             self._running, self._running_since = active, self._clock()
-            until = self._next_change(active) if seconds is not None else None
+            self._stop_at = self._next_change(active) if seconds is not None else None
             try:
-                results = await loop.run_in_executor(self._executor, segments, until)
+                results = await loop.run_in_executor(self._executor, segments)
             except Exception as error:
                 self._fail(active.jobs, error)
                 return
@@ -234,15 +253,18 @@ class PoolRunner:
                     active.ran_seconds += took
                     self._observer.segment_ran(self.spec, active.model, took)
                 durations.clear()
+                for job in expired:
+                    if not job.future.done():
+                        job.future.set_exception(DeadlineExceeded(active.started - job.enqueued_at))
+                expired.clear()
             if results is not None:
                 self._answer(active, results)
                 return
-            if active.gone:  # every caller left: the rest would be computed for no one
+            if not active.jobs or active.gone:  # every caller left: nothing to compute for
                 return
-            if self._should_yield(active):
-                if active.ran_seconds >= self._policy.long_batch_seconds:
-                    active.requeued_at = self._clock()
-                self._park(active)
+            reason = self._yield_reason(active)
+            if reason is not None:
+                self._park(active, reason)
                 return
 
     def _next_change(self, active: Active) -> float | None:
@@ -255,31 +277,42 @@ class PoolRunner:
             + [job for parked in self._parked for job in parked.jobs]
             if job.nice
         ]
-        long_at = self._clock() + self._policy.long_batch_seconds - active.ran_seconds
-        changes = [t for t in (*waiting, long_at) if t > self._clock()]
-        return min(changes, default=None)
+        now = self._clock()
+        long_at = now + self._policy.long_batch_seconds - self._ran(active, now)
+        return min((t for t in (*waiting, long_at) if t > now), default=None)
+
+    def _ran(self, active: Active, now: float) -> float:
+        """How long `active` has run, its segments on the thread now included."""
+        if active is self._running:
+            return active.ran_seconds + now - self._running_since
+        return active.ran_seconds
 
     def _should_yield(self, active: Active) -> bool:
+        return self._yield_reason(active) is not None
+
+    def _yield_reason(self, active: Active) -> Yield | None:
         now = self._clock()
-        running = active.ran_seconds
-        if active is self._running:
-            running += now - self._running_since
         mine = self._urgency(active, now)
         parked = self._most_urgent_parked(now)
         if parked is not None and self._urgency(parked, now) < mine:
-            return True  # a swap: as many stay parked
+            return Yield.URGENT  # a swap: as many stay parked
         if len(self._parked) >= self._policy.max_parked_batches:
-            return False
+            return None
         queued = self._queue.most_urgent(self.spec.hostings, now)
         if queued is None:
-            return False
+            return None
         # More urgent: a better tier, or older in the same one (nice work past its bound, which
         # counts as normal from when it arrived).
         if queued < mine:
-            return True
-        return queued[0] == mine[0] and running >= self._policy.long_batch_seconds
+            return Yield.URGENT
+        long = self._ran(active, now) >= self._policy.long_batch_seconds
+        if long and queued[0] == mine[0]:
+            return Yield.TURN
+        return None
 
-    def _park(self, active: Active) -> None:
+    def _park(self, active: Active, reason: Yield) -> None:
+        if reason is Yield.TURN:
+            active.requeued_at = self._clock()
         active.parked_at = self._clock()
         self._parked.append(active)
         self._observer.preempted(self.spec, active.model)
@@ -316,7 +349,7 @@ class PoolRunner:
         return min(self._parked, key=lambda a: self._urgency(a, now), default=None)
 
     def _parked_bytes(self) -> int:
-        return sum(active.run.held_bytes for active in self._parked)
+        return sum(active.held_bytes for active in self._parked)
 
     def _drop_gone(self) -> None:
         gone = [active for active in self._parked if active.gone]
@@ -328,5 +361,5 @@ class PoolRunner:
         held: dict[str, tuple[int, int]] = {}
         for active in self._parked:
             batches, size = held.get(active.model, (0, 0))
-            held[active.model] = (batches + 1, size + active.run.held_bytes)
+            held[active.model] = (batches + 1, size + active.held_bytes)
         self._observer.parked(self.spec, held)
