@@ -13,8 +13,9 @@ could run, and parks the batch (its state kept, to resume on this pool only) whe
   goes behind its tier's queued work, as if it had arrived when it parked: a very long batch
   takes turns of one segment with the requests that queue behind it.
 At most `max_parked_batches` are parked per pool; with as many, the running batch runs on. A free
-pool resumes the most urgent parked batch before queued work that is not more urgent. A parked
-batch whose callers are all gone is dropped; closing the pool finishes the others first.
+pool resumes the most urgent parked batch when it is more urgent than all queued work (a batch
+that yielded goes behind what it yielded to). A parked batch whose callers are all gone is
+dropped; closing the pool finishes the others first.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Protocol
 from lamina.server.errors import DeadlineExceeded
 from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.job import Embeddings, Job, JobResult, RunningBatch
-from lamina.server.scheduling.queue import RequestQueue, Urgency
+from lamina.server.scheduling.queue import NICE, RequestQueue, Urgency
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,8 @@ class PoolRunner:
         then the loop decides, and parks the batch or sends it on. The batch counts as running
         from before it starts, so an arrival during the start is seen too."""
         loop = asyncio.get_running_loop()
-        seconds = self._policy.segment_seconds or None
+        yielding = self._policy.segment_seconds > 0
+        seconds: float | None = None
         durations: list[float] = []
         expired: list[Job] = []
 
@@ -241,7 +243,8 @@ class PoolRunner:
         while True:
             self._stop_asked.clear()
             self._running, self._running_since = active, self._clock()
-            self._stop_at = self._next_change(active) if seconds is not None else None
+            self._stop_at = self._next_change(active) if yielding else None
+            seconds = self._segment_seconds(active) if yielding else None
             try:
                 results = await loop.run_in_executor(self._executor, segments)
             except Exception as error:
@@ -266,6 +269,18 @@ class PoolRunner:
             if reason is not None:
                 self._park(active, reason)
                 return
+
+    def _segment_seconds(self, active: Active) -> float:
+        """How long each segment of the next dispatch runs. A nice batch, or a long one taking
+        turns, yields to arrivals, which come at any time: short segments. A normal one yields
+        only to what ages past it, at `_stop_at`: one segment up to then, since every segment
+        costs a session call and a hop for the GIL (on SmolLM2's 2 x 128 batches, 1-block
+        segments ran 15% slower than whole runs)."""
+        now, short = self._clock(), self._policy.segment_seconds
+        tier, _ = self._urgency(active, now)
+        if tier == NICE or self._ran(active, now) >= self._policy.long_batch_seconds:
+            return short
+        return short if self._stop_at is None else max(short, self._stop_at - now)
 
     def _next_change(self, active: Active) -> float | None:
         """The earliest time the decision to yield could change with no arrival: a nice job
