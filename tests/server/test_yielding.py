@@ -18,7 +18,7 @@ from lamina.server.runtime.device import PoolSpec
 from lamina.server.runtime.memory import BatchMemory
 from lamina.server.scheduling.job import Embeddings, Job, JobResult
 from lamina.server.scheduling.policy import SchedulingPolicy
-from lamina.server.scheduling.pool import PoolRunner
+from lamina.server.scheduling.pool import Active, PoolRunner
 from lamina.server.scheduling.queue import RequestQueue
 from tests.jobs import NamedModel, make_job
 from tests.server.test_scheduler import ANYWHERE, OURS, FakeClock, InlineExecutor
@@ -366,3 +366,28 @@ async def test_work_arriving_while_a_batch_starts_goes_first() -> None:
     h.submit("A", 3, nice=True)
     await h.drain()
     assert h.order() == ["B1", "A1", "A2", "A3"]
+
+
+async def test_a_batch_whose_callers_left_before_it_started_harms_no_arrival() -> None:
+    # Its pool's thread empties the batch as it starts; an arrival then asks the pool whether
+    # to stop it, and must be admitted as ever (the fuzz suite found this one).
+    h = Harness(YIELDING)
+    runner = h.runners[0]
+    start = runner._start_batch
+    arrivals: list[Job] = []
+    gone = h.submit("A", 3, nice=True)
+    gone.future.cancel()
+
+    def starting(pool: PoolSpec, jobs: Sequence[Job]) -> Segments:
+        raise AssertionError("a batch with no caller left is never started")
+
+    runner._start_batch = starting  # test-only
+    task = asyncio.ensure_future(runner.run())
+    await asyncio.sleep(0)
+    runner._running = Active([], None, h.clock.now)  # test-only: the emptied batch, running
+    arrivals.append(h.submit("B", 1))  # notify() asks about it
+    runner._running = None
+    runner._start_batch = start
+    runner.close()
+    await asyncio.wait_for(task, 5)
+    assert (await arrivals[0].future).embeddings[1][Pooling.MEAN][0] == 1.0

@@ -356,7 +356,12 @@ class PoolRunner:
                 job.future.set_exception(error)
 
     def _urgency(self, active: Active, now: float) -> Urgency:
-        live = [job for job in active.jobs if not job.abandoned] or active.jobs
+        # The pool's thread may empty `jobs` as it starts the batch (all callers gone): such a
+        # batch is the least urgent, never a reason to fail the arrival that asked.
+        jobs = active.jobs
+        live = [job for job in jobs if not job.abandoned] or jobs
+        if not live:
+            return NICE + 1, float("inf")
         tier, arrived = min(self._queue.urgency(job, now) for job in live)
         return tier, arrived if active.requeued_at is None else active.requeued_at
 
