@@ -106,11 +106,15 @@ def segment_blocks(
                 x = b.branch(resumes_here, lambda _: first, lambda _: previous, shape)
             return block(b, index, x)
 
-        def skipped(b: GraphBuilder) -> str:
-            return b.const("empty_state", np.zeros((0, 0, width), np.float32))
-
-        outputs.append(g.branch(runs_block(g, layer), run, skipped, shape, name))
+        outputs.append(
+            g.branch(runs_block(g, layer), run, lambda b: empty_state(b, width), shape, name)
+        )
     return outputs
+
+
+def empty_state(g: GraphBuilder, width: int) -> str:
+    """A [0, 0, width] constant: what a segment leaves where it ran nothing."""
+    return g.const("empty_state", np.zeros((0, 0, width), np.float32))
 
 
 def maybe_empty(width: int) -> list[str | int | None]:

@@ -18,6 +18,7 @@ from lamina.server.convert.dinov2 import Dinov2Config, VisionInputs, VisionTower
 from lamina.server.convert.graph import BOOL, FLOAT, INT64, GraphBuilder
 from lamina.server.convert.layered import (
     declare_sequence_inputs,
+    empty_state,
     first_state,
     maybe_empty,
     runs_block,
@@ -81,13 +82,11 @@ def build_vision_graph(config: Dinov2Config, weights: Weights, image_size: int) 
     def placed(b: GraphBuilder, state: str) -> str:
         return place_cells(b, image_cells(b, tower, state), config.hidden_size)
 
-    def skipped(b: GraphBuilder) -> str:
-        return b.const("no_positions", np.zeros((0, 0, config.hidden_size), np.float32))
-
     def expose(layer: int, state: str, ran: str) -> None:
         """Placed only where the segment ran the layer: the others are never read, and the
         placing costs a matrix product per layer."""
         output = signature.hidden_state_output(layer)
+        skipped = _given(empty_state(g, config.hidden_size))
         value = g.branch(ran, lambda b: placed(b, state), skipped, exposed, name=output)
         g.expose(value, FLOAT, exposed)
 
@@ -103,7 +102,7 @@ def build_vision_graph(config: Dinov2Config, weights: Weights, image_size: int) 
         width,
         [None] * config.num_layers,
     )
-    carried = g.const("empty_state", np.zeros((0, 0, width), np.float32))
+    carried = empty_state(g, width)
     for layer, state in enumerate(states, start=1):
         expose(layer, state, runs_block(g, layer))
         # The image positions are not the tower's state: STATE carries block DEPTH's output on

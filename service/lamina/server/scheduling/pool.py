@@ -141,7 +141,7 @@ class PoolRunner:
         running = self._running
         if running is None or self._stop_asked.is_set():
             return
-        if self._should_yield(running):
+        if self._yield_reason(running) is not None:
             self._stop_asked.set()
         else:  # a nice arrival may age past the running batch before it ends
             self._stop_at = self._next_change(running)
@@ -301,9 +301,6 @@ class PoolRunner:
         if active is self._running:
             return active.ran_seconds + now - self._running_since
         return active.ran_seconds
-
-    def _should_yield(self, active: Active) -> bool:
-        return self._yield_reason(active) is not None
 
     def _yield_reason(self, active: Active) -> Yield | None:
         now = self._clock()
