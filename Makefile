@@ -17,7 +17,7 @@ IMAGE_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 MODELS ?= none
 CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 
-.PHONY: serve test install models protos lint fixtures bench clean help image deploy-check mutate fuzz
+.PHONY: serve test install models protos lint fixtures family-fixtures bench clean help image deploy-check mutate fuzz
 
 help:
 	@echo "make serve    create .venv, install, prepare the default models, serve gRPC on :$(PORT), HTTP on :$(HTTP_PORT)"
@@ -27,6 +27,7 @@ help:
 	@echo "make lint     ruff + mypy"
 	@echo "make bench    throughput, depth cost, priority, starvation, padding -> docs/bench.md"
 	@echo "make fixtures regenerate the transformers parity fixtures (in $(REFERENCE), with torch)"
+	@echo "make family-fixtures regenerate the tiny checkpoints of every family [FAMILIES=names]"
 	@echo "make image    build $(IMAGE):$(IMAGE_VERSION)-cpu and -gpu (MODELS=baked puts the models inside)"
 	@echo "make deploy-check  lint the Dockerfiles, render and validate the Kubernetes overlays"
 	@echo "make fuzz     the fuzz suite of tests/fuzz, long (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test; make test runs it short)"
@@ -132,7 +133,12 @@ $(REFERENCE)/bin/python:
 		|| echo "llama-cpp-python did not build; the bench marks that peer skipped" >&2
 
 fixtures: models $(REFERENCE)/bin/python
-	PYTHONPATH=service:client $(REFERENCE)/bin/python tests/parity/make_fixtures.py
+	PYTHONPATH=service:client:. $(REFERENCE)/bin/python -m tests.parity.make_fixtures
+	PYTHONPATH=service:client:. $(REFERENCE)/bin/python -m tests.parity.make_real_fixtures
+
+# Tiny random checkpoints of every family, with transformers' hidden states (tests/families).
+family-fixtures: $(REFERENCE)/bin/python
+	PYTHONPATH=service:client:. $(REFERENCE)/bin/python -m tests.families.make_fixtures $(FAMILIES)
 
 clean:
 	rm -rf $(VENV) $(REFERENCE) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -23,6 +23,7 @@ from lamina.server.models.loaded import LoadedModel
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
 from tests.jobs import make_job
+from tests.parity.bounds import assert_layer_matches
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")
@@ -43,17 +44,6 @@ def model(request: pytest.FixtureRequest) -> LoadedModel:
     fixture = {"all-minilm-l6-v2": "minilm", "smollm2-135m-instruct": "smollm2"}[request.param]
     loaded: LoadedModel = request.getfixturevalue(fixture)
     return loaded
-
-
-def assert_layer_matches(ours: np.ndarray, reference: np.ndarray, what: str) -> None:
-    assert ours.shape == reference.shape, what
-    scale = float(np.abs(reference).max())
-    error = float(np.abs(ours - reference).max())
-    assert error <= 1e-4 * scale, f"{what}: max abs error {error:.2e} > 1e-4 x scale {scale:.3f}"
-    cosine = np.sum(ours * reference, axis=-1) / (
-        np.linalg.norm(ours, axis=-1) * np.linalg.norm(reference, axis=-1)
-    )
-    assert float(cosine.min()) >= 0.9999, f"{what}: cosine {cosine.min():.6f}"
 
 
 def test_fixtures_cover_non_ascii_and_every_layer() -> None:

@@ -240,3 +240,20 @@ def test_checkpoints_without_a_model_prefix_convert_too(tmp_path: Path) -> None:
     folder = write_checkpoint(tmp_path / "checkpoint", random_bert_weights(), prefix="")
     path = convert_checkpoint(folder, tmp_path / "repo", "bare", progress=lambda _: None)
     assert (path / "model.onnx").is_file() and path.name == "1"
+
+
+def test_tensorflow_era_norm_names_convert_as_transformers_renames_them(tmp_path: Path) -> None:
+    weights = random_bert_weights()
+    legacy = {
+        name.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): tensor
+        for name, tensor in weights.items()
+    }
+    assert legacy.keys() != weights.keys()
+    folder = write_checkpoint(tmp_path / "checkpoint", legacy)
+    path = convert_checkpoint(folder, tmp_path / "repo", "legacy", progress=lambda _: None)
+    entry = VersionDir("legacy", 1, path)
+    model = LoadedModel.load(entry, threads=1, providers=["CPUExecutionProvider"])
+    states = _run(model, [_prompt(IDS)], [True])
+    np.testing.assert_allclose(states[LAYERS][0], numpy_bert(weights, IDS)[LAYERS], atol=2e-5)

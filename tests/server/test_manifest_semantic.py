@@ -202,7 +202,6 @@ def test_the_converter_takes_the_prompts_as_instructions(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     "modes",
     [
-        {"pooling_mode_cls_token": True},
         {"pooling_mode_mean_sqrt_len_tokens": True},
         {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
     ],

@@ -20,6 +20,13 @@ class Pooling(StrEnum):
     MAX = "max"
     LAST_TOKEN = "last_token"
     ABS_MAX = "abs_max"
+    # h_1: sentence-transformers' CLS pooling. Only a model's semantic embedding pools so; the
+    # Embed API does not offer it (EMBED_POOLINGS).
+    FIRST_TOKEN = "first_token"
+
+
+# What an Embed request may ask for (api-reference.md).
+EMBED_POOLINGS = tuple(p for p in Pooling if p is not Pooling.FIRST_TOKEN)
 
 
 class Representation(StrEnum):

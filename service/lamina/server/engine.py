@@ -191,11 +191,13 @@ class Engine:
                 f"model {version.name!r} has no semantic embedding (its manifest configures "
                 f"none); models with one: {', '.join(having) or 'none'}",
             )
-        if request.compress_to_size is not None:
+        size = request.compress_to_size
+        if size is not None and size not in semantic.matryoshka_dimensions:
+            declared = ", ".join(map(str, semantic.matryoshka_dimensions)) or "none"
             raise InvalidArgument(
                 ("compress_to_size",),
-                f"model {version.name!r} provides no projection to {request.compress_to_size} "
-                "dimensions; leave compress_to_size unset",
+                f"model {version.name!r} provides no projection to {size} dimensions (the "
+                f"Matryoshka sizes it declares: {declared}); leave compress_to_size unset",
             )
         rows = [
             EmbedRequest(
@@ -203,7 +205,8 @@ class Engine:
                 prompt=prompt,
                 layers=(semantic.layer,),
                 pooling=(semantic.pooling,),
-                normalize=semantic.normalize if request.normalize is None else request.normalize,
+                # After the projections and the truncation (semantic_head), not of the pooling.
+                normalize=False,
                 hosting=request.hosting,
                 nice=request.nice,
                 contextual_control_threshold=request.contextual_control_threshold,
@@ -221,9 +224,18 @@ class Engine:
                 for i, row in enumerate(rows)
             ]
         )
+        embeddings = version.primary.semantic_head.apply(
+            [result.embeddings[layer][semantic.pooling] for result in results],
+            size if size is not None else semantic.dimensions,
+            semantic.normalize if request.normalize is None else request.normalize,
+        )
+        if not all(np.isfinite(vector).all() for vector in embeddings):  # a projection overflowed
+            self.metrics.nonfinite_results.labels(version.name).inc()
+            log.error("%s: non-finite projected semantic embedding", version.model_version)
+            raise NonFiniteResult(version.model_version, layer, f"projected {semantic.pooling}")
         return SemanticEmbedResult(
             model_version=results[0].model_version,
-            embeddings=tuple(result.embeddings[layer][semantic.pooling] for result in results),
+            embeddings=tuple(embeddings),
             num_tokens_prompt_total=sum(r.num_tokens_prompt_total for r in results),
             timing=Timing(
                 queue_seconds=max(r.timing.queue_seconds for r in results),

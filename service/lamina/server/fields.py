@@ -63,13 +63,12 @@ def representation(name: str) -> domain.Representation:
 
 
 def pooling(name: str, index: int) -> domain.Pooling:
-    try:
-        return domain.Pooling(name)
-    except ValueError:
-        expected = ", ".join(p.value for p in domain.Pooling)
+    if name not in domain.EMBED_POOLINGS:  # first_token is a semantic embedding's own
+        expected = ", ".join(p.value for p in domain.EMBED_POOLINGS)
         raise InvalidArgument(
             ("pooling", index), f"unknown pooling {shown(name)}; expected one of {expected}"
-        ) from None
+        )
+    return domain.Pooling(name)
 
 
 def factor(value: float, field: FieldPath) -> float:

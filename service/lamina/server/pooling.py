@@ -25,6 +25,8 @@ def pool(states: np.ndarray, pooling: Pooling) -> np.ndarray:
             pooled = states[-1]
         case Pooling.ABS_MAX:
             pooled = np.abs(states).max(axis=0)
+        case Pooling.FIRST_TOKEN:
+            pooled = states[0]
     return np.asarray(pooled, dtype=np.float32).copy()
 
 

@@ -6,8 +6,8 @@ scores of every layer and head: a few element-wise passes per layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -80,6 +80,11 @@ class KeyControls:
             tuple(score_shape),
         )
 
+    def restricted(self, g: GraphBuilder, allowed: str) -> KeyControls:
+        """The same controls over fewer keys: `allowed` (bool, broadcastable to the scores, e.g.
+        a sliding window [1, 1, query, key]) is and-ed into what each query sees."""
+        return replace(self, visible=g.op("And", [self.visible, allowed]))
+
     def apply(self, g: GraphBuilder, scores: str) -> str:
         """Controlled scores with -inf where a key is not seen, ready for softmax."""
         return g.branch(
@@ -144,6 +149,23 @@ class Rotary:
             lookup(np.cos(table), "rope_cos"), lookup(np.sin(table), "rope_sin"), head_dim // 2
         )
 
+    @staticmethod
+    def from_frequencies(g: GraphBuilder, inv_freq: np.ndarray, max_positions: int) -> Rotary:
+        """Tables from given inverse frequencies [head_dim / 2], for scaled RoPE variants (NTK);
+        a frequency of 0 leaves its pair of dimensions as it is (cos 1, sin 0)."""
+        frequencies = np.asarray(inv_freq, dtype=np.float32)
+        angles = np.arange(max_positions, dtype=np.float32)[:, None] * frequencies[None, :]
+        table = np.concatenate([angles, angles], axis=-1)
+        positions = g.positions(signature.INPUT_IDS)
+
+        def lookup(values: np.ndarray, hint: str) -> str:
+            rows = g.op("Gather", [g.const(hint, values.astype(np.float32)), positions], axis=0)
+            return g.op("Unsqueeze", [rows, g.const("axes_0_1", [0, 1])])
+
+        return Rotary(
+            lookup(np.cos(table), "rope_cos"), lookup(np.sin(table), "rope_sin"), len(frequencies)
+        )
+
     def apply(self, g: GraphBuilder, x: str) -> str:
         """x cos + rotate_half(x) sin, with rotate_half([a, b]) = [-b, a] over the head dim."""
         first = g.op(
@@ -158,6 +180,9 @@ class Rotary:
         return g.op("Add", [g.op("Mul", [x, self.cos]), g.op("Mul", [rotated, self.sin])])
 
 
+HeadNorm = Callable[[GraphBuilder, str], str]
+
+
 def multi_head_attention(
     g: GraphBuilder,
     query: str,
@@ -169,14 +194,22 @@ def multi_head_attention(
     num_kv_heads: int,
     head_dim: int,
     rotary: Rotary | None = None,
+    scale: float | None = None,
+    score_bias: str | None = None,
+    head_norms: tuple[HeadNorm, HeadNorm] | None = None,
 ) -> str:
-    """softmax(Q K^T / sqrt(d) + controls) V over [batch, sequence, heads * head_dim] projections.
+    """softmax(Q K^T scale + score_bias + controls) V over [batch, sequence, heads * head_dim]
+    projections; scale defaults to 1 / sqrt(head_dim).
 
     Grouped-query attention repeats each key/value head num_heads / num_kv_heads times.
+    `score_bias` (broadcastable to [batch, heads, query, key]) is a relative position bias;
+    `head_norms` (query's, key's) normalise each head [b, h, s, d] before rotary positions.
     """
     q = _split_heads(g, query, num_heads, head_dim)  # [b, h, s, d]
     k = _split_heads(g, key, num_kv_heads, head_dim)
     v = _split_heads(g, value, num_kv_heads, head_dim)
+    if head_norms is not None:
+        q, k = head_norms[0](g, q), head_norms[1](g, k)
     if rotary is not None:
         q, k = rotary.apply(g, q), rotary.apply(g, k)
     if num_kv_heads != num_heads:
@@ -184,7 +217,12 @@ def multi_head_attention(
         v = _repeat_kv(g, v, num_heads // num_kv_heads, num_kv_heads, head_dim)
     k_t = g.op("Transpose", [k], perm=[0, 1, 3, 2])
     scores = g.op("MatMul", [q, k_t])
-    scores = g.op("Div", [scores, g.const("sqrt_head_dim", np.float32(np.sqrt(head_dim)))])
+    if scale is None:
+        scores = g.op("Div", [scores, g.const("sqrt_head_dim", np.float32(np.sqrt(head_dim)))])
+    else:
+        scores = g.op("Mul", [scores, g.const("score_scale", np.float32(scale))])
+    if score_bias is not None:
+        scores = g.op("Add", [scores, score_bias])
     probs = g.op("Softmax", [controls.apply(g, scores)], axis=-1)
     context = g.op("MatMul", [probs, v])  # [b, h, s, d]
     context = g.op("Transpose", [context], perm=[0, 2, 1, 3])

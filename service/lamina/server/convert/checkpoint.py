@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ class SafetensorsWeights:
         for path in paths:
             with safe_open(str(path), framework="np") as handle:
                 for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    bare = _strip_prefix(name, prefixes)
+                    bare = _legacy_renamed(_strip_prefix(name, prefixes))
                     files[bare] = path
                     original[bare] = name
         return SafetensorsWeights(files, original)
@@ -46,6 +46,16 @@ class SafetensorsWeights:
         with safe_open(str(self.files[name]), framework="np") as handle:
             tensor: np.ndarray = handle.get_tensor(self.original_names[name])
         return tensor.astype(np.float32) if tensor.dtype != np.float32 else tensor
+
+
+# Older BERT-style checkpoints (TensorFlow-era names), renamed on load as transformers does.
+_LEGACY_NAMES = (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias"))
+
+
+def _legacy_renamed(name: str) -> str:
+    for old, new in _LEGACY_NAMES:
+        name = name.replace(old, new)
+    return name
 
 
 def _strip_prefix(name: str, prefixes: Iterable[str]) -> str:
@@ -61,3 +71,8 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no config.json in {folder}")
     config: dict[str, Any] = json.loads(path.read_text())
     return config
+
+
+def pad_token_id(config: Mapping[str, Any]) -> int:
+    """config.json's pad_token_id; 0 where it names none (padding is masked out either way)."""
+    return int(config.get("pad_token_id") or 0)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -29,6 +29,8 @@ class ConvertedModel:
     image: ImageInput | None = None
     trained: bool = True
     semantic: SemanticConfig | None = None  # as the checkpoint's own configuration declares
+    # Files of the version folder the semantic section names (its Dense weights): name -> bytes.
+    semantic_files: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def require_tensors(available: Collection[str], expected: Iterable[str], what: str) -> None:

@@ -1,7 +1,11 @@
-"""GGUF files (llama.cpp's format) of Llama-family models, dequantized to float32."""
+"""GGUF files (llama.cpp's format) of Llama-family models, dequantized to float32.
+
+Architectures `llama` (Q/K rows permuted by llama.cpp), `qwen2` (q/k/v biases) and `qwen3`
+(per-head q/k norms; rows as in Hugging Face)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ from lamina.server.convert import llama
 from lamina.server.convert.converted import ConvertedModel, Progress, require_tensors
 from lamina.server.convert.gguf_tokenizer import tokenizer_from_gguf
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 # GGUF tensor names -> the bare Hugging Face names the Llama builder reads.
 _GLOBAL_NAMES = {
@@ -29,6 +33,10 @@ _BLOCK_NAMES = {
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.weight": "self_attn.v_proj.weight",
     "attn_v.bias": "self_attn.v_proj.bias",
+    # Qwen3's per-head norms: llama.cpp writes them as they are (it permutes Q/K rows for the
+    # llama architecture only), so they pair with q_proj / k_proj rows in Hugging Face's order.
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
@@ -88,6 +96,11 @@ def config_from_metadata(meta: dict[str, Any]) -> llama.LlamaConfig:
             raise ValueError(f"GGUF metadata lacks {arch}.{name}")
         return value
 
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise ValueError(
+            f"GGUF {arch}.rope.scaling.type {scaling!r} is not supported; only plain RoPE is"
+        )
     heads = int(key("attention.head_count"))
     hidden = int(key("embedding_length"))
     tokens = meta.get("tokenizer.ggml.tokens") or []
@@ -105,7 +118,19 @@ def config_from_metadata(meta: dict[str, Any]) -> llama.LlamaConfig:
         attention_bias=arch == "qwen2",
         output_bias=False,
         mlp_bias=False,
+        qk_norm=arch == "qwen3",
     )
+
+
+def refuse_unread_tensors(names: Iterable[str], config: llama.LlamaConfig, what: str) -> None:
+    """A block tensor the graph would not read (a bias the architecture does not have, such as
+    a qwen3 file with attention biases) changes the model: refuse rather than drop it."""
+    expected = set(llama.expected_tensors(config))
+    unread = sorted(name for name in names if name not in expected)
+    if unread:
+        raise ValueError(
+            f"{what}: tensors this architecture's graph does not read: {', '.join(unread)}"
+        )
 
 
 def convert_gguf(path: Path, progress: Progress) -> ConvertedModel:
@@ -115,6 +140,7 @@ def convert_gguf(path: Path, progress: Progress) -> ConvertedModel:
     config = config_from_metadata(meta)
     by_name = {bare: t for t in reader.tensors if (bare := hf_name(t.name)) is not None}
     require_tensors(by_name.keys(), llama.expected_tensors(config), str(path))
+    refuse_unread_tensors(by_name.keys(), config, str(path))
     weights = GGUFWeights(reader, by_name, config, permuted=meta["general.architecture"] == "llama")
     tokenizer = tokenizer_from_gguf(meta)
     progress(

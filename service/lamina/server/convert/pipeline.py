@@ -74,4 +74,5 @@ def convert_checkpoint(
         converted.tokenizer,
         converted.token_embeddings,
         progress=progress,
+        files=converted.semantic_files if converted.semantic is not None else None,
     )

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ def write_version(
     token_embeddings: np.ndarray | None = None,
     *,
     progress: Callable[[str], None] = log.info,
+    files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write the next version of `name` atomically: a server scanning the repository sees either
     nothing or the whole version, never half of it."""
@@ -47,6 +48,8 @@ def write_version(
         if token_embeddings is not None:
             # float16 halves the file; cosine similarities need no more precision.
             np.save(staging / manifest.token_embeddings, token_embeddings.astype(np.float16))
+        for file, contents in (files or {}).items():  # what the manifest names besides
+            (staging / file).write_bytes(contents)
         manifest.write(staging)
         target = model_dir / str(version)
         os.replace(staging, target)

@@ -12,7 +12,7 @@ import io
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from lamina.server.domain import Precision
 from lamina.server.errors import FieldPath, InvalidArgument
 from lamina.server.images import ImageSpec
 from lamina.server.models.precision import Asked, ChosenGraph, choose
+from lamina.server.models.semantic_head import SemanticHead
 from lamina.server.prompt import PromptEncoder
 from lamina.server.repository.external_data import external_data
 from lamina.server.repository.files import read_file
@@ -41,6 +42,8 @@ class VersionContents:
     token_embeddings: np.ndarray | None  # read-only, backed by memory, not by the file
     graphs: dict[str, bytes]  # file -> contents, for each graph a pool serves
     external_data: dict[str, bytes]  # location -> contents, for a graph naming external data
+    # The semantic embedding's projections (none for most models).
+    semantic_head: SemanticHead = field(default_factory=SemanticHead)
 
     @staticmethod
     def read(
@@ -70,7 +73,11 @@ class VersionContents:
                 graphs[name] = read_file(directory / name)
                 if name == manifest.graph:  # converted reduced-precision graphs name none
                     files = external_data(graphs[name], directory)
-        return VersionContents(manifest, tokenizer, embeddings, graphs, files)
+        head = SemanticHead()
+        if manifest.semantic is not None and manifest.semantic.dense:
+            with _reading(", ".join(d.file for d in manifest.semantic.dense)):
+                head = SemanticHead.read(directory, manifest.semantic)
+        return VersionContents(manifest, tokenizer, embeddings, graphs, files, head)
 
     def encoder(self, name: str) -> PromptEncoder:
         manifest, image = self.manifest, self.manifest.image
@@ -138,6 +145,7 @@ class LoadedModel:
     encoder: PromptEncoder
     session: HiddenStateSession
     chosen: ChosenGraph
+    semantic_head: SemanticHead = field(default_factory=SemanticHead)
 
     @staticmethod
     def load(
@@ -168,7 +176,9 @@ class LoadedModel:
                 external_data=contents.external_data if fp32 else None,
             )
         encoder = encoder if encoder is not None else contents.encoder(entry.name)
-        return LoadedModel(entry.name, entry.version, manifest, encoder, session, chosen)
+        return LoadedModel(
+            entry.name, entry.version, manifest, encoder, session, chosen, contents.semantic_head
+        )
 
     @property
     def model_version(self) -> str:

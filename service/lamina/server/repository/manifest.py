@@ -39,28 +39,124 @@ class ImageInput:
     cells: str  # how the 12 x 12 prompt positions of an image come from the patches
 
 
+# Activations of a Dense module, by Lamina's name (sentence-transformers names the torch class).
+DENSE_ACTIVATIONS = ("identity", "tanh", "relu", "gelu", "sigmoid", "silu")
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """A projection after pooling (a sentence-transformers Dense module): activation(W x + b),
+    W [out_features, in_features] and b [out_features] from `file` in the version folder (a
+    safetensors file with the tensors `weight` and, where `bias`, `bias`)."""
+
+    file: str
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str  # one of DENSE_ACTIVATIONS
+
+    @staticmethod
+    def from_json(index: int, data: Any) -> DenseLayer:
+        where = f"manifest semantic.dense[{index}]"
+        fields = set(DenseLayer.__dataclass_fields__)
+        if not isinstance(data, Mapping) or set(data) != fields:
+            raise ValueError(
+                f"{where}: expected an object with exactly the fields {sorted(fields)}"
+            )
+        if not isinstance(data["file"], str) or not _FILE_NAME.fullmatch(data["file"]):
+            raise ValueError(f"{where}.file: expected the name of a file in the version folder")
+        for name in ("in_features", "out_features"):
+            value = data[name]
+            if type(value) is not int or not 1 <= value <= _MAX_FEATURES:
+                raise ValueError(f"{where}.{name}: expected an integer in 1..{_MAX_FEATURES}")
+        if not isinstance(data["bias"], bool):
+            raise ValueError(f"{where}.bias: expected true or false")
+        if data["activation"] not in DENSE_ACTIVATIONS:
+            raise ValueError(
+                f"{where}.activation: {data['activation']!r} is none of "
+                f"{', '.join(DENSE_ACTIVATIONS)}"
+            )
+        return DenseLayer(
+            data["file"],
+            data["in_features"],
+            data["out_features"],
+            data["bias"],
+            data["activation"],
+        )
+
+
 @dataclass(frozen=True)
 class SemanticConfig:
     """How SemanticEmbed embeds with this model: one Embed of `layer` with `pooling`, the
-    representation's instruction tokenized as its own item before the caller's prompt."""
+    representation's instruction tokenized as its own item before the caller's prompt; then the
+    `dense` projections in order, truncation (to compress_to_size, else to `dimensions`) and
+    normalisation (where asked, else where `normalize` says)."""
 
     layer: int  # as in Embed: 0..num_layers, or negative counting from the last block
+    # Any Embed pooling, or first_token (sentence-transformers' CLS pooling), which only a
+    # semantic embedding uses.
     pooling: Pooling
     normalize: bool  # the default when a request leaves normalize unset
     # Representation -> instruction ("" = none); a symmetric model has none at all.
     representations: dict[Representation, str] = field(
         default_factory=lambda: dict.fromkeys(Representation, "")
     )
+    dense: tuple[DenseLayer, ...] = ()
+    # The size every vector is truncated to (sentence-transformers' truncate_dim); None: all of
+    # the last projection's output (or of the hidden state, without one).
+    dimensions: int | None = None
+    # Matryoshka sizes, smallest first: the sizes compress_to_size may truncate to (the model was
+    # trained so that a prefix of the vector is an embedding of its own).
+    matryoshka_dimensions: tuple[int, ...] = ()
 
     def instruction(self, representation: Representation) -> str:
         return self.representations.get(representation, "")
+
+    def output_size(self, hidden_size: int) -> int:
+        """The size of a vector before truncation: the last projection's, or the hidden size."""
+        return self.dense[-1].out_features if self.dense else hidden_size
+
+    def check(self, hidden_size: int) -> None:
+        """What the sizes must agree on, for a model of `hidden_size`: a ValueError if not."""
+        size = hidden_size
+        for index, dense in enumerate(self.dense):
+            if dense.in_features != size:
+                raise ValueError(
+                    f"manifest semantic.dense[{index}].in_features: {dense.in_features} does not "
+                    f"match the {size} values it takes"
+                )
+            size = dense.out_features
+        if self.dimensions is not None and not 1 <= self.dimensions <= size:
+            raise ValueError(
+                f"manifest semantic.dimensions: {self.dimensions} is outside 1..{size}"
+            )
+        largest = self.dimensions or size
+        if any(not 1 <= d <= largest for d in self.matryoshka_dimensions):
+            raise ValueError(
+                f"manifest semantic.matryoshka_dimensions: {list(self.matryoshka_dimensions)} "
+                f"are not all in 1..{largest}"
+            )
+        if list(self.matryoshka_dimensions) != sorted(set(self.matryoshka_dimensions)):
+            raise ValueError(
+                "manifest semantic.matryoshka_dimensions: expected distinct sizes, smallest first"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields at their defaults left out: a model without projections, truncation or
+        Matryoshka sizes has the manifest it had before they existed (and that servers from
+        before them still read)."""
+        data = asdict(self)
+        for name in ("dense", "dimensions", "matryoshka_dimensions"):
+            if not data[name]:
+                del data[name]
+        return data
 
     @staticmethod
     def from_json(data: Any) -> SemanticConfig:
         """Strict: every problem is a ValueError naming the field under `semantic`."""
         if not isinstance(data, Mapping):
             raise ValueError("manifest semantic: expected an object or null")
-        known = {"layer", "pooling", "normalize", "representations"}
+        known = set(SemanticConfig.__dataclass_fields__)
         if set(data) - known:
             raise ValueError(f"manifest semantic: unknown fields {sorted(set(data) - known)}")
         for name in ("layer", "pooling", "normalize"):
@@ -78,9 +174,36 @@ class SemanticConfig:
             ) from None
         if not isinstance(data["normalize"], bool):
             raise ValueError("manifest semantic.normalize: expected true or false")
+        dense = data.get("dense", [])
+        if not isinstance(dense, list) or len(dense) > _MAX_DENSE:
+            raise ValueError(f"manifest semantic.dense: expected a list of at most {_MAX_DENSE}")
+        dimensions = data.get("dimensions")
+        if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+            raise ValueError("manifest semantic.dimensions: expected a positive integer or null")
+        matryoshka = data.get("matryoshka_dimensions", [])
+        if (
+            not isinstance(matryoshka, list)
+            or len(matryoshka) > _MAX_MATRYOSHKA
+            or not all(type(d) is int for d in matryoshka)
+        ):
+            raise ValueError(
+                "manifest semantic.matryoshka_dimensions: expected a list of at most "
+                f"{_MAX_MATRYOSHKA} integers"
+            )
         return SemanticConfig(
-            layer, pooling, data["normalize"], _representations(data.get("representations", {}))
+            layer,
+            pooling,
+            data["normalize"],
+            _representations(data.get("representations", {})),
+            tuple(DenseLayer.from_json(i, d) for i, d in enumerate(dense)),
+            dimensions,
+            tuple(matryoshka),
         )
+
+
+_MAX_FEATURES = 1 << 16  # a projection's side; bounds what loading its file may allocate
+_MAX_DENSE = 8
+_MAX_MATRYOSHKA = 64
 
 
 def _representations(data: Any) -> dict[Representation, str]:
@@ -174,7 +297,10 @@ class Manifest:
     def write(self, directory: Path) -> None:
         """Replaced at once: a server reading it sees the old manifest or the new one."""
         staging = directory / f".{MANIFEST_FILE}.new"
-        staging.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        data = asdict(self)
+        if self.semantic is not None:
+            data["semantic"] = self.semantic.to_json()
+        staging.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(staging, directory / MANIFEST_FILE)
 
     @staticmethod
@@ -221,6 +347,14 @@ class Manifest:
             raise ValueError(
                 f"manifest semantic.layer: {self.semantic.layer} is outside "
                 f"{-(blocks + 1)}..{blocks} for {blocks} blocks"
+            )
+        self.semantic.check(self.hidden_size)
+        files = [dense.file for dense in self.semantic.dense]
+        taken = {self.graph, self.tokenizer, self.token_embeddings}
+        if len(set(files)) != len(files) or taken & set(files):
+            raise ValueError(
+                "manifest semantic.dense: each projection needs a file of its own, "
+                "not the graph's, the tokenizer's or the token embeddings'"
             )
         for representation, instruction in self.semantic.representations.items():
             if instruction and not self.text_support:
