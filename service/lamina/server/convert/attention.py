@@ -82,8 +82,16 @@ class KeyControls:
 
     def restricted(self, g: GraphBuilder, allowed: str) -> KeyControls:
         """The same controls over fewer keys: `allowed` (bool, broadcastable to the scores, e.g.
-        a sliding window [1, 1, query, key]) is and-ed into what each query sees."""
-        return replace(self, visible=g.op("And", [self.visible, allowed]))
+        a `key_window` [1, 1, query, key]) is and-ed into what each real query sees.
+
+        A padding query (right padding) may lie a window past the prompt's last token, where it
+        would see no key at all: its softmax row would be NaN, and the next layer's attention
+        would spread it into the prompt's own rows (a probability of 0 times NaN is NaN).
+        Padding queries keep the unrestricted keys: what they hold is never read."""
+        real = g.op("Cast", [signature.ATTENTION_MASK], to=BOOL)
+        padding_query = g.op("Unsqueeze", [g.op("Not", [real]), g.const("axes_1_3", [1, 3])])
+        seen = g.op("Or", [allowed, padding_query])
+        return replace(self, visible=g.op("And", [self.visible, seen]))
 
     def apply(self, g: GraphBuilder, scores: str) -> str:
         """Controlled scores with -inf where a key is not seen, ready for softmax."""
@@ -111,6 +119,20 @@ class KeyControls:
         )
         all_masked = g.op("Equal", [g.op("ReduceMax", [controlled], axes=[-1]), hidden])
         return g.op("Where", [all_masked, plain, controlled])
+
+
+def key_window(g: GraphBuilder, bound: int, *, bidirectional: bool) -> str:
+    """bool [1, 1, query, key], sized to the sequence at run time: query - key < bound (a
+    causal model's sliding window, future keys being masked already), or |query - key| < bound
+    on either side."""
+    positions = g.positions(signature.INPUT_IDS)
+    query = g.op("Unsqueeze", [positions, g.const("axis_1", [1])])
+    key = g.op("Unsqueeze", [positions, g.const("axis_0", [0])])
+    distance = g.op("Sub", [query, key])
+    if bidirectional:
+        distance = g.op("Abs", [distance])
+    allowed = g.op("Less", [distance, g.const("window_bound", np.int64(bound))])
+    return g.op("Unsqueeze", [allowed, g.const("axes_0_1", [0, 1])])
 
 
 def _not_future(g: GraphBuilder) -> str:

@@ -197,7 +197,7 @@ def encoder_block(
     )
     up = g.linear(hidden, w(names.up, "weight"), w(names.up, "bias"), "up")
     down = g.linear(
-        _activation(g, up, config.hidden_act),
+        g.activation(up, config.hidden_act),
         w(names.down, "weight"),
         w(names.down, "bias"),
         "down",
@@ -225,15 +225,7 @@ def embeddings(
     token_types: bool = True,
 ) -> str:
     """LN(word + token type 0 + position): `token_types=False` for checkpoints without them."""
-    words = g.op(
-        "Gather",
-        [g.const("word_embeddings", weights(WORD_EMBEDDINGS)), signature.INPUT_IDS],
-        axis=0,
-    )
-    if token_types:
-        # Every Lamina prompt is one segment, so token type 0 is added to every position.
-        token_type = weights(TOKEN_TYPE_EMBEDDINGS)[0]
-        words = g.op("Add", [words, g.const("token_type_0", token_type.astype(np.float32))])
+    words = words_of_one_segment(g, weights, token_types=token_types)
     positions = position_ids(g)
     position_table = g.const("position_embeddings", weights(POSITION_EMBEDDINGS))
     position_vectors = g.op("Gather", [position_table, positions], axis=0)
@@ -247,14 +239,15 @@ def embeddings(
     )
 
 
-def _activation(g: GraphBuilder, x: str, kind: str) -> str:
-    if kind == "relu":
-        return g.op("Relu", [x])
-    if kind == "gelu":
-        return g.gelu(x)
-    # tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-    cube = g.op("Mul", [g.op("Mul", [x, x]), x])
-    inner = g.op("Add", [x, g.op("Mul", [cube, g.const("c", np.float32(0.044715))])])
-    tanh = g.op("Tanh", [g.op("Mul", [inner, g.const("k", np.float32(np.sqrt(2.0 / np.pi)))])])
-    gate = g.op("Add", [tanh, g.const("one", np.float32(1.0))])
-    return g.op("Mul", [g.op("Mul", [x, gate]), g.const("half", np.float32(0.5))])
+def words_of_one_segment(g: GraphBuilder, weights: Weights, *, token_types: bool) -> str:
+    """Word embeddings, plus token type 0 where the checkpoint has token types: every Lamina
+    prompt is one segment."""
+    words = g.op(
+        "Gather",
+        [g.const("word_embeddings", weights(WORD_EMBEDDINGS)), signature.INPUT_IDS],
+        axis=0,
+    )
+    if not token_types:
+        return words
+    token_type = weights(TOKEN_TYPE_EMBEDDINGS)[0]
+    return g.op("Add", [words, g.const("token_type_0", token_type.astype(np.float32))])

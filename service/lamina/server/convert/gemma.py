@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lamina.server.convert.attention import KeyControls, Rotary, multi_head_attention
+from lamina.server.convert.attention import KeyControls, Rotary, key_window, multi_head_attention
 from lamina.server.convert.checkpoint import SafetensorsWeights, pad_token_id
 from lamina.server.convert.converted import ConvertedModel, Progress
-from lamina.server.convert.graph import BOOL, FLOAT, GraphBuilder
+from lamina.server.convert.graph import FLOAT, GraphBuilder
 from lamina.server.convert.layered import layered_graph
 from lamina.server.repository import signature
 from lamina.server.repository.tokenizer_file import load_plain_tokenizer
@@ -273,7 +273,7 @@ def build_gemma_graph(
         for kind in sorted(set(config.layer_types)):
             rotaries[kind] = _rotary(g, config.head_dim, config.rope[kind])
         if SLIDING in config.layer_types:
-            window = _window(g, config.window_bound, bidirectional=config.bidirectional)
+            window = key_window(g, config.window_bound, bidirectional=config.bidirectional)
 
     def embed(g: GraphBuilder) -> str:
         table = g.const("embed_tokens", weights("embed_tokens.weight"))
@@ -326,7 +326,7 @@ def build_gemma_graph(
         gate = g.linear(x, w("mlp.gate_proj.weight"), None, "gate")
         up = g.linear(x, w("mlp.up_proj.weight"), None, "up")
         down = g.linear(
-            g.op("Mul", [_activation(g, gate, config.hidden_activation), up]),
+            g.op("Mul", [g.activation(gate, config.hidden_activation), up]),
             w("mlp.down_proj.weight"),
             None,
             "down",
@@ -367,37 +367,3 @@ def _rotary(g: GraphBuilder, head_dim: int, rope: RopeConfig) -> Rotary:
         return g.op("Unsqueeze", [g.op(op_type, [table]), g.const("axes_0_1", [0, 1])])
 
     return Rotary(rows("Cos"), rows("Sin"), head_dim // 2)
-
-
-def _window(g: GraphBuilder, bound: int, *, bidirectional: bool) -> str:
-    """bool [batch, 1, query, key]: what a sliding layer's controls are restricted to.
-
-    Causal (transformers' sliding_window_overlay): query - key < bound, future keys being masked
-    already. Bidirectional (EmbeddingGemma): |query - key| < bound on either side.
-
-    A padding query (right padding) may lie a window past the last real token, where it would
-    see no key at all and softmax would give NaN; through its value in the next layer that NaN
-    reaches the real rows (0 x NaN). Padding queries keep the unrestricted keys instead: their
-    states are never read, they only need to be finite."""
-    positions = g.positions(signature.INPUT_IDS)
-    query = g.op("Unsqueeze", [positions, g.const("axis_1", [1])])
-    key = g.op("Unsqueeze", [positions, g.const("axis_0", [0])])
-    distance = g.op("Sub", [query, key])
-    if bidirectional:
-        distance = g.op("Abs", [distance])
-    allowed = g.op("Less", [distance, g.const("window_bound", np.int64(bound))])
-    in_window = g.op("Unsqueeze", [allowed, g.const("axes_0_1", [0, 1])])  # [1, 1, q, k]
-    real = g.op("Cast", [signature.ATTENTION_MASK], to=BOOL)
-    padding_query = g.op("Unsqueeze", [g.op("Not", [real]), g.const("axes_1_3", [1, 3])])
-    return g.op("Or", [in_window, padding_query])
-
-
-def _activation(g: GraphBuilder, x: str, kind: str) -> str:
-    if kind == "gelu":
-        return g.gelu(x)
-    # tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-    cube = g.op("Mul", [g.op("Mul", [x, x]), x])
-    inner = g.op("Add", [x, g.op("Mul", [cube, g.const("c", np.float32(0.044715))])])
-    tanh = g.op("Tanh", [g.op("Mul", [inner, g.const("k", np.float32(np.sqrt(2.0 / np.pi)))])])
-    gate = g.op("Add", [tanh, g.const("one", np.float32(1.0))])
-    return g.op("Mul", [g.op("Mul", [x, gate]), g.const("half", np.float32(0.5))])

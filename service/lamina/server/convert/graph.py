@@ -18,6 +18,10 @@ FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
 BOOL = TensorProto.BOOL
 
+# transformers' activation names GraphBuilder.activation builds; each family accepts those its
+# own modeling code does.
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
 Shape = Sequence[str | int | None]  # None: a dimension of no fixed size or name
 
 
@@ -158,6 +162,25 @@ class GraphBuilder:
         """0.5 x (1 + erf(x / sqrt 2)), the exact form: ONNX Runtime fuses it into one kernel."""
         scaled = self.op("Div", [x, self.const("sqrt2", np.float32(np.sqrt(2.0)))])
         gate = self.op("Add", [self.op("Erf", [scaled]), self.const("one", np.float32(1.0))])
+        return self.op("Mul", [self.op("Mul", [x, gate]), self.const("half", np.float32(0.5))])
+
+    def activation(self, x: str, kind: str) -> str:
+        """transformers' activation of that name (ACT2FN): `gelu` exact, `gelu_new` and
+        `gelu_pytorch_tanh` the tanh approximation, `relu`, `silu` (= `swish`)."""
+        if kind == "gelu":
+            return self.gelu(x)
+        if kind == "relu":
+            return self.op("Relu", [x])
+        if kind in ("silu", "swish"):
+            return self.op("Mul", [x, self.op("Sigmoid", [x])])
+        if kind not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"activation {kind!r} is not supported; supported: {ACTIVATIONS}")
+        # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = self.op("Mul", [self.op("Mul", [x, x]), x])
+        inner = self.op("Add", [x, self.op("Mul", [cube, self.const("c", np.float32(0.044715))])])
+        scale = self.const("k", np.float32(np.sqrt(2.0 / np.pi)))
+        tanh = self.op("Tanh", [self.op("Mul", [inner, scale])])
+        gate = self.op("Add", [tanh, self.const("one", np.float32(1.0))])
         return self.op("Mul", [self.op("Mul", [x, gate]), self.const("half", np.float32(0.5))])
 
     def rms_norm(self, x: str, weight: np.ndarray, eps: float, hint: str) -> str:

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lamina.server.convert import bert
 from lamina.server.convert.attention import KeyControls, Rotary, multi_head_attention
 from lamina.server.convert.checkpoint import SafetensorsWeights, pad_token_id
 from lamina.server.convert.converted import ConvertedModel, Progress
 from lamina.server.convert.graph import GraphBuilder
 from lamina.server.convert.layered import layered_graph
-from lamina.server.repository import signature
 from lamina.server.repository.tokenizer_file import load_plain_tokenizer
 
 # NewForMaskedLM and the other heads keep the encoder under "new."; NewModel has no prefix.
@@ -205,12 +205,7 @@ def build_gte_graph(config: GteConfig, weights: Callable[[str], np.ndarray]) -> 
         rotary = Rotary.from_frequencies(g, frequencies, config.max_positions)
 
     def embed(g: GraphBuilder) -> str:
-        table = g.const("word_embeddings", weights("embeddings.word_embeddings.weight"))
-        x = g.op("Gather", [table, signature.INPUT_IDS], axis=0)
-        if config.type_vocab_size > 0:
-            # Every Lamina prompt is one segment: token type 0 at every position.
-            token_type = weights("embeddings.token_type_embeddings.weight")[0]
-            x = g.op("Add", [x, g.const("token_type_0", token_type.astype(np.float32))])
+        x = bert.words_of_one_segment(g, weights, token_types=config.type_vocab_size > 0)
         return g.layer_norm(
             x,
             weights("embeddings.LayerNorm.weight"),
@@ -243,7 +238,7 @@ def build_gte_graph(config: GteConfig, weights: Callable[[str], np.ndarray]) -> 
         up_gate = w("mlp.up_gate_proj.weight")
         inner = up_gate.shape[0] // 2
         up = g.linear(hidden, up_gate[:inner], None, "up")
-        gate = _activation(g, g.linear(hidden, up_gate[inner:], None, "gate"), config.hidden_act)
+        gate = g.activation(g.linear(hidden, up_gate[inner:], None, "gate"), config.hidden_act)
         down = g.linear(
             g.op("Mul", [gate, up]), w("mlp.down_proj.weight"), w("mlp.down_proj.bias"), "down"
         )
@@ -285,18 +280,3 @@ def _norm(
     if config.layer_norm_type == "rms_norm":
         return g.rms_norm(x, w(f"{name}.weight"), config.layer_norm_eps, name)
     return g.layer_norm(x, w(f"{name}.weight"), w(f"{name}.bias"), config.layer_norm_eps, name)
-
-
-def _activation(g: GraphBuilder, x: str, kind: str) -> str:
-    if kind == "gelu":
-        return g.gelu(x)
-    if kind == "relu":
-        return g.op("Relu", [x])
-    if kind in ("silu", "swish"):
-        return g.op("Mul", [x, g.op("Sigmoid", [x])])
-    # gelu_new, gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-    cube = g.op("Mul", [g.op("Mul", [x, x]), x])
-    inner = g.op("Add", [x, g.op("Mul", [cube, g.const("c", np.float32(0.044715))])])
-    tanh = g.op("Tanh", [g.op("Mul", [inner, g.const("k", np.float32(np.sqrt(2.0 / np.pi)))])])
-    gate = g.op("Add", [tanh, g.const("one", np.float32(1.0))])
-    return g.op("Mul", [g.op("Mul", [x, gate]), g.const("half", np.float32(0.5))])

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lamina.server.convert.attention import KeyControls, Rotary, multi_head_attention
+from lamina.server.convert.attention import KeyControls, Rotary, key_window, multi_head_attention
 from lamina.server.convert.checkpoint import SafetensorsWeights, pad_token_id
 from lamina.server.convert.converted import ConvertedModel, Progress
-from lamina.server.convert.graph import BOOL, GraphBuilder
+from lamina.server.convert.graph import GraphBuilder
 from lamina.server.convert.layered import layered_graph
 from lamina.server.repository import signature
 from lamina.server.repository.tokenizer_file import load_plain_tokenizer
@@ -226,7 +226,7 @@ def build_modernbert_graph(
                 max_positions=config.max_positions,
             )
         if LOCAL in config.layer_types:
-            windows.append(_window(g, config.half_window))
+            windows.append(key_window(g, config.half_window + 1, bidirectional=True))
 
     def norm(g: GraphBuilder, name: str, x: str, hint: str) -> str:
         bias = weights(f"{name}.bias") if config.norm_bias else np.zeros(hidden_size, np.float32)
@@ -285,7 +285,7 @@ def build_modernbert_graph(
         gated = g.op(
             "Mul",
             [
-                _activation(g, g.linear(x, w_in, b_in, "up"), config.hidden_act),
+                g.activation(g.linear(x, w_in, b_in, "up"), config.hidden_act),
                 g.linear(x, w_gate, b_gate, "gate"),
             ],
         )
@@ -305,35 +305,3 @@ def build_modernbert_graph(
         final=final,
         prepare=prepare,
     )
-
-
-def _window(g: GraphBuilder, half: int) -> str:
-    """What a local layer lets each query see, bool [batch, 1, query, key]: the keys with
-    |query - key| <= half, and every key for a padding query. A padding query farther than
-    `half` past the prompt's end would otherwise see no key at all: its softmax row would be
-    NaN, and the next layer's attention would spread it (a probability of 0 times NaN is NaN)
-    into the prompt's own positions. What a padding position holds is never read."""
-    positions = g.positions(signature.INPUT_IDS)
-    query = g.op("Unsqueeze", [positions, g.const("axis_1", [1])])
-    key = g.op("Unsqueeze", [positions, g.const("axis_0", [0])])
-    distance = g.op("Abs", [g.op("Sub", [query, key])])
-    near = g.op("LessOrEqual", [distance, g.const("half_window", np.int64(half))])
-    near = g.op("Unsqueeze", [near, g.const("axes_0_1", [0, 1])])  # [1, 1, query, key]
-    padding = g.op("Not", [g.op("Cast", [signature.ATTENTION_MASK], to=BOOL)])
-    padding_query = g.op("Unsqueeze", [padding, g.const("axes_1_3", [1, 3])])  # [b, 1, q, 1]
-    return g.op("Or", [near, padding_query])
-
-
-def _activation(g: GraphBuilder, x: str, kind: str) -> str:
-    if kind == "gelu":
-        return g.gelu(x)
-    if kind == "relu":
-        return g.op("Relu", [x])
-    if kind == "silu":
-        return g.op("Mul", [x, g.op("Sigmoid", [x])])
-    # gelu_new, gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-    cube = g.op("Mul", [g.op("Mul", [x, x]), x])
-    inner = g.op("Add", [x, g.op("Mul", [cube, g.const("c", np.float32(0.044715))])])
-    tanh = g.op("Tanh", [g.op("Mul", [inner, g.const("k", np.float32(np.sqrt(2.0 / np.pi)))])])
-    gate = g.op("Add", [tanh, g.const("one", np.float32(1.0))])
-    return g.op("Mul", [g.op("Mul", [x, gate]), g.const("half", np.float32(0.5))])

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lamina.server.convert import bert
 from lamina.server.convert.attention import KeyControls, Rotary, multi_head_attention
 from lamina.server.convert.checkpoint import SafetensorsWeights, pad_token_id
 from lamina.server.convert.converted import ConvertedModel, Progress
 from lamina.server.convert.graph import GraphBuilder
 from lamina.server.convert.layered import layered_graph
-from lamina.server.repository import signature
 from lamina.server.repository.tokenizer_file import load_plain_tokenizer
 
 HF_ARCHITECTURES = ("NomicBertModel",)
@@ -262,12 +262,7 @@ def build_nomic_bert_graph(
         rotary = Rotary.from_frequencies(g, frequencies, config.max_positions)
 
     def embed(g: GraphBuilder) -> str:
-        table = g.const("word_embeddings", weights("embeddings.word_embeddings.weight"))
-        x = g.op("Gather", [table, signature.INPUT_IDS], axis=0)
-        if config.type_vocab_size > 0:
-            # Every Lamina prompt is one segment: token type 0 at every position.
-            token_type = weights("embeddings.token_type_embeddings.weight")[0]
-            x = g.op("Add", [x, g.const("token_type_0", token_type.astype(np.float32))])
+        x = bert.words_of_one_segment(g, weights, token_types=config.type_vocab_size > 0)
         eps = config.layer_norm_eps
         return g.layer_norm(x, weights("emb_ln.weight"), weights("emb_ln.bias"), eps, "emb_ln")
 
