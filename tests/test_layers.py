@@ -36,6 +36,7 @@ LAYERS = [
     "scheduling",
     "models",
     "metrics",
+    "embeddings",
     "engine",
     "calls",
     "api",

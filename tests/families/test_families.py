@@ -19,15 +19,13 @@ import pytest
 
 from lamina.server.convert.hf_folder import SUPPORTED_ARCHITECTURES
 from lamina.server.convert.pipeline import convert_checkpoint
-from lamina.server.domain import TextItem
-from lamina.server.errors import InvalidArgument
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.runtime.batch import Batch
+from tests.families.checks import FIXTURES, assert_tokenizes_as_transformers
 from tests.parity.bounds import assert_layer_matches
 from tests.tiny_models import load_version
 
-FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "reference.json").is_file())
 README = Path(__file__).parents[2] / "README.md"
 
@@ -79,16 +77,7 @@ def test_the_readme_lists_every_supported_architecture() -> None:
 
 
 def test_tokenizer_matches_transformers_on_the_corpus(family: Family) -> None:
-    for text, expected in zip(
-        family.meta["tokenizer_corpus"], family.meta["tokenizer_ids"], strict=True
-    ):
-        if text:  # an empty prompt is refused before it is tokenized
-            try:
-                ours = family.model.encoder.encode((TextItem(text),)).ids.tolist()
-            except InvalidArgument:  # no token of its own (" " in WordPiece): an empty prompt
-                assert not text.strip(), f"{family.name}: {text!r} refused"
-                continue
-            assert ours == expected, f"{family.name}: {text!r}"
+    assert_tokenizes_as_transformers(family.model, FIXTURES / family.name)
 
 
 def test_every_layer_of_every_prompt_matches(family: Family) -> None:

@@ -228,7 +228,7 @@ async def test_models_available_lists_semantic_embed_where_configured(
     reply = await stub.ModelsAvailable(pb.ModelsAvailableRequest())
     types = {m.name: list(m.embedding_types) for m in reply.models}
     assert types[MINILM] == types[DINOV2] == ["embed", "semantic_embed"]
-    assert types[SMOLLM2] == ["embed"]
+    assert types[SMOLLM2] == ["embed", "instructable_embed"]  # no semantic_embed
 
 
 async def test_python_clients(server: RunningServer) -> None:

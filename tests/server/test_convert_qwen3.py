@@ -18,11 +18,11 @@ from safetensors.numpy import load_file, save_file
 from lamina.server.convert.gguf_checkpoint import config_from_metadata, read_metadata
 from lamina.server.convert.llama import LlamaConfig
 from lamina.server.convert.pipeline import convert_checkpoint
-from lamina.server.domain import TextItem
-from lamina.server.models.loaded import LoadedModel
-from lamina.server.prompt import EncodedPrompt
-from lamina.server.runtime.batch import Batch
-from tests.parity.bounds import assert_layer_matches
+from tests.families.checks import (
+    assert_matches_reference,
+    assert_tokenizes_as_transformers,
+    convert,
+)
 from tests.tiny_models import load_version
 
 FIXTURE = Path(__file__).parents[1] / "families" / "fixtures" / "qwen3"
@@ -174,7 +174,7 @@ def test_qwen3_model_matches_the_reference(tmp_path: Path) -> None:
         convert_checkpoint(folder, tmp_path / "repo", "q", trained=False, progress=lambda _: None)
     )
     assert model.manifest.architecture == "llama"
-    assert_matches_reference(model, "Qwen3Model")
+    assert_matches_reference(model, FIXTURE, "Qwen3Model")
 
 
 # --- GGUF ---------------------------------------------------------------------------------------
@@ -260,15 +260,10 @@ def add_tokenizer(writer: gguf.GGUFWriter, tokenizer_json: Path) -> None:
 
 def test_qwen3_gguf_matches_the_transformers_reference(tmp_path: Path) -> None:
     path = write_qwen3_gguf(tmp_path / "qwen3.gguf", FIXTURE / "checkpoint")
-    model = load_version(
-        convert_checkpoint(path, tmp_path / "repo", "q", trained=False, progress=lambda _: None)
-    )
-    meta = json.loads((FIXTURE / "reference.json").read_text())
+    model = convert(path, tmp_path)
     # transformers' GGUF loader adds NFC for qwen2-style vocabularies; the corpus is NFC already.
-    for text, expected in zip(meta["tokenizer_corpus"], meta["tokenizer_ids"], strict=True):
-        if text:
-            assert model.encoder.encode((TextItem(text),)).ids.tolist() == expected, text
-    assert_matches_reference(model, "GGUF")
+    assert_tokenizes_as_transformers(model, FIXTURE)
+    assert_matches_reference(model, FIXTURE, "GGUF")
 
 
 def test_gguf_config_reads_qwen3_metadata(tmp_path: Path) -> None:
@@ -317,38 +312,3 @@ def copy_checkpoint(tmp_path: Path) -> Path:
 def edit_config(folder: Path, **changes: Any) -> None:
     path = folder / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-
-
-def assert_matches_reference(model: LoadedModel, what: str) -> None:
-    """Every layer of every prompt alone, and the long prompt beside a short one in a padded
-    batch, within the parity bounds of the family fixture."""
-    meta = json.loads((FIXTURE / "reference.json").read_text())
-    layers = range(meta["layers"] + 1)
-    with np.load(FIXTURE / "reference.npz") as arrays:
-        reference = {key: arrays[key] for key in arrays.files}
-    prompts = [
-        EncodedPrompt(reference[f"ids_{i}"], np.ones(len(reference[f"ids_{i}"]), np.float32))
-        for i in range(len(meta["prompts"]))
-    ]
-    for index, prompt in enumerate(prompts):
-        states = run(model, [prompt], layers)
-        for layer in layers:
-            assert_layer_matches(
-                states[layer][0],
-                reference[f"hidden_{index}"][layer],
-                f"{what} prompt {index} layer {layer}",
-            )
-    long, short = len(prompts) - 1, 0
-    states = run(model, [prompts[long], prompts[short]], layers)
-    for row, index in enumerate((long, short)):
-        for layer in layers:
-            assert_layer_matches(
-                states[layer][row, : prompts[index].length],
-                reference[f"hidden_{index}"][layer],
-                f"{what} batched prompt {index} layer {layer}",
-            )
-
-
-def run(model: LoadedModel, prompts: list[EncodedPrompt], layers: range) -> dict[int, np.ndarray]:
-    batch = Batch.pad(prompts, [True] * len(prompts), model.manifest.pad_token_id)
-    return model.session.run(batch, layers)

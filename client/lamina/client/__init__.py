@@ -17,7 +17,9 @@ from lamina.client.prompt import (
 )
 from lamina.client.results import (
     BatchSemanticEmbedResult,
+    EmbeddingsResult,
     EmbedResult,
+    InstructableEmbedResult,
     ModelInfo,
     ModelVersionState,
     PoolPrecision,
@@ -33,9 +35,11 @@ __all__ = [
     "BatchSemanticEmbedResult",
     "Client",
     "EmbedResult",
+    "EmbeddingsResult",
     "Image",
     "ImageControl",
     "ImageCrop",
+    "InstructableEmbedResult",
     "LaminaError",
     "ModelInfo",
     "ModelVersionState",

@@ -15,7 +15,9 @@ from google.protobuf.message import Message
 from lamina.client.prompt import Image, Prompt, PromptItem, Text, TokenIds
 from lamina.client.results import (
     BatchSemanticEmbedResult,
+    EmbeddingsResult,
     EmbedResult,
+    InstructableEmbedResult,
     ModelInfo,
     ModelVersionState,
     PoolPrecision,
@@ -157,6 +159,55 @@ def _set_semantic_options(
         request.control_log_additive = control_log_additive
 
 
+def embeddings(
+    model: str,
+    inputs: str | Sequence[str | Sequence[int]],
+    *,
+    dimensions: int | None,
+    hosting: str | None,
+    nice: bool,
+) -> Call[EmbeddingsResult]:
+    """`inputs`: one text, or a list of texts and token-id lists (each one input)."""
+    listed = [inputs] if isinstance(inputs, str) else list(inputs)
+    request = pb.EmbeddingsRequest(model=model, nice=nice)
+    for item in listed:
+        if isinstance(item, str):
+            request.input.add(text=item)
+        else:
+            request.input.add(token_ids=pb.TokenIdList(ids=list(item)))
+    if dimensions is not None:
+        request.dimensions = dimensions
+    if hosting is not None:
+        request.hosting = hosting
+    return Call("Embeddings", request, embeddings_result)
+
+
+def instructable_embed(
+    model: str,
+    input: Prompt,
+    *,
+    instruction: str,
+    normalize: bool | None,
+    hosting: str | None,
+    nice: bool,
+    contextual_control_threshold: float | None,
+    control_log_additive: bool | None,
+) -> Call[InstructableEmbedResult]:
+    request = pb.InstructableEmbedRequest(
+        model=model, input=prompt_message(input), instruction=instruction, nice=nice
+    )
+    # None leaves the proto3 `optional` field unset: the server's default decides.
+    if normalize is not None:
+        request.normalize = normalize
+    if hosting is not None:
+        request.hosting = hosting
+    if contextual_control_threshold is not None:
+        request.contextual_control_threshold = contextual_control_threshold
+    if control_log_additive is not None:
+        request.control_log_additive = control_log_additive
+    return Call("InstructableEmbed", request, instructable_embed_result)
+
+
 def models() -> Call[list[ModelInfo]]:
     return Call("ModelsAvailable", pb.ModelsAvailableRequest(), model_infos)
 
@@ -251,6 +302,25 @@ def batch_semantic_embed_result(
     return BatchSemanticEmbedResult(
         model_version=response.model_version,
         embeddings=[make_vector(v.values) for v in response.embeddings],
+        num_tokens_prompt_total=response.num_tokens_prompt_total,
+        timing=_timing(response.timing),
+    )
+
+
+def embeddings_result(response: pb.EmbeddingsResponse) -> EmbeddingsResult:
+    return EmbeddingsResult(
+        model=response.model,
+        model_version=response.model_version,
+        embeddings=[make_vector(v.values) for v in response.embeddings],
+        prompt_tokens=response.usage.prompt_tokens,
+        timing=_timing(response.timing),
+    )
+
+
+def instructable_embed_result(response: pb.InstructableEmbedResponse) -> InstructableEmbedResult:
+    return InstructableEmbedResult(
+        model_version=response.model_version,
+        embedding=make_vector(response.embedding),
         num_tokens_prompt_total=response.num_tokens_prompt_total,
         timing=_timing(response.timing),
     )

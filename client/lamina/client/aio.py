@@ -14,7 +14,9 @@ from lamina.client.errors import LaminaError
 from lamina.client.prompt import Prompt
 from lamina.client.results import (
     BatchSemanticEmbedResult,
+    EmbeddingsResult,
     EmbedResult,
+    InstructableEmbedResult,
     ModelInfo,
     ModelVersionState,
     SemanticEmbedResult,
@@ -129,6 +131,48 @@ class AsyncClient:
                 prompts,
                 representation=representation,
                 compress_to_size=compress_to_size,
+                normalize=normalize,
+                hosting=hosting,
+                nice=nice,
+                contextual_control_threshold=contextual_control_threshold,
+                control_log_additive=control_log_additive,
+            )
+        )
+
+    async def embeddings(
+        self,
+        model: str,
+        inputs: str | Sequence[str | Sequence[int]],
+        *,
+        dimensions: int | None = None,
+        hosting: str | None = None,
+        nice: bool = False,
+    ) -> EmbeddingsResult:
+        """OpenAI's embeddings over gRPC: one vector per input (a text or a token-id list), in
+        order, up to 100; `dimensions` truncates to a Matryoshka size the model declares."""
+        return await self._send(
+            _calls.embeddings(model, inputs, dimensions=dimensions, hosting=hosting, nice=nice)
+        )
+
+    async def instructable_embed(
+        self,
+        model: str,
+        input: Prompt,
+        *,
+        instruction: str,
+        normalize: bool | None = None,
+        hosting: str | None = None,
+        nice: bool = False,
+        contextual_control_threshold: float | None = None,
+        control_log_additive: bool | None = None,
+    ) -> InstructableEmbedResult:
+        """One vector for `input` embedded after `instruction` ("" for none), in the model's own
+        instructable configuration. normalize=None: the server's default (false)."""
+        return await self._send(
+            _calls.instructable_embed(
+                model,
+                input,
+                instruction=instruction,
                 normalize=normalize,
                 hosting=hosting,
                 nice=nice,

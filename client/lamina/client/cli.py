@@ -42,6 +42,21 @@ class _AppendItem(argparse.Action):
         namespace.items = items
 
 
+class _AppendInput(argparse.Action):
+    """--input and --token-ids of `embeddings`: each one input, in the order given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        inputs: list[str | list[int]] = getattr(namespace, "inputs", None) or []
+        inputs.append(values if option_string == "--input" else list(values))
+        namespace.inputs = inputs
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lamina-client",
@@ -104,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="L2-normalise, or not (default: the model's own setting)",
     )
 
+    _add_embeddings_command(commands)
+
+    instructable = commands.add_parser(
+        "instructable-embed",
+        help="one vector for a prompt embedded after an instruction, in the model's own "
+        "instructable configuration",
+    )
+    _add_prompt_arguments(instructable)
+    instructable.add_argument(
+        "--instruction",
+        required=True,
+        metavar="TEXT",
+        help="what the embedding should attend to ('' for none: the prompt alone)",
+    )
+    instructable.add_argument("--normalize", action="store_true", help="L2-normalise the vector")
+
     commands.add_parser("models", help="list the served models with their capabilities")
 
     tokenize = commands.add_parser("tokenize", help="text to vocabulary pieces and token ids")
@@ -149,6 +180,47 @@ def _add_prompt_arguments(command: argparse.ArgumentParser) -> None:
         "--nice", action="store_true", help="run below concurrent requests that are not nice"
     )
     command.add_argument(
+        "--hosting",
+        default=None,
+        help="'aleph-alpha': only worker pools in our own datacenter may run it "
+        "(default: any pool)",
+    )
+
+
+def _add_embeddings_command(commands: Any) -> None:
+    embeddings = commands.add_parser(
+        "embeddings",
+        help="OpenAI-style embeddings: one vector per input, the model's semantic embedding",
+    )
+    embeddings.add_argument("--model", required=True, help="model name, e.g. all-minilm-l6-v2")
+    embeddings.add_argument(
+        "--input",
+        action=_AppendInput,
+        dest="inputs",
+        metavar="TEXT",
+        help="a text input; repeat, and mix with --token-ids, for several (at most 100)",
+    )
+    embeddings.add_argument(
+        "--token-ids",
+        action=_AppendInput,
+        dest="inputs",
+        nargs="+",
+        type=int,
+        metavar="ID",
+        help="a token-id input, used as given (no special tokens added); repeatable",
+    )
+    embeddings.add_argument(
+        "--dimensions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="truncate to a Matryoshka size the model declares, then normalise "
+        "(default: the full vector)",
+    )
+    embeddings.add_argument(
+        "--nice", action="store_true", help="run below concurrent requests that are not nice"
+    )
+    embeddings.add_argument(
         "--hosting",
         default=None,
         help="'aleph-alpha': only worker pools in our own datacenter may run it "
@@ -206,8 +278,11 @@ def security_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Se
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("embed", "semantic-embed") and not getattr(args, "items", None):
+    prompted = ("embed", "semantic-embed", "instructable-embed")
+    if args.command in prompted and not getattr(args, "items", None):
         parser.error(f"{args.command} needs at least one --prompt, --token-ids or --image")
+    if args.command == "embeddings" and not getattr(args, "inputs", None):
+        parser.error("embeddings needs at least one --input or --token-ids")
     security = security_of(parser, args)
     if args.command == "load":  # many calls on its own channels, not one Client call
         return load_command(args, security)
@@ -250,6 +325,44 @@ def _run(client: Client, args: argparse.Namespace) -> Any:
             "num_tokens_prompt_total": semantic.num_tokens_prompt_total,
             "embedding": _floats(semantic.embedding),
             "timing": dataclasses.asdict(semantic.timing),
+        }
+    if args.command == "embeddings":
+        embedded = client.embeddings(
+            args.model,
+            args.inputs,
+            dimensions=args.dimensions,
+            nice=args.nice,
+            hosting=args.hosting,
+        )
+        # OpenAI's reply shape, with Lamina's model_version and timing beside it.
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _floats(vector)}
+                for i, vector in enumerate(embedded.embeddings)
+            ],
+            "model": embedded.model,
+            "model_version": embedded.model_version,
+            "usage": {
+                "prompt_tokens": embedded.prompt_tokens,
+                "total_tokens": embedded.prompt_tokens,
+            },
+            "timing": dataclasses.asdict(embedded.timing),
+        }
+    if args.command == "instructable-embed":
+        instructable = client.instructable_embed(
+            args.model,
+            args.items,
+            instruction=args.instruction,
+            normalize=args.normalize or None,  # absent: unset on the wire, the server's default
+            nice=args.nice,
+            hosting=args.hosting,
+        )
+        return {
+            "model_version": instructable.model_version,
+            "num_tokens_prompt_total": instructable.num_tokens_prompt_total,
+            "embedding": _floats(instructable.embedding),
+            "timing": dataclasses.asdict(instructable.timing),
         }
     if args.command == "models":
         return [dataclasses.asdict(model) for model in client.models()]

@@ -68,6 +68,25 @@ class BatchSemanticEmbedResult:
 
 
 @dataclass(frozen=True)
+class EmbeddingsResult:
+    """OpenAI-style embeddings: one vector per input, in the order sent."""
+
+    model: str  # the name asked for
+    model_version: str  # one version served every input
+    embeddings: list[Vector]
+    prompt_tokens: int  # summed over the inputs (OpenAI's usage.prompt_tokens)
+    timing: Timing  # the inputs ran concurrently: the longest of each figure
+
+
+@dataclass(frozen=True)
+class InstructableEmbedResult:
+    model_version: str
+    embedding: Vector
+    num_tokens_prompt_total: int  # the instruction's and the template's tokens included
+    timing: Timing
+
+
+@dataclass(frozen=True)
 class ModelVersionState:
     """Where one version of a model stands on the server."""
 

@@ -14,7 +14,9 @@ from lamina.client.errors import LaminaError
 from lamina.client.prompt import Prompt
 from lamina.client.results import (
     BatchSemanticEmbedResult,
+    EmbeddingsResult,
     EmbedResult,
+    InstructableEmbedResult,
     ModelInfo,
     ModelVersionState,
     SemanticEmbedResult,
@@ -131,6 +133,48 @@ class Client:
                 prompts,
                 representation=representation,
                 compress_to_size=compress_to_size,
+                normalize=normalize,
+                hosting=hosting,
+                nice=nice,
+                contextual_control_threshold=contextual_control_threshold,
+                control_log_additive=control_log_additive,
+            )
+        )
+
+    def embeddings(
+        self,
+        model: str,
+        inputs: str | Sequence[str | Sequence[int]],
+        *,
+        dimensions: int | None = None,
+        hosting: str | None = None,
+        nice: bool = False,
+    ) -> EmbeddingsResult:
+        """OpenAI's embeddings over gRPC: one vector per input (a text or a token-id list), in
+        order, up to 100; `dimensions` truncates to a Matryoshka size the model declares."""
+        return self._send(
+            _calls.embeddings(model, inputs, dimensions=dimensions, hosting=hosting, nice=nice)
+        )
+
+    def instructable_embed(
+        self,
+        model: str,
+        input: Prompt,
+        *,
+        instruction: str,
+        normalize: bool | None = None,
+        hosting: str | None = None,
+        nice: bool = False,
+        contextual_control_threshold: float | None = None,
+        control_log_additive: bool | None = None,
+    ) -> InstructableEmbedResult:
+        """One vector for `input` embedded after `instruction` ("" for none), in the model's own
+        instructable configuration. normalize=None: the server's default (false)."""
+        return self._send(
+            _calls.instructable_embed(
+                model,
+                input,
+                instruction=instruction,
                 normalize=normalize,
                 hosting=hosting,
                 nice=nice,

@@ -252,6 +252,84 @@ class BatchSemanticEmbedResponse(_message.Message):
     timing: RequestTiming
     def __init__(self, model_version: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., num_tokens_prompt_total: _Optional[int] = ..., timing: _Optional[_Union[RequestTiming, _Mapping]] = ...) -> None: ...
 
+class EmbeddingsInput(_message.Message):
+    __slots__ = ("text", "token_ids")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: TokenIdList
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIdList, _Mapping]] = ...) -> None: ...
+
+class EmbeddingsRequest(_message.Message):
+    __slots__ = ("model", "input", "dimensions", "hosting", "nice", "user")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    HOSTING_FIELD_NUMBER: _ClassVar[int]
+    NICE_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input: _containers.RepeatedCompositeFieldContainer[EmbeddingsInput]
+    dimensions: int
+    hosting: str
+    nice: bool
+    user: str
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Iterable[_Union[EmbeddingsInput, _Mapping]]] = ..., dimensions: _Optional[int] = ..., hosting: _Optional[str] = ..., nice: _Optional[bool] = ..., user: _Optional[str] = ...) -> None: ...
+
+class EmbeddingsResponse(_message.Message):
+    __slots__ = ("model", "model_version", "embeddings", "usage", "timing")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    embeddings: _containers.RepeatedCompositeFieldContainer[Vector]
+    usage: EmbeddingsUsage
+    timing: RequestTiming
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., usage: _Optional[_Union[EmbeddingsUsage, _Mapping]] = ..., timing: _Optional[_Union[RequestTiming, _Mapping]] = ...) -> None: ...
+
+class EmbeddingsUsage(_message.Message):
+    __slots__ = ("prompt_tokens", "total_tokens")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    total_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
+
+class InstructableEmbedRequest(_message.Message):
+    __slots__ = ("model", "hosting", "input", "instruction", "normalize", "contextual_control_threshold", "control_log_additive", "nice")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    HOSTING_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTUAL_CONTROL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_LOG_ADDITIVE_FIELD_NUMBER: _ClassVar[int]
+    NICE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    hosting: str
+    input: Prompt
+    instruction: str
+    normalize: bool
+    contextual_control_threshold: float
+    control_log_additive: bool
+    nice: bool
+    def __init__(self, model: _Optional[str] = ..., hosting: _Optional[str] = ..., input: _Optional[_Union[Prompt, _Mapping]] = ..., instruction: _Optional[str] = ..., normalize: _Optional[bool] = ..., contextual_control_threshold: _Optional[float] = ..., control_log_additive: _Optional[bool] = ..., nice: _Optional[bool] = ...) -> None: ...
+
+class InstructableEmbedResponse(_message.Message):
+    __slots__ = ("model_version", "embedding", "num_tokens_prompt_total", "timing")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_PROMPT_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    num_tokens_prompt_total: int
+    timing: RequestTiming
+    def __init__(self, model_version: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., num_tokens_prompt_total: _Optional[int] = ..., timing: _Optional[_Union[RequestTiming, _Mapping]] = ...) -> None: ...
+
 class ModelsAvailableRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

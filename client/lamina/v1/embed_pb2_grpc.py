@@ -64,6 +64,16 @@ class EmbedServiceStub:
                 request_serializer=lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedResponse.FromString,
                 _registered_method=True)
+        self.Embeddings = channel.unary_unary(
+                '/lamina.v1.EmbedService/Embeddings',
+                request_serializer=lamina_dot_v1_dot_embed__pb2.EmbeddingsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_embed__pb2.EmbeddingsResponse.FromString,
+                _registered_method=True)
+        self.InstructableEmbed = channel.unary_unary(
+                '/lamina.v1.EmbedService/InstructableEmbed',
+                request_serializer=lamina_dot_v1_dot_embed__pb2.InstructableEmbedRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_embed__pb2.InstructableEmbedResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedServiceServicer:
@@ -112,6 +122,22 @@ class EmbedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embeddings(self, request, context):
+        """OpenAI's embeddings API (REST POST /embeddings and /v1/embeddings): one vector per input, in
+        order, the model's semantic embedding with representation symmetric; up to 100 inputs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InstructableEmbed(self, request, context):
+        """One vector for an input embedded after an instruction, in the model's own instructable
+        configuration (template, layer, pooling).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +170,16 @@ def add_EmbedServiceServicer_to_server(servicer, server):
                     servicer.BatchSemanticEmbed,
                     request_deserializer=lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedResponse.SerializeToString,
+            ),
+            'Embeddings': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embeddings,
+                    request_deserializer=lamina_dot_v1_dot_embed__pb2.EmbeddingsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_embed__pb2.EmbeddingsResponse.SerializeToString,
+            ),
+            'InstructableEmbed': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstructableEmbed,
+                    request_deserializer=lamina_dot_v1_dot_embed__pb2.InstructableEmbedRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_embed__pb2.InstructableEmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +344,60 @@ class EmbedService:
             '/lamina.v1.EmbedService/BatchSemanticEmbed',
             lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedRequest.SerializeToString,
             lamina_dot_v1_dot_embed__pb2.BatchSemanticEmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embeddings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.EmbedService/Embeddings',
+            lamina_dot_v1_dot_embed__pb2.EmbeddingsRequest.SerializeToString,
+            lamina_dot_v1_dot_embed__pb2.EmbeddingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstructableEmbed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.EmbedService/InstructableEmbed',
+            lamina_dot_v1_dot_embed__pb2.InstructableEmbedRequest.SerializeToString,
+            lamina_dot_v1_dot_embed__pb2.InstructableEmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 
 from lamina.server import fields
 from lamina.server.domain import (
+    EmbeddingsRequest,
     EmbedRequest,
     EmbedResult,
+    InstructableEmbedRequest,
+    InstructableEmbedResult,
     ModelDescription,
     ModelVersionState,
     SemanticEmbedRequest,
@@ -116,6 +119,16 @@ class Calls:
         self, request: SemanticEmbedRequest, timeout: float | None
     ) -> SemanticEmbedResult:
         return await self.engine.semantic_embed(request, timeout)
+
+    async def embeddings(
+        self, request: EmbeddingsRequest, timeout: float | None
+    ) -> SemanticEmbedResult:
+        return await self.engine.embeddings(request, timeout)
+
+    async def instructable_embed(
+        self, request: InstructableEmbedRequest, timeout: float | None
+    ) -> InstructableEmbedResult:
+        return await self.engine.instructable_embed(request, timeout)
 
     async def tokenize(self, model: str, text: str) -> tuple[list[str], list[int]]:
         return await self.engine.tokenize(model, text)

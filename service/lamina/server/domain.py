@@ -135,6 +135,39 @@ class SemanticEmbedRequest:
     control_log_additive: bool = True
 
 
+# One input of OpenAI's embeddings: a text, or token ids used as they are.
+EmbeddingsInput = str | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    """OpenAI's embeddings (up to 100 inputs): each input one prompt of a SemanticEmbedRequest
+    with representation symmetric (embeddings.py), so scheduling and limits are Embed's."""
+
+    model: str
+    inputs: tuple[EmbeddingsInput, ...]  # in input order, at least one
+    # The caller sent a list of inputs (errors name `input[i]`), not one input (`input`).
+    listed: bool = True
+    dimensions: int | None = None  # Matryoshka truncation, then normalisation
+    hosting: str | None = None
+    nice: bool = False
+
+
+@dataclass(frozen=True)
+class InstructableEmbedRequest:
+    """InstructableEmbed: one EmbedRequest of the model's instructable layer and pooling, its
+    sequence the instruction (in the model's template) followed by the input's items."""
+
+    model: str
+    input: tuple[PromptItem, ...]
+    instruction: str  # "": the input is embedded alone
+    normalize: bool = False
+    hosting: str | None = None
+    nice: bool = False
+    contextual_control_threshold: float | None = None
+    control_log_additive: bool = True
+
+
 @dataclass(frozen=True)
 class Timing:
     queue_seconds: float
@@ -158,6 +191,14 @@ class SemanticEmbedResult:
     embeddings: tuple[np.ndarray, ...]  # one per prompt, in input order
     num_tokens_prompt_total: int  # summed over the prompts
     timing: Timing  # the prompts ran concurrently: the longest of each figure
+
+
+@dataclass(frozen=True)
+class InstructableEmbedResult:
+    model_version: str
+    embedding: np.ndarray
+    num_tokens_prompt_total: int  # the instruction's tokens and the template's included
+    timing: Timing
 
 
 class Precision(StrEnum):

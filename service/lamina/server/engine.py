@@ -23,9 +23,13 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from lamina.server import embeddings as openai_embeddings
 from lamina.server.domain import (
+    EmbeddingsRequest,
     EmbedRequest,
     EmbedResult,
+    InstructableEmbedRequest,
+    InstructableEmbedResult,
     ModelDescription,
     ModelVersionState,
     Pooling,
@@ -37,6 +41,7 @@ from lamina.server.domain import (
     TokenIdsItem,
 )
 from lamina.server.errors import (
+    INPUT,
     FieldPath,
     HostingUnavailable,
     InvalidArgument,
@@ -245,6 +250,55 @@ class Engine:
             ),
         )
 
+    async def instructable_embed(
+        self, request: InstructableEmbedRequest, timeout: float | None
+    ) -> InstructableEmbedResult:
+        """One Embed of the model's instructable layer and pooling, the instruction in the
+        model's template tokenized as its own item before the input: so semantics, controls,
+        limits and scheduling are Embed's, and errors name `input` where Embed's name `prompt`."""
+        version = self._version(request.model)
+        config = version.manifest.instructable
+        if config is None:
+            having = sorted(n for n, v in self.registry.served().items() if v.manifest.instructable)
+            raise InvalidArgument(
+                ("model",),
+                f"model {version.name!r} has no instructable embedding (its manifest configures "
+                f"none); models with one: {', '.join(having) or 'none'}",
+            )
+        instruction = config.instruction_text(request.instruction)
+        limit = version.encoder.max_text_chars
+        if len(instruction) > limit:  # said of the instruction, before the prompt's own check
+            raise InvalidArgument(
+                ("instruction",),
+                f"{len(instruction)} characters in the model's template, more than the {limit} "
+                f"that fit the {version.manifest.max_context_size} positions of model "
+                f"{version.name!r}; it is never truncated",
+            )
+        row = EmbedRequest(
+            model=request.model,
+            prompt=request.input,
+            layers=(config.layer,),
+            pooling=(config.pooling,),
+            normalize=request.normalize,
+            hosting=request.hosting,
+            nice=request.nice,
+            contextual_control_threshold=request.contextual_control_threshold,
+            control_log_additive=request.control_log_additive,
+            instruction=instruction,
+        )
+        try:
+            self.limits.check(row)
+            result = await self._embed(version, row, timeout)
+        except InvalidArgument as error:
+            raise error.moved(("prompt",), (INPUT,)) from None
+        layer = version.primary.absolute_layer(config.layer, ("instructable", "layer"))
+        return InstructableEmbedResult(
+            model_version=result.model_version,
+            embedding=result.embeddings[layer][config.pooling],
+            num_tokens_prompt_total=result.num_tokens_prompt_total,
+            timing=result.timing,
+        )
+
     async def _semantic_row(
         self, version: ModelVersion, row: EmbedRequest, field: FieldPath, timeout: float | None
     ) -> EmbedResult:
@@ -266,7 +320,9 @@ class Engine:
         # Cheap bounds first: what cannot fit the model is never tokenized nor decoded.
         version.encoder.check_size(request.prompt, request.instruction)
         pixels = self.limits.check_pixels(request)
-        chars = sum(len(item.data) for item in request.prompt if isinstance(item, TextItem))
+        # The instruction is text to tokenize too (a caller's, in InstructableEmbed).
+        chars = len(request.instruction)
+        chars += sum(len(item.data) for item in request.prompt if isinstance(item, TextItem))
         ids = sum(len(item.data) for item in request.prompt if isinstance(item, TokenIdsItem))
         # Spreading controls compares every distinct token with every controlled one.
         spreading = request.contextual_control_threshold is not None and chars + ids > 2_000
@@ -325,6 +381,19 @@ class Engine:
                 parked_seconds=result.parked_seconds,
             ),
         )
+
+    async def embeddings(
+        self, request: EmbeddingsRequest, timeout: float | None = None
+    ) -> SemanticEmbedResult:
+        """OpenAI's embeddings: the inputs as one SemanticEmbed batch (representation symmetric),
+        each input its own row; errors name the caller's fields (embeddings.py)."""
+        manifest = self._version(request.model).manifest
+        compress = openai_embeddings.check_dimensions(manifest, request.model, request.dimensions)
+        semantic = openai_embeddings.semantic_request(request, compress)
+        try:
+            return await self.semantic_embed(semantic, timeout)
+        except InvalidArgument as error:
+            raise openai_embeddings.relocated(error, request.listed) from None
 
     async def tokenize(self, model_name: str, text: str) -> tuple[list[str], list[int]]:
         version = self._version(model_name)

@@ -28,6 +28,18 @@ FieldPath = tuple[str | int, ...]
 ITEM_KINDS = frozenset({"text", "token_ids", "image"})
 
 
+class PromptField(str):
+    """A field name that holds one whole prompt, as `prompt` does, under another name
+    (InstructableEmbed's `input`): its items render as a prompt's items. A plain string of the
+    same name elsewhere (OpenAI's list of inputs) keeps rendering as a plain list."""
+
+    __slots__ = ()
+
+
+# InstructableEmbed's prompt.
+INPUT = PromptField("input")
+
+
 def path_parts(path: FieldPath) -> Iterator[tuple[str, str | int]]:
     """Each segment of `path` with its role, for an edge to render: "item" for the index of an
     item in a prompt, "kind" for the item kind after it, "items" for a prompt's items taken as a
@@ -45,7 +57,7 @@ def path_parts(path: FieldPath) -> Iterator[tuple[str, str | int]]:
             item = False
         else:
             yield ("kind" if item and segment in ITEM_KINDS else "name"), segment
-            item, prompt = False, segment == "prompt"
+            item, prompt = False, segment == "prompt" or isinstance(segment, PromptField)
         previous = segment
 
 

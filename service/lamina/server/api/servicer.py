@@ -66,6 +66,26 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
 
         return await self._answer(_labelled("BatchSemanticEmbed", request), context, answer)
 
+    async def Embeddings(
+        self, request: pb.EmbeddingsRequest, context: Context
+    ) -> pb.EmbeddingsResponse:
+        async def answer() -> pb.EmbeddingsResponse:
+            converted = await _converted(wire.embeddings_request, request)
+            result = await self.calls.embeddings(converted, context.time_remaining())
+            return wire.embeddings_response(converted.model, result)
+
+        return await self._answer(_labelled("Embeddings", request), context, answer)
+
+    async def InstructableEmbed(
+        self, request: pb.InstructableEmbedRequest, context: Context
+    ) -> pb.InstructableEmbedResponse:
+        async def answer() -> pb.InstructableEmbedResponse:
+            instructable = await _converted(wire.instructable_embed_request, request)
+            result = await self.calls.instructable_embed(instructable, context.time_remaining())
+            return wire.instructable_embed_response(result)
+
+        return await self._answer(_labelled("InstructableEmbed", request), context, answer)
+
     async def ModelsAvailable(
         self, request: pb.ModelsAvailableRequest, context: Context
     ) -> pb.ModelsAvailableResponse:
@@ -112,7 +132,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         raise AssertionError("unreachable: context.abort raises")
 
 
-def _labelled(method: str, request: wire.AnyEmbedRequest) -> CallRecord:
+def _labelled(method: str, request: wire.AnyEmbedRequest | pb.EmbeddingsRequest) -> CallRecord:
     record = CallRecord(method)
     hosting = request.hosting if request.HasField("hosting") else None
     record.set_labels(request.model, request.nice, hosting)

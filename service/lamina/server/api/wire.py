@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from lamina.server import domain, fields
-from lamina.server.errors import FieldPath, InvalidArgument
+from lamina.server import domain, embeddings, fields
+from lamina.server.errors import INPUT, FieldPath, InvalidArgument
 from lamina.v1 import embed_pb2 as pb
 
 # The request messages sharing the fields that every embedding request has.
-AnyEmbedRequest = pb.EmbedRequest | pb.SemanticEmbedRequest | pb.BatchSemanticEmbedRequest
+AnyEmbedRequest = (
+    pb.EmbedRequest
+    | pb.SemanticEmbedRequest
+    | pb.BatchSemanticEmbedRequest
+    | pb.InstructableEmbedRequest
+)
 
 
 def embed_request(message: pb.EmbedRequest) -> domain.EmbedRequest:
@@ -48,6 +53,53 @@ def batch_semantic_embed_request(
     fields.batch_size(len(message.prompts))
     prompts = tuple(_prompt(p, ("prompts", i)) for i, p in enumerate(message.prompts))
     return _semantic(message, prompts, batch=True)
+
+
+def embeddings_request(message: pb.EmbeddingsRequest) -> domain.EmbeddingsRequest:
+    fields.model(message.model)
+    embeddings.input_count(len(message.input))
+    inputs: list[domain.EmbeddingsInput] = []
+    for i, item in enumerate(message.input):
+        kind = item.WhichOneof("input")
+        if kind is None:
+            raise InvalidArgument(("input", i), "the input has neither text nor token_ids")
+        inputs.append(item.text if kind == "text" else tuple(item.token_ids.ids))
+    return domain.EmbeddingsRequest(
+        model=message.model,
+        inputs=tuple(inputs),
+        dimensions=message.dimensions if message.HasField("dimensions") else None,
+        hosting=fields.hosting(message.hosting if message.HasField("hosting") else None),
+        nice=message.nice,
+    )  # `user` is OpenAI's end-user id: accepted and ignored
+
+
+def embeddings_response(model: str, result: domain.SemanticEmbedResult) -> pb.EmbeddingsResponse:
+    tokens = result.num_tokens_prompt_total
+    return pb.EmbeddingsResponse(
+        model=model,
+        model_version=result.model_version,
+        embeddings=[pb.Vector(values=e.tolist()) for e in result.embeddings],
+        usage=pb.EmbeddingsUsage(prompt_tokens=tokens, total_tokens=tokens),
+        timing=_timing(result.timing),
+    )
+
+
+def instructable_embed_request(
+    message: pb.InstructableEmbedRequest,
+) -> domain.InstructableEmbedRequest:
+    fields.model(message.model)
+    if not message.HasField("input"):
+        raise InvalidArgument((INPUT,), fields.EMPTY_PROMPT)
+    return domain.InstructableEmbedRequest(
+        model=message.model,
+        input=_prompt(message.input, (INPUT,)),
+        instruction=message.instruction,
+        normalize=message.normalize,
+        hosting=_hosting(message),
+        nice=message.nice,
+        contextual_control_threshold=_threshold(message),
+        control_log_additive=_control_log_additive(message),
+    )
 
 
 def _semantic(
@@ -179,6 +231,17 @@ def batch_semantic_embed_response(
     return pb.BatchSemanticEmbedResponse(
         model_version=result.model_version,
         embeddings=[pb.Vector(values=e.tolist()) for e in result.embeddings],
+        num_tokens_prompt_total=result.num_tokens_prompt_total,
+        timing=_timing(result.timing),
+    )
+
+
+def instructable_embed_response(
+    result: domain.InstructableEmbedResult,
+) -> pb.InstructableEmbedResponse:
+    return pb.InstructableEmbedResponse(
+        model_version=result.model_version,
+        embedding=result.embedding.tolist(),
         num_tokens_prompt_total=result.num_tokens_prompt_total,
         timing=_timing(result.timing),
     )

@@ -31,6 +31,9 @@ class ConvertedModel:
     semantic: SemanticConfig | None = None  # as the checkpoint's own configuration declares
     # Files of the version folder the semantic section names (its Dense weights): name -> bytes.
     semantic_files: Mapping[str, bytes] = field(default_factory=dict)
+    # A decoder's graph: each position sees only those before it (convert/instructable.py gives
+    # such models their instructable section).
+    causal: bool = False
 
 
 def require_tensors(available: Collection[str], expected: Iterable[str], what: str) -> None:

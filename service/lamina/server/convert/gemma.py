@@ -257,6 +257,7 @@ def convert_gemma_folder(
         vocab_size=gemma_config.vocab_size,
         pad_token_id=pad_token_id(config),
         token_embeddings=weights("embed_tokens.weight"),
+        causal=not gemma_config.bidirectional,
     )
 
 

@@ -202,6 +202,7 @@ def convert_llama(
         vocab_size=config.vocab_size,
         pad_token_id=pad_token_id,
         token_embeddings=weights("embed_tokens.weight"),
+        causal=True,
     )
 
 

@@ -10,6 +10,7 @@ import onnx
 from lamina.server.convert.converted import Progress
 from lamina.server.convert.gguf_checkpoint import convert_gguf
 from lamina.server.convert.hf_folder import convert_hf_folder
+from lamina.server.convert.instructable import describe, instructable_section
 from lamina.server.convert.vision_sources import convert_dinov2_export
 from lamina.server.convert.write import write_version
 from lamina.server.repository.manifest import (
@@ -51,6 +52,13 @@ def convert_checkpoint(
     trained = trained and converted.trained
     if not trained:
         description = f"UNTRAINED (random weights, for tests only). {description}".strip()
+    # From the checkpoint's own configuration only, never the `semantic` a caller supplies.
+    instructable = instructable_section(
+        causal=converted.causal,
+        text_support=converted.tokenizer is not None,
+        semantic=converted.semantic,
+    )
+    progress(describe(instructable))
     manifest = Manifest(
         architecture=converted.family,
         num_layers=converted.num_layers,
@@ -63,6 +71,7 @@ def convert_checkpoint(
         image=converted.image,
         trained=trained,
         semantic=converted.semantic or semantic,
+        instructable=instructable,
         tokenizer=TOKENIZER_FILE if converted.tokenizer is not None else "",
         token_embeddings=TOKEN_EMBEDDINGS_FILE if converted.token_embeddings is not None else "",
     )

@@ -9,16 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lamina.server.convert import calibration
+from lamina.server.convert.instructable import upgraded
 from lamina.server.convert.packages import DEFAULT_MODELS, PackagedModel, fetch_checkpoint
 from lamina.server.convert.pipeline import convert_checkpoint
 from lamina.server.convert.quantize import QUANTIZABLE, quantize_int8
 from lamina.server.domain import Precision
 from lamina.server.repository.layout import list_versions
-from lamina.server.repository.manifest import (
-    CONVERTER_REVISION,
-    Manifest,
-    PrecisionGraph,
-)
+from lamina.server.repository.manifest import Manifest, PrecisionGraph
 
 
 def prepare_defaults(
@@ -92,14 +89,20 @@ def prepare_precision(
 
 
 def _version_from(repository: Path, model: PackagedModel) -> Path | None:
+    """The newest version built from the same pin at this revision; one whose graph is current
+    but whose manifest is older gets its manifest brought up to date in place (atomically, as
+    prepare_precision does), so a new manifest section never rebuilds a graph."""
     for version in reversed(list_versions(repository).get(model.name, [])):
         try:
             manifest = Manifest.read(version.path)
-            if (
-                manifest.source == model.requirement
-                and manifest.converter_revision == CONVERTER_REVISION
-            ):
-                return version.path
+            if manifest.source != model.requirement:
+                continue
+            current = upgraded(manifest)
+            if current is None:
+                continue
+            if current.converter_revision != manifest.converter_revision:
+                current.write(version.path)
+            return version.path
         except (OSError, ValueError):
             continue
     return None

@@ -143,6 +143,7 @@ def convert_vlm_folder(
         pad_token_id=int(text.get("pad_token_id") or config_dict.get("pad_token_id") or 0),
         token_embeddings=weights("language_model.embed_tokens.weight"),
         image=image_input(config.vision, config.image_size, read_preprocessor(folder)),
+        causal=True,  # the language model is a Llama-family decoder
     )
 
 

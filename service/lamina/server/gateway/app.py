@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from lamina.server.calls import CallRecord, Calls
 from lamina.server.errors import InvalidArgument, LaminaError, Unavailable, shown
-from lamina.server.gateway import json_api
+from lamina.server.gateway import json_api, openai_api
 from lamina.server.gateway.errors import (
     INVALID_ARGUMENT,
     UNAUTHENTICATED,
@@ -50,8 +50,14 @@ DISCONNECT_POLL_SECONDS = 0.1
 OPENAPI = resources.files("lamina.server.gateway").joinpath("openapi.json")
 
 Answer = Callable[[CallRecord], Awaitable[object]]
+# A route's writer of its error responses, given the gateway's own and the error, if any.
+Shape = Callable[[JSONResponse, LaminaError | None], Response]
 M = TypeVar("M")
 log = logging.getLogger(__name__)
+
+
+def _as_is(response: JSONResponse, error: LaminaError | None) -> Response:
+    return response
 
 
 class Gateway:
@@ -81,8 +87,19 @@ class Gateway:
                 self._post("BatchSemanticEmbed", self._batch_semantic_embed),
                 methods=["POST"],
             ),
+            Route(
+                "/instructable_embed",
+                self._post("InstructableEmbed", self._instructable_embed),
+                methods=["POST"],
+            ),
             Route("/tokenize", self._post("Tokenize", self._tokenize), methods=["POST"]),
             Route("/detokenize", self._post("Detokenize", self._detokenize), methods=["POST"]),
+            # OpenAI's embeddings (POST /v1/embeddings for the openai client), in its error shape.
+            Route(
+                "/embeddings",
+                self._post("Embeddings", self._embeddings, shape=openai_api.error_shape),
+                methods=["POST"],
+            ),
             Route("/models_available", self._models_available, methods=["GET"]),
             Route("/model_versions", self._model_versions, methods=["GET"]),
             Route("/models/{model}/tokenizer", self._tokenizer, methods=["GET"]),
@@ -122,6 +139,15 @@ class Gateway:
         result = await self.calls.semantic_embed(semantic, _timeout(request))
         return json_api.batch_semantic_embed_response(result)
 
+    async def _instructable_embed(self, request: Request, record: CallRecord) -> object:
+        nice = _nice(request)
+        instructable = await self._read(
+            request, lambda body: json_api.instructable_embed_request(body, nice)
+        )
+        record.set_labels(instructable.model, instructable.nice, instructable.hosting)
+        result = await self.calls.instructable_embed(instructable, _timeout(request))
+        return json_api.instructable_embed_response(result)
+
     async def _tokenize(self, request: Request, record: CallRecord) -> object:
         body = await self._read(request, json_api.tokenize_request)
         record.set_labels(body.model)
@@ -133,6 +159,14 @@ class Gateway:
         record.set_labels(body.model)
         text = await self.calls.detokenize(body.model, body.token_ids)
         return json_api.detokenize_response(text)
+
+    async def _embeddings(self, request: Request, record: CallRecord) -> object:
+        nice = _nice(request)
+        body = await self._read(request, lambda raw: openai_api.embeddings_request(raw, nice))
+        embeddings = body.request
+        record.set_labels(embeddings.model, embeddings.nice, embeddings.hosting)
+        result = await self.calls.embeddings(embeddings, _timeout(request))
+        return openai_api.embeddings_response(embeddings.model, result, body.encoding_format)
 
     async def _models_available(self, request: Request) -> Response:
         async def answer(record: CallRecord) -> object:
@@ -182,25 +216,33 @@ class Gateway:
     # -- the gates, metrics and errors, shared by the routes ----------------------------------
 
     def _post(
-        self, method: str, handler: Callable[[Request, CallRecord], Awaitable[object]]
+        self,
+        method: str,
+        handler: Callable[[Request, CallRecord], Awaitable[object]],
+        shape: Shape = _as_is,
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            return await self._serve(method, request, lambda record: handler(request, record))
+            return await self._serve(
+                method, request, lambda record: handler(request, record), shape
+            )
 
         return endpoint
 
-    async def _serve(self, method: str, request: Request, answer: Answer) -> Response:
+    async def _serve(
+        self, method: str, request: Request, answer: Answer, shape: Shape = _as_is
+    ) -> Response:
+        """`shape` writes every error response of the route (e.g. in OpenAI's shape)."""
         # As gRPC's interceptor: a refused call never reaches the serving state nor the counts.
         refused = self._refusal(request)
         if refused is not None:
-            return refused
+            return shape(refused, None)
         record = CallRecord(method)
         work = asyncio.ensure_future(answer(record))
         try:
             with self.calls.answering(record):
                 reply = await _unless_disconnected(request, work)
         except LaminaError as error:
-            return error_response(error)
+            return shape(error_response(error), error)
         except asyncio.CancelledError:
             this = asyncio.current_task()
             if not work.cancelled() or (this is not None and this.cancelling()):
@@ -212,7 +254,7 @@ class Gateway:
             return JSONResponse(reply)
         except Exception:  # e.g. a NaN in a reply, which JSON cannot carry: ours, not theirs
             log.exception("%s: the reply could not be written as JSON", method)
-            return internal_error()
+            return shape(internal_error(), None)
 
     async def _read(self, request: Request, reader: Callable[[object], M]) -> M:
         """The body read into a domain request by `reader` (a json_api function)."""
@@ -247,7 +289,7 @@ class Gateway:
         request.state.body_read = True  # from now on, only a disconnect can arrive
         return bytes(raw)
 
-    def _refusal(self, request: Request) -> Response | None:
+    def _refusal(self, request: Request) -> JSONResponse | None:
         if self.tokens is None:
             return None
         problem = bearer_problem(self.tokens, request.headers.get("authorization"))
@@ -305,10 +347,17 @@ async def _http_error(request: Request, error: Exception) -> Response:
     named = path if len(path) <= 64 and path.isprintable() else shown(path)
     response = error_body(error.status_code, code, f"{named}: {error.detail}")
     response.headers.update(error.headers or {})  # e.g. Allow on 405
-    return response
+    return _shaped_for(request, response)
 
 
 async def _server_fault(request: Request, error: Exception) -> Response:
     """Anything else that escaped a route: a fault of the server's own, in the same body
     (Starlette logs it with its traceback)."""
-    return internal_error()
+    return _shaped_for(request, internal_error())
+
+
+def _shaped_for(request: Request, response: JSONResponse) -> Response:
+    """An error outside any route's own handling, in the OpenAI shape on its routes."""
+    if request.url.path.rstrip("/").endswith("/embeddings"):
+        return openai_api.error_shape(response, None)
+    return response

@@ -28,7 +28,7 @@ from typing import TypeVar
 import numpy as np
 
 from lamina.server import domain, fields
-from lamina.server.errors import FieldPath, InvalidArgument, shown
+from lamina.server.errors import INPUT, FieldPath, InvalidArgument, shown
 
 T = TypeVar("T")
 
@@ -274,6 +274,25 @@ def batch_semantic_embed_request(body: object, nice: bool) -> domain.SemanticEmb
     return _semantic(o, o.list("prompts", _prompt), nice, batch=True)
 
 
+def instructable_embed_request(body: object, nice: bool) -> domain.InstructableEmbedRequest:
+    """The official client's InstructableEmbeddingRequest: `input` (a prompt), `instruction`,
+    `normalize` (null: false) and the two control fields."""
+    o = _Object(body, (), (*_EMBEDDING_FIELDS, "input", "instruction"))
+    prompt = _prompt(o.values.get("input"), (INPUT,))
+    instruction = o.string("instruction") or ""
+    common = _common(o)
+    return domain.InstructableEmbedRequest(
+        model=fields.model(common.model),
+        input=_nonempty(prompt, (INPUT,)),
+        instruction=instruction,
+        normalize=bool(common.normalize),
+        hosting=fields.hosting(common.hosting),
+        nice=nice,
+        contextual_control_threshold=fields.threshold(common.threshold),
+        control_log_additive=common.control_log_additive,
+    )
+
+
 def tokenize_request(body: object) -> TokenizeBody:
     o = _Object(body, (), ("model", "prompt", "tokens", "token_ids"))
     return TokenizeBody(
@@ -479,6 +498,15 @@ def batch_semantic_embed_response(result: domain.SemanticEmbedResult) -> dict[st
     return {
         "model_version": result.model_version,
         "embeddings": [_floats(e) for e in result.embeddings],
+        "num_tokens_prompt_total": result.num_tokens_prompt_total,
+        "timing": _timing(result.timing),
+    }
+
+
+def instructable_embed_response(result: domain.InstructableEmbedResult) -> dict[str, object]:
+    return {
+        "model_version": result.model_version,
+        "embedding": _floats(result.embedding),
         "num_tokens_prompt_total": result.num_tokens_prompt_total,
         "timing": _timing(result.timing),
     }

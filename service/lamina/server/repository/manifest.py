@@ -25,7 +25,12 @@ FORMAT_VERSION = 3
 # Bumped when the converter writes better versions of the same format: `lamina prepare` rebuilds.
 # 4: manifests carry the semantic section (read from sentence-transformers configs).
 # 5: graphs resume from a segment's state (signature.START, RESUME_STATE, STATE).
-CONVERTER_REVISION = 5
+# 6: manifests carry the instructable section (convert/instructable.py).
+CONVERTER_REVISION = 6
+# The last revision that changed what a graph computes: a version from it or later has the graph
+# this converter would build, so `lamina prepare` brings its manifest up to date instead of
+# rebuilding it (convert/instructable.py: upgraded).
+GRAPH_REVISION = 5
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,80 @@ def _representations(data: Any) -> dict[Representation, str]:
     return instructions
 
 
+INSTRUCTION = "{instruction}"
+INPUT = "{input}"
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+_MAX_TEMPLATE_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class InstructableConfig:
+    """How InstructableEmbed embeds with this model: one Embed of `layer` with `pooling`, whose
+    sequence is `template` with the caller's instruction and input in place. The text before
+    `{input}` (the instruction in its frame) is tokenized as its own item before the caller's
+    input items, so the model's special-token template wraps the whole sequence once and the
+    input's controls and error paths stay as written; `{input}` therefore ends the template."""
+
+    layer: int  # as in Embed: 0..num_layers, or negative counting from the last block
+    pooling: Pooling  # any Embed pooling, or first_token (sentence-transformers' CLS pooling)
+    template: str  # exactly one {instruction}, then {input} at the very end
+
+    def __post_init__(self) -> None:
+        check_template(self.template)  # as the converter writes it and as a server reads it
+
+    def instruction_text(self, instruction: str) -> str:
+        """The text before the input; "" for no instruction: the input is embedded alone, with
+        nothing of the template around it (a frame without an instruction means nothing)."""
+        if not instruction:
+            return ""
+        # str.replace, not format: braces in a caller's instruction are text, never fields.
+        return self.template.removesuffix(INPUT).replace(INSTRUCTION, instruction)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: Any) -> InstructableConfig:
+        """Strict: every problem is a ValueError naming the field under `instructable`."""
+        fields = set(InstructableConfig.__dataclass_fields__)
+        if not isinstance(data, Mapping) or set(data) != fields:
+            raise ValueError(
+                f"manifest instructable: expected an object with exactly the fields "
+                f"{sorted(fields)}"
+            )
+        layer, template = data["layer"], data["template"]
+        if type(layer) is not int:
+            raise ValueError(f"manifest instructable.layer: expected an integer, got {layer!r}")
+        try:
+            pooling = Pooling(data["pooling"])
+        except ValueError:
+            expected = ", ".join(p.value for p in Pooling)
+            raise ValueError(
+                f"manifest instructable.pooling: {data['pooling']!r} is none of {expected}"
+            ) from None
+        if not isinstance(template, str):
+            raise ValueError("manifest instructable.template: expected a string")
+        return InstructableConfig(layer, pooling, template)
+
+
+def check_template(template: str) -> None:
+    """A ValueError unless `template` has one {instruction}, ends with its one {input} and has
+    no other placeholder (a misspelt one would silently become text)."""
+    where = "manifest instructable.template"
+    if len(template) > _MAX_TEMPLATE_CHARS:
+        raise ValueError(f"{where}: more than {_MAX_TEMPLATE_CHARS} characters")
+    others = sorted({p for p in _PLACEHOLDER.findall(template) if p not in (INSTRUCTION, INPUT)})
+    if others:
+        raise ValueError(f"{where}: unknown placeholders {others}; expected {INSTRUCTION}, {INPUT}")
+    if template.count(INSTRUCTION) != 1 or template.count(INPUT) != 1:
+        raise ValueError(f"{where}: expected exactly one {INSTRUCTION} and one {INPUT}")
+    if not template.endswith(INPUT):
+        raise ValueError(
+            f"{where}: {INPUT} must end the template (the input is the caller's items, after "
+            "the instruction's text)"
+        )
+
+
 @dataclass(frozen=True)
 class PrecisionGraph:
     """A reduced-precision graph of the version, beside the fp32 one it was made from, with the
@@ -285,6 +364,8 @@ class Manifest:
     trained: bool = True
     # How SemanticEmbed uses the model; None: it has no semantic embedding.
     semantic: SemanticConfig | None = None
+    # How InstructableEmbed uses the model; None: it has no instructable embedding.
+    instructable: InstructableConfig | None = None
     graph: str = GRAPH_FILE
     tokenizer: str = TOKENIZER_FILE  # "" for an image encoder without text input
     token_embeddings: str = TOKEN_EMBEDDINGS_FILE
@@ -300,6 +381,9 @@ class Manifest:
         data = asdict(self)
         if self.semantic is not None:
             data["semantic"] = self.semantic.to_json()
+        if self.instructable is None:
+            # Left out, not null: a manifest without the section reads as it did before it.
+            del data["instructable"]
         staging.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(staging, directory / MANIFEST_FILE)
 
@@ -332,6 +416,8 @@ class Manifest:
             data["image"] = _image_input(data["image"])
         if data.get("semantic") is not None:
             data["semantic"] = SemanticConfig.from_json(data["semantic"])
+        if data.get("instructable") is not None:
+            data["instructable"] = InstructableConfig.from_json(data["instructable"])
         data["precisions"] = _precisions(data.get("precisions", {}), data.get("num_layers"))
         try:
             return Manifest(**data)
@@ -339,7 +425,9 @@ class Manifest:
             raise ValueError(f"manifest: {error}") from None
 
     def __post_init__(self) -> None:
-        """What the semantic section needs of the model, checked when written and when read."""
+        """What the semantic and instructable sections need of the model, checked when written
+        and when read."""
+        self._check_instructable()
         if self.semantic is None:
             return
         blocks = self.num_layers
@@ -363,10 +451,25 @@ class Manifest:
                     "a tokenizer takes no instruction"
                 )
 
+    def _check_instructable(self) -> None:
+        if self.instructable is None:
+            return
+        blocks = self.num_layers
+        if not -(blocks + 1) <= self.instructable.layer <= blocks:
+            raise ValueError(
+                f"manifest instructable.layer: {self.instructable.layer} is outside "
+                f"{-(blocks + 1)}..{blocks} for {blocks} blocks"
+            )
+        if not self.text_support:
+            raise ValueError(
+                "manifest instructable: a model without a tokenizer takes no instruction"
+            )
+
     @property
     def embedding_types(self) -> tuple[str, ...]:
         """What ModelsAvailable lists, named after the API's endpoints."""
-        return ("embed", "semantic_embed") if self.semantic is not None else ("embed",)
+        types = ("embed", "semantic_embed") if self.semantic is not None else ("embed",)
+        return (*types, "instructable_embed") if self.instructable is not None else types
 
     @property
     def image_support(self) -> bool:
