@@ -92,7 +92,7 @@ def random_weights(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
 def controlled_attention(
     scores: np.ndarray, visible: np.ndarray, factors: np.ndarray | None, log_additive: bool
 ) -> np.ndarray:
-    """Attention probabilities [heads, q, k] under AtMan controls (api-reference.md), with the
+    """Attention probabilities [heads, q, k] under AtMan controls (docs/api.md), with the
     documented fallback: a query whose every visible key is masked attends as if uncontrolled."""
     plain = np.where(visible, scores, -np.inf)
     if factors is None:

@@ -1,4 +1,4 @@
-"""api-reference.md's error table over HTTP: each case's status, `{"error", "code"}` body and
+"""docs/api.md's error table over HTTP: each case's status, `{"error", "code"}` body and
 Retry-After, and the exception the official client raises for it."""
 
 from __future__ import annotations

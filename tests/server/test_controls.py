@@ -1,4 +1,4 @@
-"""Attention-control factors per prompt position (api-reference.md, Attention controls)."""
+"""Attention-control factors per prompt position (docs/api.md, Attention controls)."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_a_spread_multiplies_a_position_s_own_factor(minilm: LoadedModel) -> Non
 
 
 def _naive_factors(model: LoadedModel, item: TextItem, threshold: float | None) -> list[float]:
-    """The rules of api-reference.md written out position by position, for comparison."""
+    """The rules of docs/api.md written out position by position, for comparison."""
     tokenizer = model.encoder.tokenizer
     encoding = tokenizer.encode(item.data, add_special_tokens=False)
     factors = [1.0] * len(encoding.ids)

@@ -1,7 +1,7 @@
 """The BERT converter beyond the default model: random checkpoints against a numpy forward pass.
 
 The numpy reference is written here from the BERT equations, including the AtMan control
-semantics of api-reference.md, so a graph bug cannot hide in shared code.
+semantics of docs/api.md, so a graph bug cannot hide in shared code.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pooling formulas against values computed by hand (api-reference.md, Pooling)."""
+"""Pooling formulas against values computed by hand (docs/api.md, Embed)."""
 
 from __future__ import annotations
 

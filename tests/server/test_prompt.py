@@ -50,7 +50,7 @@ def test_prompt_exactly_at_the_context_is_accepted(minilm: LoadedModel) -> None:
 
 
 def test_token_ids_alone_are_used_exactly_as_given(minilm: LoadedModel) -> None:
-    # No text item: no template (api-reference.md, Tokenization), the caller chose every id.
+    # No text item: no template (docs/api.md, Prompts), the caller chose every id.
     encoded = minilm.encoder.encode((TokenIdsItem((7592, 2088)),))
     assert encoded.ids.tolist() == [7592, 2088]
     assert minilm.encoder.token_strings(encoded) == ("hello", "world")

@@ -33,7 +33,7 @@ from lamina.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# The API's name for each kind of failure, gRPC's status names (api-reference.md), one vocabulary
+# The API's name for each kind of failure, gRPC's status names (docs/api.md), one vocabulary
 # over both edges: the gRPC edge answers the status of that name, the HTTP edge's error bodies
 # carry it as `code`, and lamina_requests_total counts each call under it.
 STATUS_NAMES = {

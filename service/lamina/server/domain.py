@@ -25,7 +25,7 @@ class Pooling(StrEnum):
     FIRST_TOKEN = "first_token"
 
 
-# What an Embed request may ask for (api-reference.md).
+# What an Embed request may ask for (docs/api.md).
 EMBED_POOLINGS = tuple(p for p in Pooling if p is not Pooling.FIRST_TOKEN)
 
 

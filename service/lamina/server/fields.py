@@ -10,7 +10,7 @@ from lamina.server import domain
 from lamina.server.errors import FieldPath, InvalidArgument, shown
 
 HOSTINGS = ("aleph-alpha",)
-MAX_BATCH_PROMPTS = 100  # BatchSemanticEmbed (api-reference.md)
+MAX_BATCH_PROMPTS = 100  # BatchSemanticEmbed (docs/api.md)
 SEMANTIC_COMPRESSED_SIZE = 128  # the one size compress_to_size may ask for
 EMPTY_PROMPT = "the prompt is empty (no text, token ids or images)"
 

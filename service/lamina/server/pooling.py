@@ -1,4 +1,4 @@
-"""Pooling over the n prompt positions of one request (api-reference.md, Pooling)."""
+"""Pooling over the n prompt positions of one request (docs/api.md, Embed)."""
 
 from __future__ import annotations
 

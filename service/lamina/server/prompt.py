@@ -1,4 +1,4 @@
-"""From prompt items to the one token sequence a model sees (api-reference.md, Tokenization).
+"""From prompt items to the one token sequence a model sees (docs/api.md, Prompts).
 
 Text items are tokenized without special tokens, token-id items are placed as they are, each
 image takes 144 positions (its 12 x 12 cells), and the model's special-token template wraps the
@@ -354,7 +354,7 @@ def _check_combined(
     factors: np.ndarray, items: tuple[PromptItem, ...], owners: list[int], *, spread: bool
 ) -> None:
     """Overlapping controls multiply: their product must stay a factor float32 (and its log)
-    can carry, as each factor alone must (api-reference: Attention controls)."""
+    can carry, as each factor alone must (docs/api.md: Attention controls)."""
     # Image factors arrive as float32: the largest factor itself rounds up a little.
     over = np.flatnonzero(factors > MAX_CONTROL_FACTOR * (1 + 1e-6))
     if not over.size:

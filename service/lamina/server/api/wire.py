@@ -140,7 +140,7 @@ def _threshold(message: AnyEmbedRequest) -> float | None:
 
 
 def _control_log_additive(message: AnyEmbedRequest) -> bool:
-    # Unset means true (api-reference.md).
+    # Unset means true (docs/api.md).
     return message.control_log_additive if message.HasField("control_log_additive") else True
 
 

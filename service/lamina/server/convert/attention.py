@@ -21,7 +21,7 @@ _INF = float(np.inf)
 class KeyControls:
     """Tensors broadcastable to scores [batch, heads, query, key], built once per graph.
 
-    Semantics (api-reference.md, AtMan), for every query q and key k it may see (not padding, not
+    Semantics (docs/api.md, AtMan), for every query q and key k it may see (not padding, not
     in the future for decoders):
     - log-additive: s'(q, k) = s(q, k) + ln f(k); f = 0 masks k (-inf), f = 1 changes nothing;
     - otherwise:   s'(q, k) = (s(q, k) - min_j s(q, j)) * f(k), the min over the keys q sees.

@@ -1,5 +1,5 @@
 """Errors over HTTP: a domain error's neutral code becomes an HTTP status and the body
-`{"error": message, "code": name}` (api-reference.md: the names are gRPC's status names, so a
+`{"error": message, "code": name}` (docs/api.md: the names are gRPC's status names, so a
 caller reads one vocabulary over both edges), field paths are written as the JSON fields the
 caller sent, and retryable refusals say when to come back in Retry-After, which the official
 client honours."""

@@ -325,7 +325,7 @@ def _common(o: _Object) -> _Common:
     normalize = o.bool("normalize")
     threshold = o.number("contextual_control_threshold")
     log_additive = o.bool("control_log_additive")
-    # Unset means true (api-reference.md).
+    # Unset means true (docs/api.md).
     log_additive = True if log_additive is None else log_additive
     return _Common(model, hosting, normalize, threshold, log_additive)
 

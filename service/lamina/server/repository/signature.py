@@ -14,7 +14,7 @@ ATTENTION_MASK = "attention_mask"  # int64 [batch, sequence]: 1 = prompt positio
 # float [batch, sequence]: the AtMan factor applied to attention *towards* each key position
 # (1 = unchanged, 0 = masked in log-additive mode).
 CONTROL_FACTORS = "control_factors"
-# bool [batch]: true = s + ln f, false = (s - min_j s) * f (api-reference.md, AtMan).
+# bool [batch]: true = s + ln f, false = (s - min_j s) * f (docs/api.md, AtMan).
 CONTROL_LOG_ADDITIVE = "control_log_additive"
 
 # int64 scalar: the deepest hidden state the caller reads. Blocks past it are skipped (If nodes),
@@ -56,5 +56,5 @@ IMAGE_LOG_ADDITIVE = "image_log_additive"  # bool [images]: the mode of each ima
 # int64 [batch, sequence]: -1 at token and padding positions; at image positions the index into
 # the batch's image cells, image * CELLS_PER_IMAGE + row-major cell of the 12 x 12 grid.
 IMAGE_SLOTS = "image_slots"
-CELLS_PER_SIDE = 12  # every image takes 12 x 12 prompt positions (api-reference.md)
+CELLS_PER_SIDE = 12  # every image takes 12 x 12 prompt positions (docs/api.md)
 CELLS_PER_IMAGE = CELLS_PER_SIDE * CELLS_PER_SIDE
