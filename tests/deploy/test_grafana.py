@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
-from tests.conftest import RunningServer
+from tests.integration.support import RunningServer
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "lamina.json"
 # The sample names of each metric type in the text exposition.
