@@ -33,6 +33,15 @@ LAYER_PREFIX = "layer_"
 T = TypeVar("T")
 
 
+def set_present(request: Message, **fields: object) -> None:
+    """Set the proto3 `optional` fields given a value; None leaves one unset, which the server
+    reads as the API default (so unset and False stay distinct, as control_log_additive's default
+    is true)."""
+    for name, value in fields.items():
+        if value is not None:
+            setattr(request, name, value)
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
     method: str  # attribute of the generated EmbedServiceStub, e.g. "Embed"
@@ -62,20 +71,15 @@ def embed(
         pooling=[pooling] if isinstance(pooling, str) else list(pooling),
         nice=nice,
     )
-    # proto3 `optional`: None leaves the field unset, which the server reads as the API default
-    # (for control_log_additive that default is true, so unset and False must stay distinct).
-    if normalize is not None:
-        request.normalize = normalize
-    if tokens is not None:
-        request.tokens = tokens
-    if hosting is not None:
-        request.hosting = hosting
-    if contextual_control_threshold is not None:
-        request.contextual_control_threshold = contextual_control_threshold
-    if control_log_additive is not None:
-        request.control_log_additive = control_log_additive
-    if type is not None:
-        request.type = type
+    set_present(
+        request,
+        normalize=normalize,
+        tokens=tokens,
+        hosting=hosting,
+        contextual_control_threshold=contextual_control_threshold,
+        control_log_additive=control_log_additive,
+        type=type,
+    )
     return Call("Embed", request, embed_result)
 
 
@@ -94,7 +98,7 @@ def semantic_embed(
     request = pb.SemanticEmbedRequest(
         model=model, prompt=prompt_message(prompt), representation=representation, nice=nice
     )
-    _set_semantic_options(
+    set_present(
         request,
         compress_to_size=compress_to_size,
         normalize=normalize,
@@ -126,7 +130,7 @@ def batch_semantic_embed(
         representation=representation,
         nice=nice,
     )
-    _set_semantic_options(
+    set_present(
         request,
         compress_to_size=compress_to_size,
         normalize=normalize,
@@ -135,28 +139,6 @@ def batch_semantic_embed(
         control_log_additive=control_log_additive,
     )
     return Call("BatchSemanticEmbed", request, batch_semantic_embed_result)
-
-
-def _set_semantic_options(
-    request: pb.SemanticEmbedRequest | pb.BatchSemanticEmbedRequest,
-    *,
-    compress_to_size: int | None,
-    normalize: bool | None,
-    hosting: str | None,
-    contextual_control_threshold: float | None,
-    control_log_additive: bool | None,
-) -> None:
-    # None leaves the proto3 `optional` field unset: normalize then follows the model's default.
-    if compress_to_size is not None:
-        request.compress_to_size = compress_to_size
-    if normalize is not None:
-        request.normalize = normalize
-    if hosting is not None:
-        request.hosting = hosting
-    if contextual_control_threshold is not None:
-        request.contextual_control_threshold = contextual_control_threshold
-    if control_log_additive is not None:
-        request.control_log_additive = control_log_additive
 
 
 def embeddings(
@@ -175,10 +157,7 @@ def embeddings(
             request.input.add(text=item)
         else:
             request.input.add(token_ids=pb.TokenIdList(ids=list(item)))
-    if dimensions is not None:
-        request.dimensions = dimensions
-    if hosting is not None:
-        request.hosting = hosting
+    set_present(request, dimensions=dimensions, hosting=hosting)
     return Call("Embeddings", request, embeddings_result)
 
 
@@ -196,15 +175,13 @@ def instructable_embed(
     request = pb.InstructableEmbedRequest(
         model=model, input=prompt_message(input), instruction=instruction, nice=nice
     )
-    # None leaves the proto3 `optional` field unset: the server's default decides.
-    if normalize is not None:
-        request.normalize = normalize
-    if hosting is not None:
-        request.hosting = hosting
-    if contextual_control_threshold is not None:
-        request.contextual_control_threshold = contextual_control_threshold
-    if control_log_additive is not None:
-        request.control_log_additive = control_log_additive
+    set_present(
+        request,
+        normalize=normalize,
+        hosting=hosting,
+        contextual_control_threshold=contextual_control_threshold,
+        control_log_additive=control_log_additive,
+    )
     return Call("InstructableEmbed", request, instructable_embed_result)
 
 
