@@ -119,14 +119,11 @@ def convert_bert_folder(
         f"building the BERT graph: {bert_config.num_layers} blocks, "
         f"hidden {bert_config.hidden_size}"
     )
-    return ConvertedModel(
+    return ConvertedModel.of_text(
+        bert_config,
         graph=build_bert_graph(bert_config, weights),
         tokenizer=load_plain_tokenizer(folder / "tokenizer.json"),
         family="bert",
-        num_layers=bert_config.num_layers,
-        hidden_size=bert_config.hidden_size,
-        max_context_size=bert_config.max_positions,
-        vocab_size=bert_config.vocab_size,
         pad_token_id=pad_token_id(config),
         token_embeddings=weights(WORD_EMBEDDINGS),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -12,6 +13,19 @@ from tokenizers import Tokenizer
 from lamina.server.repository.manifest import ImageInput, SemanticConfig
 
 Progress = Callable[[str], None]
+
+
+class TextShape(Protocol):
+    """What every text family's parsed config says of its shape."""
+
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def max_positions(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,29 @@ class ConvertedModel:
     # A decoder's graph: each position sees only those before it (convert/instructable.py gives
     # such models their instructable section).
     causal: bool = False
+
+    @staticmethod
+    def of_text(
+        shape: TextShape,
+        *,
+        graph: onnx.ModelProto,
+        tokenizer: Tokenizer,
+        family: str,
+        pad_token_id: int,
+        token_embeddings: np.ndarray,
+    ) -> ConvertedModel:
+        """A text model, its sizes as its parsed config gives them."""
+        return ConvertedModel(
+            graph=graph,
+            tokenizer=tokenizer,
+            family=family,
+            num_layers=shape.num_layers,
+            hidden_size=shape.hidden_size,
+            max_context_size=shape.max_positions,
+            vocab_size=shape.vocab_size,
+            pad_token_id=pad_token_id,
+            token_embeddings=token_embeddings,
+        )
 
 
 def require_tensors(available: Collection[str], expected: Iterable[str], what: str) -> None:

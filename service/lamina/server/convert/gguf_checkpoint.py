@@ -304,14 +304,11 @@ def convert_bert_gguf(
         f"dequantizing and building the BERT graph: {config.num_layers} blocks, "
         f"hidden {config.hidden_size}"
     )
-    return ConvertedModel(
+    return ConvertedModel.of_text(
+        config,
         graph=bert.build_bert_graph(config, weights),
         tokenizer=tokenizer,
         family="bert",
-        num_layers=config.num_layers,
-        hidden_size=config.hidden_size,
-        max_context_size=config.max_positions,
-        vocab_size=config.vocab_size,
         pad_token_id=int(meta.get("tokenizer.ggml.padding_token_id") or 0),
         token_embeddings=weights(bert.WORD_EMBEDDINGS),
     )
@@ -391,14 +388,11 @@ def convert_nomic_bert_gguf(
         f"dequantizing and building the NomicBERT graph: {config.num_layers} blocks, "
         f"hidden {config.hidden_size}"
     )
-    return ConvertedModel(
+    return ConvertedModel.of_text(
+        config,
         graph=nomic_bert.build_nomic_bert_graph(config, weights),
         tokenizer=tokenizer,
         family="nomic_bert",
-        num_layers=config.num_layers,
-        hidden_size=config.hidden_size,
-        max_context_size=config.max_positions,
-        vocab_size=config.vocab_size,
         pad_token_id=int(meta.get("tokenizer.ggml.padding_token_id") or 0),
         token_embeddings=weights("embeddings.word_embeddings.weight"),
     )
@@ -669,14 +663,11 @@ def convert_modernbert_gguf(
         f"dequantizing and building the ModernBERT graph: {config.num_layers} blocks "
         f"({local} local), hidden {config.hidden_size}"
     )
-    return ConvertedModel(
+    return ConvertedModel.of_text(
+        config,
         graph=modernbert.build_modernbert_graph(config, weights),
         tokenizer=tokenizer,
         family="modernbert",
-        num_layers=config.num_layers,
-        hidden_size=config.hidden_size,
-        max_context_size=config.max_positions,
-        vocab_size=config.vocab_size,
         pad_token_id=int(meta.get("tokenizer.ggml.padding_token_id") or 0),
         token_embeddings=weights("embeddings.tok_embeddings.weight"),
     )

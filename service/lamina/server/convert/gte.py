@@ -181,14 +181,11 @@ def convert_gte_folder(
     weights = SafetensorsWeights.open(folder, prefixes=("new.",))
     weights.require(expected_tensors(parsed), f"{folder} (GTE NewModel)")
     progress(f"building the GTE graph: {parsed.num_layers} blocks, hidden {parsed.hidden_size}")
-    return ConvertedModel(
+    return ConvertedModel.of_text(
+        parsed,
         graph=build_gte_graph(parsed, weights),
         tokenizer=load_plain_tokenizer(folder / "tokenizer.json"),
         family="gte",
-        num_layers=parsed.num_layers,
-        hidden_size=parsed.hidden_size,
-        max_context_size=parsed.max_positions,
-        vocab_size=parsed.vocab_size,
         pad_token_id=pad_token_id(config),
         token_embeddings=weights("embeddings.word_embeddings.weight"),
     )

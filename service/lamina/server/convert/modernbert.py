@@ -194,14 +194,11 @@ def convert_modernbert_folder(
         f"building the ModernBERT graph: {parsed.num_layers} blocks ({local} local), "
         f"hidden {parsed.hidden_size}"
     )
-    return ConvertedModel(
+    return ConvertedModel.of_text(
+        parsed,
         graph=build_modernbert_graph(parsed, weights),
         tokenizer=load_plain_tokenizer(folder / "tokenizer.json"),
         family="modernbert",
-        num_layers=parsed.num_layers,
-        hidden_size=parsed.hidden_size,
-        max_context_size=parsed.max_positions,
-        vocab_size=parsed.vocab_size,
         pad_token_id=pad_token_id(config),
         token_embeddings=weights("embeddings.tok_embeddings.weight"),
     )

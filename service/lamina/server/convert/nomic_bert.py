@@ -204,14 +204,11 @@ def convert_nomic_bert_folder(
     progress(
         f"building the NomicBERT graph: {parsed.num_layers} blocks, hidden {parsed.hidden_size}"
     )
-    return ConvertedModel(
+    return ConvertedModel.of_text(
+        parsed,
         graph=build_nomic_bert_graph(parsed, weights),
         tokenizer=load_plain_tokenizer(folder / "tokenizer.json"),
         family="nomic_bert",
-        num_layers=parsed.num_layers,
-        hidden_size=parsed.hidden_size,
-        max_context_size=parsed.max_positions,
-        vocab_size=parsed.vocab_size,
         pad_token_id=pad_token_id(config),
         token_embeddings=weights("embeddings.word_embeddings.weight"),
     )
