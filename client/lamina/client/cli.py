@@ -176,6 +176,10 @@ def _add_prompt_arguments(command: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="an image item (PNG, JPEG, WebP, GIF), centre-cropped; repeatable like --prompt",
     )
+    _add_scheduling_arguments(command)
+
+
+def _add_scheduling_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--nice", action="store_true", help="run below concurrent requests that are not nice"
     )
@@ -217,15 +221,7 @@ def _add_embeddings_command(commands: Any) -> None:
         help="truncate to a Matryoshka size the model declares, then normalise "
         "(default: the full vector)",
     )
-    embeddings.add_argument(
-        "--nice", action="store_true", help="run below concurrent requests that are not nice"
-    )
-    embeddings.add_argument(
-        "--hosting",
-        default=None,
-        help="'aleph-alpha': only worker pools in our own datacenter may run it "
-        "(default: any pool)",
-    )
+    _add_scheduling_arguments(embeddings)
 
 
 def add_security_arguments(parser: argparse.ArgumentParser) -> None:
