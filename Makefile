@@ -45,7 +45,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 # Reduced-precision graphs made beside fp32 (each measured against it; docs/precision.md).
-PRECISIONS ?= int8
+PRECISIONS ?= int8 bf16
 models: install
 	$(BIN)/lamina prepare --model-repository "$(LAMINA_MODEL_REPOSITORY)" \
 		$(foreach p,$(PRECISIONS),--precision $(p))

@@ -47,9 +47,10 @@ LAYERS = [
     "__main__",
 ]
 # The offline compiler: it builds on the repository's contract and the domain's vocabulary, and
-# only the CLI (and `lamina prepare`/`convert` through it) imports it.
+# only the CLI (and `lamina prepare`/`convert` through it) imports it. It measures a reduced
+# precision as a pool computes it, so it may run the runtime (runtime/openvino.py, blockwise.py).
 CONVERTER = "convert"
-CONVERTER_MAY_IMPORT = {"domain", "errors", "repository", CONVERTER}
+CONVERTER_MAY_IMPORT = {"domain", "errors", "repository", "runtime", CONVERTER}
 # Where the protobuf messages of lamina.v1 may be imported: the gRPC edge and its wiring.
 WIRE_TYPES_AT = {"api", "server", "cli"}
 

@@ -1,6 +1,7 @@
 """What machine a benchmark ran on, as its report states it: the CPU model and the instruction
 sets that decide which precisions and kernels are fast on it (AVX2, AVX-512, its BF16/VNNI/FP16
-extensions, AMX), the core count, and ONNX Runtime's version and execution providers."""
+extensions, AMX), the core count, ONNX Runtime's version and execution providers, and whether the
+OpenVINO provider (bf16) serves here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import platform
 from pathlib import Path
 
-from lamina.server.models.precision import cpu_flags
+from lamina.server.runtime.cpu import cpu_flags
 
 # The flags that change what runs fast, in the order a reader compares them.
 RELEVANT_FLAGS = (
@@ -56,7 +57,13 @@ def describe(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> str:
     try:
         import onnxruntime as ort
 
+        from lamina.server.runtime import openvino
+
         runtime = f"ONNX Runtime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+        why_not = openvino.unavailable()
+        runtime += f", OpenVINO provider {'not usable: ' + why_not if why_not else 'on this CPU'}"
+        why_not_bf16 = openvino.bf16_unavailable(cpuinfo_path)
+        runtime += f", bf16 {'not computed: ' + why_not_bf16 if why_not_bf16 else 'computed'}"
     except ImportError:
         runtime = "no ONNX Runtime"
     return f"{model or platform.machine()}, {os.cpu_count()} cores ({listed}), {runtime}"

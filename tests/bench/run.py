@@ -44,6 +44,7 @@ from lamina.server.prompt import EncodedPrompt
 from lamina.server.repository.layout import list_versions
 from lamina.server.repository.manifest import Manifest, PrecisionGraph
 from lamina.server.runtime.batch import Batch
+from lamina.server.runtime.openvino import bf16_unavailable
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 from tests.bench import machine
@@ -78,10 +79,11 @@ def step(message: str) -> None:
 
 def bare_tokens_per_second(
     repository: Path, model: str, rows: int, length: int, seconds: float
-) -> float:
+) -> tuple[float, Precision]:
+    """The session `make serve` would run (auto precision), alone: its rate and precision."""
     entry = list_versions(repository)[model][-1]
     loaded = LoadedModel.load(
-        entry, threads=os.cpu_count() or 1, providers=["CPUExecutionProvider"]
+        entry, threads=os.cpu_count() or 1, providers=["CPUExecutionProvider"], precision=None
     )
     rng = np.random.default_rng(0)
     prompts = [
@@ -95,7 +97,7 @@ def bare_tokens_per_second(
     while time.perf_counter() - started < seconds:
         loaded.session.run(batch, [last])
         runs += 1
-    return runs * rows * length / (time.perf_counter() - started)
+    return runs * rows * length / (time.perf_counter() - started), loaded.chosen.precision
 
 
 def depth_ratio_bare(repository: Path) -> float:
@@ -214,16 +216,19 @@ def peer_rows(
                 fidelity_text(vectors, section["reference"]),
             )
         )
-        if serving_int8(repo, model) is not None:
-            step(f"Lamina --precision int8 on the peers' texts, {model}")
-            fast, int8_vectors = lamina_on_texts(
-                repo, scratch, model, seconds, clients[model], "--precision", "int8"
+        others = [Precision.INT8] if serving(repo, model, Precision.INT8) else []
+        if serving(repo, model, Precision.BF16) and not bf16_unavailable():
+            others.append(Precision.FP32)  # auto serves bf16: fp32 beside it
+        for precision in others:
+            step(f"Lamina --precision {precision} on the peers' texts, {model}")
+            other, other_vectors = lamina_on_texts(
+                repo, scratch, model, seconds, clients[model], "--precision", str(precision)
             )
             rows.append(
                 Row(
-                    f"{model}: Lamina int8 over gRPC",
-                    f"{fast:,.0f} tokens/s ({fast / rate:.2f}x)",
-                    fidelity_text(int8_vectors, section["reference"]),
+                    f"{model}: Lamina {precision} over gRPC",
+                    f"{other:,.0f} tokens/s (auto {rate / other:.2f}x of it)",
+                    fidelity_text(other_vectors, section["reference"]),
                 )
             )
         for peer in section["peers"]:
@@ -275,7 +280,7 @@ def main() -> None:
     shapes = {MINILM: (64, 128), SMOLLM2: (16, 128)}
     for model, (clients, length) in shapes.items():
         step(f"bare ONNX Runtime, {model}, batches of {clients} x {length}")
-        bare = bare_tokens_per_second(repo, model, clients, length, seconds)
+        bare, bare_precision = bare_tokens_per_second(repo, model, clients, length, seconds)
         step(f"Lamina over gRPC, {model}, {clients} concurrent clients of {length} tokens")
         make = fixed_length(model, length)
         with lamina_server(only(repo, model, scratch)) as server:
@@ -284,7 +289,10 @@ def main() -> None:
             outcome = asyncio.run(closed_loop(server.target, make, clients, seconds))
             served = outcome.tokens / (time.perf_counter() - started)
         rows.append(
-            Row(f"{model}: bare ONNX Runtime, {clients} x {length}", f"{bare:,.0f} tokens/s")
+            Row(
+                f"{model}: bare ONNX Runtime ({bare_precision}), {clients} x {length}",
+                f"{bare:,.0f} tokens/s",
+            )
         )
         rows.append(
             Row(
@@ -390,36 +398,58 @@ def main() -> None:
     write(rows, args.output, seconds, plots)
 
 
-def serving_int8(repo: Path, model: str) -> PrecisionGraph | None:
-    """The int8 record of the newest version where it passed its gate (a pool serves it)."""
+def serving(repo: Path, model: str, precision: Precision) -> PrecisionGraph | None:
+    """The record of `precision` in the newest version where it passed its gate."""
     manifest = Manifest.read(list_versions(repo)[model][-1].path)
-    record = manifest.precisions.get(Precision.INT8)
-    return record if record is not None and record.passes_gate(Precision.INT8) else None
+    record = manifest.precisions.get(precision)
+    return record if record is not None and record.passes_gate(precision) else None
 
 
 def precision_rows(repo: Path, scratch: Path, seconds: float) -> list[Row]:
-    """MiniLM over gRPC with --precision int8 beside fp32, with the fidelity its manifest
-    records (the lowest cosine to fp32 of any layer on the calibration set)."""
-    record = serving_int8(repo, MINILM)
-    if record is None:
-        return [Row(f"{MINILM}: int8", "not prepared or below its gate: pools serve fp32")]
+    """MiniLM over gRPC in each reduced precision that serves here, beside fp32, with the
+    fidelity its manifest records (the lowest cosine to fp32 of any layer on the calibration
+    set)."""
+    served = {
+        precision: record
+        for precision in (Precision.BF16, Precision.INT8)
+        if (record := serving(repo, MINILM, precision)) is not None
+        and (precision is not Precision.BF16 or not bf16_unavailable())
+    }
+    rows = [
+        Row(f"{MINILM}: {precision}", f"not served here: {why}")
+        for precision, why in (
+            (Precision.BF16, bf16_unavailable() or "below its gate"),
+            (Precision.INT8, "not prepared or below its gate"),
+        )
+        if precision not in served
+    ]
     make, clients = fixed_length(MINILM, 128), 64
     rates = {}
-    for precision in (Precision.FP32, Precision.INT8):
+    for precision in (Precision.FP32, *served):
         step(f"Lamina over gRPC, {MINILM}, --precision {precision}, {clients} clients")
         with lamina_server(only(repo, MINILM, scratch), "--precision", str(precision)) as server:
             asyncio.run(closed_loop(server.target, make, clients, 1.0))
             started = time.perf_counter()
             outcome = asyncio.run(closed_loop(server.target, make, clients, seconds))
             rates[precision] = outcome.tokens / (time.perf_counter() - started)
-    return [
-        Row(
-            f"{MINILM}: Lamina int8 / fp32 over gRPC ({len(record.kept_fp32)} parts kept fp32)",
-            f"{rates[Precision.INT8] / rates[Precision.FP32]:.2f}x "
-            f"({rates[Precision.INT8]:,.0f} tokens/s)",
-            f"lowest cosine {min(record.min_cosine):.4f} >= gate {Precision.INT8.gate}",
+    for precision, record in served.items():
+        kept = f" ({len(record.kept_fp32)} parts kept fp32)" if record.kept_fp32 else ""
+        rows.append(
+            Row(
+                f"{MINILM}: Lamina {precision} / fp32 over gRPC{kept}",
+                f"{rates[precision] / rates[Precision.FP32]:.2f}x "
+                f"({rates[precision]:,.0f} tokens/s)",
+                f"lowest cosine {min(record.min_cosine):.4f} >= gate {precision.gate}",
+            )
         )
-    ]
+    if len(served) == 2:
+        rows.append(
+            Row(
+                f"{MINILM}: Lamina int8 / bf16 over gRPC",
+                f"{rates[Precision.INT8] / rates[Precision.BF16]:.2f}x",
+            )
+        )
+    return rows
 
 
 def fixed_length(model: str, length: int) -> MakeRequest:

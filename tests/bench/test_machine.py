@@ -41,5 +41,6 @@ def test_the_line_says_what_is_missing(tmp_path: Path) -> None:
     line = describe(tmp_path / "epyc")
     assert line.startswith("AMD EPYC, ")
     assert "(avx2 fma f16c; no AVX-512, no AMX)" in line and "ONNX Runtime " in line
+    assert "bf16 not computed: the CPU has neither AVX512_BF16 nor AMX" in line
     (tmp_path / "xeon").write_text(XEON)
     assert "no AMX" not in describe(tmp_path / "xeon")

@@ -616,7 +616,8 @@ class Fuzz:
     def _version(self, ex: Example, model: str | None, version: str) -> None:
         expected = re.escape(model) if model is not None else ".+"
         ex.check(
-            re.fullmatch(rf"{expected}@\d+", version) is not None,
+            # docs/api.md: `+precision` where the pool serves a reduced one
+            re.fullmatch(rf"{expected}@\d+(\+(bf16|fp16|int8))?", version) is not None,
             "reply-fields",
             f"model_version {version!r} for model {model!r}",
         )

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.server.config import Settings
+from lamina.server.domain import Precision
 from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.policy import SchedulingPolicy
 from lamina.server.server import LaminaServer
@@ -30,7 +31,9 @@ def settings_for(
     repository: Path,
     *,
     metrics_port: int = 0,
-    pools: tuple[PoolSpec, ...] = (PoolSpec("default", "cpu", 2, frozenset()),),
+    # fp32: what these tests pin (parity with transformers, exact replies); a test of another
+    # precision asks for it (tests/integration/test_precision.py).
+    pools: tuple[PoolSpec, ...] = (PoolSpec("default", "cpu", 2, frozenset(), Precision.FP32),),
     scheduling: SchedulingPolicy | None = None,
 ) -> Settings:
     return Settings(

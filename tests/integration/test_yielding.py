@@ -109,6 +109,8 @@ async def test_a_parked_batch_answers_exactly_as_an_unparked_one(
         assert preempted >= 1
         assert sample(after, "lamina_parked_batches", **labels) == 0
         assert sample(after, "lamina_parked_bytes", **labels) == 0
+        # Every batch runs at least one segment, and the parked one more (how many more, and
+        # how many short normal batches ran beside it, depends on the machine's speed).
         segments = sample(after, "lamina_segment_duration_seconds_count", **labels)
-        assert segments > 2 * sample(after, "lamina_batch_duration_seconds_count", **labels)
+        assert segments > sample(after, "lamina_batch_duration_seconds_count", **labels)
         assert not any(runner.parked for runner in server.engine.runners)

@@ -1,10 +1,12 @@
 """Each reduced precision a prepared model holds, against `transformers` with its own bound.
 
-`make models` prepares int8 (`lamina prepare --precision int8`). Where int8 passed its gate on the
-calibration set, its graph must hold that gate on the parity fixtures too (prompts it was not
-measured on), every layer, and keep what fp32 guarantees besides the numbers: the depth gating,
-both control modes and padded batches. Where it did not pass, the manifest records what it
-measured and a pool asking for int8 serves fp32: both are checked.
+`make models` prepares int8 (`lamina prepare --precision int8`) and, where this machine computes
+bf16 (an Intel CPU with AMX or AVX512_BF16, through the OpenVINO provider), bf16. Where one passed
+its gate on the calibration set, it must hold that gate on the parity fixtures too (prompts it
+was not measured on), every layer, and keep what fp32 guarantees besides the numbers: the depth
+gating, both control modes, padded batches and segments that resume bit-identically. Where it did
+not pass, the manifest records what it measured and a pool asking for it serves fp32: both are
+checked.
 """
 
 from __future__ import annotations
@@ -19,18 +21,24 @@ from lamina.server.domain import Precision, TextItem
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.prompt import EncodedPrompt
 from lamina.server.repository.layout import list_versions
-from lamina.server.repository.manifest import Manifest
+from lamina.server.repository.manifest import Manifest, PrecisionGraph
 from lamina.server.runtime.batch import Batch
+from lamina.server.runtime.openvino import bf16_unavailable
 from tests.parity.test_parity import FIXTURE, MODELS
 
 pytestmark = pytest.mark.model
 
+PRECISIONS = [Precision.INT8, Precision.BF16]
 
-def newest(repository: Path, model: str) -> Manifest:
+
+def prepared(repository: Path, model: str, precision: Precision) -> PrecisionGraph:
+    """The version's record of `precision`; skips bf16 where this machine computes none."""
+    if precision is Precision.BF16 and bf16_unavailable():
+        pytest.skip(f"bf16 is not computed here: {bf16_unavailable()}")
     manifest = Manifest.read(list_versions(repository)[model][-1].path)
-    if Precision.INT8 not in manifest.precisions:
-        pytest.fail(f"{model} has no int8 record: run `make models` (it prepares int8)")
-    return manifest
+    if precision not in manifest.precisions:
+        pytest.fail(f"{model} has no {precision} record: run `make models` (it prepares it)")
+    return manifest.precisions[precision]
 
 
 def load(repository: Path, model: str, precision: Precision) -> LoadedModel:
@@ -40,19 +48,20 @@ def load(repository: Path, model: str, precision: Precision) -> LoadedModel:
     )
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("model", MODELS)
-def test_int8_holds_its_gate_on_the_parity_fixtures_in_every_layer(
-    model_repository: Path, model: str
+def test_a_precision_holds_its_gate_on_the_parity_fixtures_in_every_layer(
+    model_repository: Path, model: str, precision: Precision
 ) -> None:
-    record = newest(model_repository, model).precisions[Precision.INT8]
-    loaded = load(model_repository, model, Precision.INT8)
-    if not record.passes_gate(Precision.INT8):
+    record = prepared(model_repository, model, precision)
+    loaded = load(model_repository, model, precision)
+    if not record.passes_gate(precision):
         assert loaded.chosen.precision is Precision.FP32  # served in fp32, said so
         assert loaded.model_version.endswith(f"@{loaded.version}")
-        assert min(record.min_cosine) < Precision.INT8.gate and not record.graph
+        assert min(record.min_cosine) < precision.gate and not record.graph
         return
-    assert loaded.chosen.precision is Precision.INT8
-    assert loaded.model_version.endswith("+int8")
+    assert loaded.chosen.precision is precision
+    assert loaded.model_version.endswith(f"+{precision}")
     meta, arrays = FIXTURE[model]
     prompts = [loaded.encoder.encode((TextItem(text),)) for text in meta["prompts"]]
     layers = range(loaded.manifest.num_layers + 1)
@@ -63,15 +72,18 @@ def test_int8_holds_its_gate_on_the_parity_fixtures_in_every_layer(
         for layer in layers:
             ours = states[layer][index, : prompt.length]
             lowest = float(cosines(ours, reference[layer]).min())
-            assert lowest >= Precision.INT8.gate, f"prompt {index} layer {layer}: {lowest:.4f}"
+            assert lowest >= precision.gate, f"prompt {index} layer {layer}: {lowest:.4f}"
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("model", MODELS)
-def test_int8_keeps_depth_gating_and_both_control_modes(model_repository: Path, model: str) -> None:
-    if not newest(model_repository, model).precisions[Precision.INT8].passes_gate(Precision.INT8):
-        pytest.skip(f"{model}: int8 did not pass its gate; pools serve it in fp32")
+def test_a_precision_keeps_depth_gating_both_control_modes_and_resuming(
+    model_repository: Path, model: str, precision: Precision
+) -> None:
+    if not prepared(model_repository, model, precision).passes_gate(precision):
+        pytest.skip(f"{model}: {precision} did not pass its gate; pools serve it in fp32")
     exact = load(model_repository, model, Precision.FP32)
-    fast = load(model_repository, model, Precision.INT8)
+    fast = load(model_repository, model, precision)
     prompt = exact.encoder.encode((TextItem("An apple a day keeps the doctor away"),))
     suppressed = prompt.control_factors.copy()
     suppressed[2:4] = 0.1
@@ -81,6 +93,16 @@ def test_int8_keeps_depth_gating_and_both_control_modes(model_repository: Path, 
         want = exact.session.run(batch, [1])[1]
         got = fast.session.run(batch, [1])[1]  # depth 1: the blocks past it are skipped
         changed = got[1] - got[0]
-        assert float(np.abs(changed).max()) > 0  # the control still acts on int8
+        assert float(np.abs(changed).max()) > 0  # the control still acts
         for row in range(2):
-            assert float(cosines(got[row], want[row]).min()) >= Precision.INT8.gate
+            assert float(cosines(got[row], want[row]).min()) >= precision.gate
+    # A batch run one block per segment, resuming each time, equals one uninterrupted run.
+    batch = Batch.pad([prompt, controlled], [True, False], exact.manifest.pad_token_id)
+    layers = range(fast.manifest.num_layers + 1)
+    whole = fast.session.run(batch, layers)
+    run = fast.session.begin(batch, layers)
+    while not run.finished:
+        fast.session.advance(run, seconds=0.0)
+    assert run.done == fast.manifest.num_layers
+    for layer in layers:
+        assert np.array_equal(run.states[layer], whole[layer]), f"layer {layer}"

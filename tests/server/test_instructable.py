@@ -13,7 +13,7 @@ import pytest
 
 from lamina.server.api import wire
 from lamina.server.api.status import protobuf_field
-from lamina.server.convert import prepare
+from lamina.server.convert import instructable, prepare
 from lamina.server.convert.instructable import (
     DECODER_DEFAULT,
     ENCODER_TEMPLATE,
@@ -207,10 +207,21 @@ def test_a_converted_encoder_has_the_section_only_with_prompts(tmp_path: Path) -
 # --- lamina prepare: the section without a rebuild ---------------------------------------
 
 
-def test_older_manifests_of_the_same_graph_are_upgraded_in_place() -> None:
+@pytest.fixture
+def manifest_only_revision(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A converter one revision past the last graph change: what a release that only adds to
+    the manifest is (revision 6 was, until revision 7 changed the graph again)."""
+    revision = GRAPH_REVISION + 1
+    monkeypatch.setattr(instructable, "CONVERTER_REVISION", revision)
+    return revision
+
+
+def test_older_manifests_of_the_same_graph_are_upgraded_in_place(
+    manifest_only_revision: int,
+) -> None:
     old = replace(LLAMA, converter_revision=GRAPH_REVISION)
     new = upgraded(old)
-    assert new is not None and new.converter_revision == CONVERTER_REVISION
+    assert new is not None and new.converter_revision == manifest_only_revision
     assert new.instructable == DECODER_DEFAULT
     assert replace(new, instructable=None, converter_revision=old.converter_revision) == old
     # An encoder without prompts is brought to the revision, without a section.
@@ -222,17 +233,20 @@ def test_older_manifests_of_the_same_graph_are_upgraded_in_place() -> None:
     assert plain is not None and plain.instructable is None
     # A graph older than GRAPH_REVISION is rebuilt, never patched; a current one is left alone.
     assert upgraded(replace(LLAMA, converter_revision=GRAPH_REVISION - 1)) is None
-    assert upgraded(LLAMA) is LLAMA
+    current = replace(LLAMA, converter_revision=manifest_only_revision)
+    assert upgraded(current) is current
 
 
-def test_prepare_upgrades_a_current_graphs_manifest_instead_of_converting(tmp_path: Path) -> None:
+def test_prepare_upgrades_a_current_graphs_manifest_instead_of_converting(
+    tmp_path: Path, manifest_only_revision: int
+) -> None:
     version = tmp_path / SMOLLM2_135M_INSTRUCT.name / "1"
     version.mkdir(parents=True)
     replace(LLAMA, converter_revision=GRAPH_REVISION).write(version)
     assert prepare._version_from(tmp_path, SMOLLM2_135M_INSTRUCT) == version
     manifest = Manifest.read(version)
     assert manifest.instructable == DECODER_DEFAULT
-    assert manifest.converter_revision == CONVERTER_REVISION
+    assert manifest.converter_revision == manifest_only_revision
     # A graph too old to keep: prepare converts the model again.
     replace(LLAMA, converter_revision=GRAPH_REVISION - 1).write(version)
     assert prepare._version_from(tmp_path, SMOLLM2_135M_INSTRUCT) is None

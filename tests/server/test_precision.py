@@ -12,8 +12,12 @@ import pytest
 
 from lamina.server.config import add_serve_arguments, parse_precision, read_pools_file
 from lamina.server.domain import Precision
-from lamina.server.models.precision import choose, cpu_has_bf16, native
+from lamina.server.models import precision
+from lamina.server.models.precision import choose, native
 from lamina.server.repository.manifest import Manifest, PrecisionGraph
+from lamina.server.runtime import openvino
+from lamina.server.runtime.cpu import cpu_has_bf16
+from lamina.server.runtime.openvino import OnOpenVino
 
 BASE = Manifest(
     architecture="bert",
@@ -71,6 +75,43 @@ def test_auto_never_picks_int8_and_picks_what_the_device_computes_natively() -> 
     assert choose(failing, None, "cuda:0").precision is Precision.FP32
 
 
+BLOCKS = ("model.block0.onnx", "model.block1.onnx", "model.block2.onnx")
+
+
+def bf16_record(*cosines: float, kept: tuple[str, ...] = ()) -> PrecisionGraph:
+    return PrecisionGraph("model.onnx", cosines, "calibration-1", kept, BLOCKS)
+
+
+@pytest.mark.parametrize("reason", ["", "the OpenVINO plugin offers no device for this CPU"])
+def test_bf16_serves_where_it_passed_its_gate_and_this_machine_computes_it(
+    monkeypatch: pytest.MonkeyPatch, reason: str
+) -> None:
+    monkeypatch.setattr(precision, "bf16_unavailable", lambda: reason)
+    manifest = with_precisions(bf16=bf16_record(1.0, 0.9995, 0.9991))
+    for asked in (None, Precision.BF16):  # auto, or asked for by name
+        chosen = choose(manifest, asked, "cpu")
+        assert chosen.precision is (Precision.FP32 if reason else Precision.BF16)
+        # bf16 is the fp32 graph cut into blocks, computed in bf16 by the OpenVINO provider
+        assert chosen.files == (("model.onnx",) if reason else BLOCKS)
+        assert chosen.openvino == (None if reason else OnOpenVino(Precision.BF16))
+    assert choose(manifest, Precision.BF16, "cuda:0").precision is Precision.FP32
+    failing = with_precisions(bf16=record("", 1.0, 0.9995, 0.998))
+    assert choose(failing, None, "cpu").precision is Precision.FP32
+    uncut = with_precisions(bf16=record("model.onnx", 1.0, 1.0, 1.0))  # no blocks to run
+    assert choose(uncut, None, "cpu").precision is Precision.FP32
+    assert choose(with_precisions(), Precision.FP32, "cpu").openvino is None
+    # blocks the record kept in fp32 run on the CPU provider
+    kept = with_precisions(bf16=bf16_record(1.0, 1.0, 1.0, kept=("block 2",)))
+    if not reason:
+        assert choose(kept, None, "cpu").openvino == OnOpenVino(Precision.BF16, frozenset({2}))
+
+
+def test_bf16_needs_the_instructions_before_the_provider(tmp_path: Path) -> None:
+    without = tmp_path / "avx2"
+    without.write_text("processor : 0\nflags : fpu avx2 fma f16c\n")
+    assert openvino.bf16_unavailable(without) == "the CPU has neither AVX512_BF16 nor AMX"
+
+
 def test_native_precisions_follow_the_device_and_the_cpu_flags(tmp_path: Path) -> None:
     assert native("cuda:1") == [Precision.FP16]
     with_amx, without = tmp_path / "amx", tmp_path / "avx2"
@@ -81,7 +122,9 @@ def test_native_precisions_follow_the_device_and_the_cpu_flags(tmp_path: Path) -
 
 
 def test_the_manifest_records_precisions_and_reads_them_back(tmp_path: Path) -> None:
-    manifest = with_precisions(int8=record("model.int8.onnx", 1.0, 0.995, 0.991))
+    manifest = with_precisions(
+        int8=record("model.int8.onnx", 1.0, 0.995, 0.991), bf16=bf16_record(1.0, 0.9999, 0.9998)
+    )
     manifest.write(tmp_path)
     data = json.loads((tmp_path / "manifest.json").read_text())
     assert data["precisions"]["int8"]["min_cosine"] == [1.0, 0.995, 0.991]
@@ -106,6 +149,28 @@ def test_the_manifest_records_precisions_and_reads_them_back(tmp_path: Path) -> 
             {"int8": {"graph": "model.int8.onnx", "min_cosine": [1, 1, 2], "calibration": "c"}},
             "expected 3 numbers",
         ),
+        (
+            {
+                "bf16": {
+                    "graph": "model.onnx",
+                    "min_cosine": [1, 1, 1],
+                    "calibration": "c",
+                    "blocks": ["a.onnx", "b.onnx"],
+                }
+            },
+            "expected 3 files, embedding first",
+        ),
+        (
+            {
+                "bf16": {
+                    "graph": "model.onnx",
+                    "min_cosine": [1, 1, 1],
+                    "calibration": "c",
+                    "blocks": ["a.onnx", "../b.onnx", "c.onnx"],
+                }
+            },
+            "precisions.bf16.blocks",
+        ),
         ([], "precisions: expected an object"),
     ],
 )
@@ -122,8 +187,9 @@ def test_a_bad_precisions_section_is_refused_saying_where(
 def test_pools_ask_for_a_precision_by_name(tmp_path: Path) -> None:
     assert parse_precision("auto") is None
     assert parse_precision("int8") is Precision.INT8
-    with pytest.raises(ValueError, match="'bf16' is none of auto, fp32, int8"):
-        parse_precision("bf16")
+    assert parse_precision("bf16") is Precision.BF16
+    with pytest.raises(ValueError, match="'fp16' is none of auto, fp32, bf16, int8"):
+        parse_precision("fp16")
     pools = tmp_path / "pools.toml"
     pools.write_text(
         '[[pools]]\nname = "fast"\nprecision = "int8"\n[[pools]]\nname = "exact"\n'
@@ -144,6 +210,7 @@ def test_the_serve_flag_names_the_choices(capsys: pytest.CaptureFixture[str]) ->
     add_serve_arguments(parser)
     assert parser.parse_args([]).precision is None  # auto, the default
     assert parser.parse_args(["--precision", "int8"]).precision is Precision.INT8
+    assert parser.parse_args(["--precision", "bf16"]).precision is Precision.BF16
     with pytest.raises(SystemExit):
-        parser.parse_args(["--precision", "bf16"])
-    assert "precision 'bf16' is none of auto, fp32, int8" in capsys.readouterr().err
+        parser.parse_args(["--precision", "fp16"])
+    assert "precision 'fp16' is none of auto, fp32, bf16, int8" in capsys.readouterr().err

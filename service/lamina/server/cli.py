@@ -35,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument(
         "--precision",
         action="append",
-        choices=["int8"],
+        choices=["bf16", "int8"],
         default=[],
-        help="also make a graph of this precision for each text model, measured against fp32 on "
-        "the calibration set (repeatable; pools serve it with --precision int8)",
+        help="also prepare this precision for each text model, measured against fp32 on the "
+        "calibration set (repeatable; bf16 where this CPU computes it; pools serve it with "
+        "--precision bf16|int8, or auto for bf16)",
     )
 
     convert = commands.add_parser(

@@ -127,7 +127,7 @@ def parse_precision(text: str, where: str = "") -> Precision | None:
     """'auto' is None; otherwise a precision a pool can serve."""
     if text == "auto":
         return None
-    choices = ("auto", Precision.FP32.value, Precision.INT8.value)
+    choices = ("auto", Precision.FP32.value, Precision.BF16.value, Precision.INT8.value)
     if text not in choices:
         prefix = f"{where}: " if where else ""
         raise ValueError(f"{prefix}precision {text!r} is none of {', '.join(choices)}")
@@ -271,8 +271,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         "auto",
         "the default pool's precision: auto (the fastest that passes its fidelity gate and that "
-        "the device computes natively; else fp32), fp32, or int8 where `lamina prepare "
-        "--precision int8` made one (docs/precision.md)",
+        "the device computes natively; else fp32), fp32, or bf16 / int8 where `lamina prepare "
+        "--precision bf16|int8` measured one that passes its gate (docs/precision.md)",
         _precision_flag,
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import onnxruntime as ort
@@ -18,6 +19,11 @@ from tokenizers import Tokenizer
 
 from lamina.server.convert import calibration
 from lamina.server.repository import signature
+from lamina.server.repository.manifest import Manifest
+from lamina.server.runtime.blockwise import BlockwiseSession
+
+# The longest calibration prompt measured: beyond it, attention alone would need gigabytes.
+MAX_CALIBRATION_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,38 @@ def session(graph: Path | bytes, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def hidden_states(
-    graph: ort.InferenceSession, ids: np.ndarray, num_layers: int
-) -> list[np.ndarray]:
+# What fidelity runs: an ONNX Runtime session, or a graph cut into blocks (runtime/blockwise.py).
+Graph: TypeAlias = ort.InferenceSession | BlockwiseSession
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The calibration prompts as a version tokenizes them, and its fp32 graph's hidden states
+    of each: what every reduced precision of the version is measured against."""
+
+    prompts: list[np.ndarray]
+    states: list[list[np.ndarray]]
+    num_layers: int
+
+    @staticmethod
+    def of(
+        version: Path, manifest: Manifest, label: str, progress: Callable[[str], None]
+    ) -> Reference:
+        tokenizer = Tokenizer.from_file(str(version / manifest.tokenizer))
+        context = min(manifest.max_context_size, MAX_CALIBRATION_TOKENS)
+        prompts = calibration_ids(tokenizer, context)
+        progress(
+            f"{label}: fp32 states of {len(prompts)} calibration prompts (1..{context} tokens)"
+        )
+        fp32 = session(version / manifest.graph)
+        states = [hidden_states(fp32, ids, manifest.num_layers) for ids in prompts]
+        return Reference(prompts, states, manifest.num_layers)
+
+    def measure(self, candidate: Graph) -> Fidelity:
+        return measure(candidate, self.states, self.prompts, self.num_layers)
+
+
+def hidden_states(graph: Graph, ids: np.ndarray, num_layers: int) -> list[np.ndarray]:
     """[positions, hidden] per hidden state 0..num_layers of one prompt, alone in its batch."""
     length = ids.size
     feeds = {
@@ -76,7 +111,7 @@ def hidden_states(
 
 
 def measure(
-    candidate: ort.InferenceSession,
+    candidate: Graph,
     reference: Sequence[Sequence[np.ndarray]],
     prompts: Sequence[np.ndarray],
     num_layers: int,

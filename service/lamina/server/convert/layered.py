@@ -84,10 +84,10 @@ def segment_blocks(
     names: Sequence[str | None],
 ) -> list[str]:
     """The output of each block (`block(builder, index, x)`, one per name), in an If that runs
-    it only when START < i <= DEPTH. A skipped block outputs an empty tensor rather than passing
-    its input on: ONNX Runtime copies what an If passes through, and a segment late in a deep
-    model would pay a copy of the state per block before it. So the block after START reads
-    `first`, every other one its predecessor's output."""
+    it only when START < i <= DEPTH. A skipped block outputs a [1, 1, width] zero constant
+    rather than passing its input on: ONNX Runtime copies what an If passes through, and a
+    segment late in a deep model would pay a copy of the state per block before it. So the block
+    after START reads `first`, every other one its predecessor's output."""
     shape = maybe_empty(width)
     outputs: list[str] = []
     for index, name in enumerate(names):
@@ -113,8 +113,10 @@ def segment_blocks(
 
 
 def empty_state(g: GraphBuilder, width: int) -> str:
-    """A [0, 0, width] constant: what a segment leaves where it ran nothing."""
-    return g.const("empty_state", np.zeros((0, 0, width), np.float32))
+    """A [1, 1, width] zero constant: what a segment leaves where it ran nothing. Not [0, 0,
+    width]: OpenVINO's ONNX frontend loses a zero-size value that an If branch returns
+    ("Non-existent connection in else-branch") and refuses the whole graph."""
+    return g.const("empty_state", np.zeros((1, 1, width), np.float32))
 
 
 def maybe_empty(width: int) -> list[str | int | None]:

@@ -1,5 +1,5 @@
 """`lamina prepare`: the default models, converted once into the repository and reused after, and
-the reduced-precision graphs asked for (`--precision int8`), made once beside them."""
+the reduced precisions asked for (`--precision int8`, `bf16`), measured once beside them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lamina.server.convert import calibration
+from lamina.server.convert.bf16 import measure_bf16
 from lamina.server.convert.instructable import upgraded
 from lamina.server.convert.packages import DEFAULT_MODELS, PackagedModel, fetch_checkpoint
 from lamina.server.convert.pipeline import convert_checkpoint
@@ -16,6 +17,7 @@ from lamina.server.convert.quantize import QUANTIZABLE, quantize_int8
 from lamina.server.domain import Precision
 from lamina.server.repository.layout import list_versions
 from lamina.server.repository.manifest import Manifest, PrecisionGraph
+from lamina.server.runtime.openvino import bf16_unavailable
 
 
 def prepare_defaults(
@@ -64,22 +66,33 @@ def prepare_precision(
     if existing is not None and existing.calibration == calibration.CALIBRATION_ID:
         progress(f"{precision}: already prepared (lowest cosine {min(existing.min_cosine):.4f})")
         return existing
-    if precision is not Precision.INT8:
-        raise ValueError(f"lamina prepares fp32 and int8 graphs, not {precision}")
-    if manifest.architecture not in QUANTIZABLE:
+    if precision not in (Precision.INT8, Precision.BF16):
+        raise ValueError(f"lamina prepares fp32, bf16 and int8, not {precision}")
+    if precision is Precision.INT8 and manifest.architecture not in QUANTIZABLE:
         progress(f"{precision}: not made for {manifest.architecture} models; they serve in fp32")
         return None
+    if precision is Precision.BF16:
+        # Measured on text alone: a model that takes images keeps fp32 until images are too.
+        unavailable = "it takes images" if manifest.image is not None else bf16_unavailable()
+        if unavailable:
+            progress(f"{precision}: not prepared ({unavailable}); pools serve fp32")
+            return None
     started = time.monotonic()
-    record = quantize_int8(version, manifest, progress)
+    if precision is Precision.INT8:
+        record = quantize_int8(version, manifest, progress)
+    else:
+        try:
+            record = measure_bf16(version, manifest, progress)
+        except Exception as error:  # onnx, ONNX Runtime and OpenVINO raise their own types
+            progress(f"{precision}: not prepared (the OpenVINO provider failed: {error})")
+            return None
     # The graph it names is in place before the manifest that names it.
     precisions = manifest.precisions | {precision: record}
     dataclasses.replace(manifest, precisions=precisions).write(version)
     took, lowest = time.monotonic() - started, min(record.min_cosine)
     if record.graph:
-        progress(
-            f"{precision}: prepared in {took:.1f} s, lowest cosine {lowest:.4f}, "
-            f"{len(record.kept_fp32)} parts kept in fp32"
-        )
+        kept = f", {len(record.kept_fp32)} parts kept in fp32" if record.kept_fp32 else ""
+        progress(f"{precision}: prepared in {took:.1f} s, lowest cosine {lowest:.4f}{kept}")
     else:
         progress(
             f"{precision}: below its gate even in part (all {precision}: lowest cosine "

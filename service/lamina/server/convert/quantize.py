@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 INT8_GRAPH_FILE = "model.int8.onnx"
 ATTENTION_WEIGHTS = ("q", "k", "v", "o")  # the converters' weight names: q.weight_t_59, ...
-# The longest calibration prompt measured: beyond it, attention alone would need gigabytes.
-MAX_CALIBRATION_TOKENS = 2048
 QUANTIZABLE = ("bert", "llama")  # text graphs; image encoders keep fp32
 ROUNDS = 8  # at most about this many quantize-and-measure rounds
 
@@ -90,16 +88,10 @@ def quantize_int8(
             f"{manifest.architecture!r}"
         )
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from tokenizers import Tokenizer
 
     source = version / manifest.graph
     units = weight_units(onnx.load(str(source), load_external_data=False))
-    tokenizer = Tokenizer.from_file(str(version / manifest.tokenizer))
-    context = min(manifest.max_context_size, MAX_CALIBRATION_TOKENS)
-    prompts = fidelity.calibration_ids(tokenizer, context)
-    progress(f"int8: fp32 states of {len(prompts)} calibration prompts (1..{context} tokens)")
-    fp32 = fidelity.session(source)
-    reference = [fidelity.hidden_states(fp32, ids, manifest.num_layers) for ids in prompts]
+    reference = fidelity.Reference.of(version, manifest, "int8", progress)
     kept: list[Unit] = []
     first: fidelity.Fidelity | None = None  # all int8
     with (
@@ -119,9 +111,7 @@ def quantize_int8(
                 nodes_to_exclude=excluded,
                 extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True},
             )
-            measured = fidelity.measure(
-                fidelity.session(candidate), reference, prompts, manifest.num_layers
-            )
+            measured = reference.measure(fidelity.session(candidate))
             progress(
                 f"int8 with {len(kept)} of {len(units)} parts in fp32: lowest cosine "
                 f"{measured.worst:.4f} (gate {Precision.INT8.gate})"

@@ -68,7 +68,7 @@ class VersionContents:
         graphs, files = {}, {}
         # Only the graphs the pools will serve: an int8 graph beside fp32 costs nothing to a
         # server whose pools all serve fp32.
-        for name in sorted({choose(manifest, *asked).graph for asked in serving}):
+        for name in sorted({f for asked in serving for f in choose(manifest, *asked).files}):
             with _reading(name):
                 graphs[name] = read_file(directory / name)
                 if name == manifest.graph:  # converted reduced-precision graphs name none
@@ -172,8 +172,10 @@ class LoadedModel:
                 num_layers=manifest.num_layers,
                 threads=threads,
                 providers=providers,
-                model_bytes=contents.graphs[chosen.graph],
-                external_data=contents.external_data if fp32 else None,
+                model_bytes=contents.graphs[chosen.graph] if not chosen.blocks else None,
+                external_data=contents.external_data if fp32 and not chosen.blocks else None,
+                openvino=chosen.openvino,
+                blocks=[contents.graphs[f] for f in chosen.blocks],
             )
         encoder = encoder if encoder is not None else contents.encoder(entry.name)
         return LoadedModel(

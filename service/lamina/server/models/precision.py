@@ -6,15 +6,19 @@ version has none (an image encoder asked for int8, a version prepared without it
 the reference itself. `auto` picks the fastest precision that passes its gate and that the pool's
 device computes natively: fp16 on CUDA, bf16 on a CPU with bf16 instructions (AVX512_BF16 or
 AMX), else fp32. int8 passes a looser gate (0.99) and is only served when asked for.
+
+bf16 on a CPU runs on the OpenVINO execution provider (runtime/openvino.py; ONNX Runtime's CPU
+provider has no bf16 kernels), over the fp32 graph cut into blocks (the record's `blocks`):
+where that provider cannot run here, a pool asking for bf16 serves fp32.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from lamina.server.domain import Precision
 from lamina.server.repository.manifest import Manifest
+from lamina.server.runtime.openvino import OnOpenVino, bf16_unavailable, fp32_blocks
 
 # What a pool asks for: its precision (None: auto) on its device.
 Asked = tuple[Precision | None, str]
@@ -27,14 +31,36 @@ class ChosenGraph:
     precision: Precision
     graph: str  # the file in the version folder
     min_cosine: tuple[float, ...]  # per hidden state, as measured; 1.0 throughout for fp32
+    kept_fp32: tuple[str, ...] = ()  # as the record says: "block 12", ...
+    blocks: tuple[str, ...] = ()  # the graph cut into blocks, where it runs so
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The graph files a pool serving this reads."""
+        return self.blocks or (self.graph,)
+
+    @property
+    def openvino(self) -> OnOpenVino | None:
+        """How the OpenVINO provider computes this graph; None: the pool's own providers run
+        it."""
+        if self.precision is not Precision.BF16:
+            return None
+        return OnOpenVino(self.precision, fp32_blocks(self.kept_fp32))
 
 
 def choose(manifest: Manifest, requested: Precision | None, device: str) -> ChosenGraph:
     wanted = [requested] if requested is not None else native(device)
     for precision in wanted:
         record = manifest.precisions.get(precision)
-        if record is not None and record.passes_gate(precision):
-            return ChosenGraph(precision, record.graph, record.min_cosine)
+        if (
+            record is not None
+            and record.passes_gate(precision)
+            and runnable(precision, device)
+            and (precision is not Precision.BF16 or record.blocks)  # what OpenVINO runs
+        ):
+            return ChosenGraph(
+                precision, record.graph, record.min_cosine, record.kept_fp32, record.blocks
+            )
     return ChosenGraph(Precision.FP32, manifest.graph, (1.0,) * (manifest.num_layers + 1))
 
 
@@ -42,21 +68,11 @@ def native(device: str) -> list[Precision]:
     """The reduced precisions `device` computes natively, faster first."""
     if device.startswith("cuda"):
         return [Precision.FP16]
-    return [Precision.BF16] if cpu_has_bf16() else []
+    return [Precision.BF16] if bf16_unavailable() == "" else []
 
 
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    try:
-        flags = cpu_flags(cpuinfo.read_text())
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_flags(cpuinfo: str) -> frozenset[str]:
-    """The instruction-set flags of the first processor in a /proc/cpuinfo text."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+def runnable(precision: Precision, device: str) -> bool:
+    """Whether a session of `precision` can run on `device` here."""
+    if precision is Precision.BF16:
+        return device == "cpu" and bf16_unavailable() == ""
+    return True

@@ -26,11 +26,12 @@ FORMAT_VERSION = 3
 # 4: manifests carry the semantic section (read from sentence-transformers configs).
 # 5: graphs resume from a segment's state (signature.START, RESUME_STATE, STATE).
 # 6: manifests carry the instructable section (convert/instructable.py).
-CONVERTER_REVISION = 6
+# 7: a skipped block's output is a [1, 1, hidden] zero constant (OpenVINO takes no empty one).
+CONVERTER_REVISION = 7
 # The last revision that changed what a graph computes: a version from it or later has the graph
 # this converter would build, so `lamina prepare` brings its manifest up to date instead of
 # rebuilding it (convert/instructable.py: upgraded).
-GRAPH_REVISION = 5
+GRAPH_REVISION = 7
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,9 @@ class PrecisionGraph:
     min_cosine: tuple[float, ...]  # per hidden state 0..num_layers, on the calibration set
     calibration: str  # which calibration set (convert/calibration.py CALIBRATION_ID)
     kept_fp32: tuple[str, ...] = ()  # parts left in fp32 to pass the gate, e.g. "block 6 mlp"
+    # The graph cut into one file per block, embedding first, for a provider that runs it so
+    # (bf16 on OpenVINO: runtime/blockwise.py); () where the graph runs whole.
+    blocks: tuple[str, ...] = ()
 
     def passes_gate(self, precision: Precision) -> bool:
         return bool(self.graph) and min(self.min_cosine) >= precision.gate
@@ -323,9 +327,11 @@ class PrecisionGraph:
         where = f"manifest precisions.{name}"
         if not isinstance(data, Mapping):
             raise ValueError(f"{where}: expected an object")
-        fields = {"graph", "min_cosine", "calibration", "kept_fp32"}
+        fields = {"graph", "min_cosine", "calibration", "kept_fp32", "blocks"}
         if set(data) - fields or not {"graph", "min_cosine", "calibration"} <= set(data):
-            raise ValueError(f"{where}: expected the fields {sorted(fields)} (kept_fp32 optional)")
+            raise ValueError(
+                f"{where}: expected the fields {sorted(fields)} (kept_fp32 and blocks optional)"
+            )
         graph, cosines, calibration = data["graph"], data["min_cosine"], data["calibration"]
         if not isinstance(graph, str) or not (graph == "" or _FILE_NAME.fullmatch(graph)):
             raise ValueError(
@@ -345,7 +351,16 @@ class PrecisionGraph:
             isinstance(kept, list) and all(isinstance(k, str) for k in kept)
         ):
             raise ValueError(f"{where}: calibration is a string, kept_fp32 a list of strings")
-        return PrecisionGraph(graph, tuple(float(c) for c in cosines), calibration, tuple(kept))
+        blocks = data.get("blocks", [])
+        if not isinstance(blocks, list) or not all(
+            isinstance(b, str) and _FILE_NAME.fullmatch(b) for b in blocks
+        ):
+            raise ValueError(f"{where}.blocks: expected names of files in the version folder")
+        if blocks and len(blocks) != num_layers + 1:
+            raise ValueError(f"{where}.blocks: expected {num_layers + 1} files, embedding first")
+        return PrecisionGraph(
+            graph, tuple(float(c) for c in cosines), calibration, tuple(kept), tuple(blocks)
+        )
 
 
 @dataclass(frozen=True)

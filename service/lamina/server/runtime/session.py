@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +37,11 @@ import onnxruntime as ort
 
 from lamina.server.repository import signature
 from lamina.server.runtime.batch import Batch
+from lamina.server.runtime.blockwise import BlockwiseSession
 from lamina.server.runtime.device import Providers
 from lamina.server.runtime.memory import MIB, BatchMemory
+from lamina.server.runtime.openvino import OnOpenVino
+from lamina.server.runtime.openvino import session as openvino_session
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +122,14 @@ class HiddenStateSession:
         providers: Providers,
         model_bytes: bytes | None = None,
         external_data: Mapping[str, bytes] | None = None,
+        openvino: OnOpenVino | None = None,
+        blocks: Sequence[bytes] = (),
     ):
         """`model_bytes`: the graph read from `graph` (which then only names it in errors), with
-        its external-data files by location; ONNX Runtime copies both, so nothing stays mapped."""
+        its external-data files by location; ONNX Runtime copies both, so nothing stays mapped.
+        `openvino`: run `blocks` (the graph cut into blocks, runtime/blockwise.py) on the
+        OpenVINO provider as it says (runtime/openvino.py) rather than the graph on
+        `providers`."""
         self.num_layers = num_layers
         options = session_options(threads)
         if external_data:
@@ -129,12 +137,24 @@ class HiddenStateSession:
             options.add_external_initializers_from_files_in_memory(
                 names, buffers, [len(b) for b in buffers]
             )
-        self._session = ort.InferenceSession(
-            model_bytes if model_bytes is not None else str(graph),
-            sess_options=options,
-            providers=list(providers),
-        )
-        if model_bytes is not None:
+        self._session: ort.InferenceSession | BlockwiseSession
+        if openvino is not None:
+            if len(blocks) != num_layers + 1:
+                raise ValueError(f"{graph}: {len(blocks)} block graphs for {num_layers} blocks")
+            self._session = openvino_session(
+                blocks, openvino, threads, lambda: session_options(threads)
+            )
+        else:
+            self._session = ort.InferenceSession(
+                model_bytes if model_bytes is not None else str(graph),
+                sess_options=options,
+                providers=list(providers),
+            )
+        # OpenVINO keeps its own buffers, not ONNX Runtime's arena: there is nothing to shrink
+        # before a larger batch (under a MiniLM load of growing batches, 23 of 60 runs were
+        # preceded by a release that only trimmed glibc's heap); idle release still trims it.
+        self._arena = isinstance(self._session, ort.InferenceSession)
+        if model_bytes is not None and isinstance(self._session, ort.InferenceSession):
             # onnxruntime's Python class keeps the bytes it was built from for as long as the
             # session lives (to rebuild it on a provider fallback): as much memory again as the
             # weights. Without fallback nothing reads them again.
@@ -167,7 +187,8 @@ class HiddenStateSession:
         width = self._session.get_outputs()[0].shape[-1]
         self._hidden = width if isinstance(width, int) else None
         hidden = self._hidden or 4096  # a graph of dynamic width: assume a wide one
-        heads = attention_heads(model_bytes if model_bytes is not None else graph)
+        source: bytes | Path = blocks[-1] if blocks else model_bytes or graph
+        heads = attention_heads(source)
         # A graph not from this converter: assume 32-wide heads, more than most models have.
         heads = heads or max(1, hidden // 32)
         per_pair, per_position = heads * 4 * PAIR_TENSORS, hidden * 4 * POSITION_TENSORS
@@ -275,7 +296,7 @@ class HiddenStateSession:
             self._runs += 1
             if needs > RELEASE_ABOVE_BYTES:
                 _release_idle_sessions(besides=self)
-            held = self._held > RELEASE_ABOVE_BYTES
+            held = self._held > RELEASE_ABOVE_BYTES and self._arena
             if held and (needs > self._held or self._grown > self._held):
                 # The arena would grow beside regions this run cannot reuse, or already grew
                 # past what any run since the last release needs: start it afresh.
@@ -311,6 +332,9 @@ class HiddenStateSession:
         offers), its output written outside the arena so that nothing of it stays there."""
         self._held = self._grown = 0
         self.releases += 1
+        if isinstance(self._session, BlockwiseSession):  # OpenVINO keeps no ONNX Runtime arena
+            release_freed_heap()
+            return
         feeds = {
             signature.INPUT_IDS: np.zeros((1, 1), np.int64),
             signature.ATTENTION_MASK: np.ones((1, 1), np.int64),

@@ -1,0 +1,93 @@
+"""A converted text graph run as one graph per block, for a provider that cannot run its If
+nodes (the OpenVINO provider: docs/precision.md).
+
+The converter gates every block behind an If (repository/signature.py: DEPTH, START), so that a
+batch pays only for the blocks it reads and can stop between them. For a provider that
+miscomputes those, `lamina prepare` also writes the graph cut into an embedding graph (hidden
+state 0 from the inputs) and one graph per block (its output from BLOCK_INPUT, the state before
+it, and the inputs its attention controls read), with no If left (convert/blockwise.py), and
+`BlockwiseSession` chains them: the blocks from START + 1 to DEPTH, as the If nodes would. Same
+signature, same results as the whole graph, the same depth-proportional cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from lamina.server.repository import signature
+
+BLOCK_INPUT = "block_input"  # a block graph's input: the state the block before handed on
+
+
+@dataclass(frozen=True)
+class Port:
+    """What HiddenStateSession reads of an input or output: ONNX Runtime's NodeArg, in part."""
+
+    name: str
+    shape: list[Any]  # ints and dimension names (None: unnamed), as ONNX Runtime's
+
+
+class PieceSession(Protocol):
+    """An ONNX Runtime InferenceSession, as far as a piece is run."""
+
+    def get_inputs(self) -> Sequence[Any]: ...
+    def get_outputs(self) -> Sequence[Any]: ...
+    def run(self, output_names: Any, input_feed: Mapping[str, np.ndarray]) -> list[Any]: ...
+
+
+class BlockwiseSession:
+    """The pieces [embedding, block 1, ..., block N] behind the whole graph's `run(names,
+    feeds)`: hidden states START .. DEPTH, each block fed the state before it."""
+
+    def __init__(self, pieces: Sequence[PieceSession]):
+        self._pieces = list(pieces)
+        self._feeds = [{i.name for i in piece.get_inputs()} for piece in self._pieces]
+        outputs = [piece.get_outputs()[0] for piece in self._pieces]
+        expected = [signature.hidden_state_output(i) for i in range(len(self._pieces))]
+        if [o.name for o in outputs] != expected:
+            raise ValueError(f"pieces output {[o.name for o in outputs]}, not {expected}")
+        self._outputs = [Port(o.name, list(o.shape)) for o in outputs]
+        width = outputs[0].shape[-1]
+        read = {i.name: i for piece in self._pieces for i in piece.get_inputs()}
+        self._inputs = [
+            *(Port(i.name, list(i.shape)) for name, i in read.items() if name != BLOCK_INPUT),
+            Port(signature.DEPTH, []),
+            Port(signature.START, []),
+            Port(signature.RESUME_STATE, ["state_rows", "state_positions", width]),
+        ]
+
+    def get_inputs(self) -> list[Port]:
+        return self._inputs
+
+    def get_outputs(self) -> list[Port]:
+        return self._outputs
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        start = int(feeds.get(signature.START, np.int64(0)))
+        depth = int(feeds[signature.DEPTH])
+        states: dict[str, np.ndarray] = {}
+        if start == 0:
+            state = self._run_piece(0, feeds, None)
+            states[signature.hidden_state_output(0)] = state
+        else:
+            state = feeds[signature.RESUME_STATE]
+        for layer in range(start + 1, min(depth, len(self._pieces) - 1) + 1):
+            state = self._run_piece(layer, feeds, state)
+            states[signature.hidden_state_output(layer)] = state
+        missing = [n for n in names if n not in states]
+        if missing:
+            raise ValueError(f"not computed between START {start} and DEPTH {depth}: {missing}")
+        return [states[n] for n in names]
+
+    def _run_piece(
+        self, index: int, feeds: Mapping[str, np.ndarray], state: np.ndarray | None
+    ) -> np.ndarray:
+        piece_feeds = {k: v for k, v in feeds.items() if k in self._feeds[index]}
+        if state is not None:
+            piece_feeds[BLOCK_INPUT] = state
+        result: np.ndarray = self._pieces[index].run(None, piece_feeds)[0]
+        return result
