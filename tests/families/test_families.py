@@ -30,7 +30,7 @@ from lamina.server.prompt import EncodedPrompt
 from lamina.server.repository import signature
 from lamina.server.runtime import openvino
 from lamina.server.runtime.batch import Batch
-from lamina.server.runtime.blockwise import BlockwiseSession
+from lamina.server.runtime.blockwise import BlockwiseSession, CutGraph
 from tests.families.checks import FIXTURES, assert_tokenizes_as_transformers
 from tests.parity.bounds import assert_layer_matches
 from tests.tiny_models import load_version
@@ -143,9 +143,20 @@ def test_the_graph_cut_into_blocks_computes_the_same_and_the_same_model_in_bf16(
     family: Family,
 ) -> None:
     layers = family.meta["layers"]
-    pieces = [p.SerializeToString() for p in split_blocks(onnx.load(family.version / "model.onnx"))]
+    pieces = split_blocks(onnx.load(family.version / "model.onnx"))
+    serialized = CutGraph(
+        [p.SerializeToString() for p in pieces.controlled],
+        [p.SerializeToString() for p in pieces.plain],
+        pieces.condition.SerializeToString(),
+    )
+
+    def cpu(data: bytes) -> ort.InferenceSession:
+        return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
     cut = BlockwiseSession(
-        [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in pieces]
+        [cpu(p) for p in serialized.blocks],
+        [cpu(p) for p in serialized.plain_blocks],
+        cpu(serialized.condition),
     )
     prompts = [family.prompt(i) for i in range(len(family.meta["prompts"]))]
     batch = Batch.pad(prompts, [True] * len(prompts), family.model.manifest.pad_token_id)
@@ -161,7 +172,7 @@ def test_the_graph_cut_into_blocks_computes_the_same_and_the_same_model_in_bf16(
     if openvino.bf16_unavailable():
         return  # bf16 is not computed here
     plan = openvino.OnOpenVino(Precision.BF16)
-    bf16 = openvino.session(pieces, plan, 1, ort.SessionOptions)
+    bf16 = openvino.session(serialized, plan, 1, ort.SessionOptions)
     reference = family.arrays["batch_hidden"]
     for layer, state in enumerate(bf16.run(names, feeds)):
         for row, prompt in enumerate(prompts):

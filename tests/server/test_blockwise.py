@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from lamina.server.convert.blockwise import split_blocks
+from lamina.server.convert.blockwise import split_blocks, write_blocks
 from lamina.server.domain import PromptItem, TextControl, TextItem
 from lamina.server.models.loaded import LoadedModel
 from lamina.server.repository import signature
@@ -25,11 +25,13 @@ from tests.conftest import DINOV2, MINILM, SMOLLM2
 
 pytestmark = pytest.mark.model
 
+TEXTS = ("Cut into blocks, the graph says the same.", "Short.", "Amplified words count for more")
 PROMPTS: tuple[tuple[PromptItem, ...], ...] = (
-    (TextItem("Cut into blocks, the graph says the same.", (TextControl(2, 5, 0.2),)),),
-    (TextItem("Short."),),
-    (TextItem("Amplified words count for more", (TextControl(0, 9, 3.0),)),),
+    (TextItem(TEXTS[0], (TextControl(2, 5, 0.2),)),),
+    (TextItem(TEXTS[1]),),
+    (TextItem(TEXTS[2], (TextControl(0, 9, 3.0),)),),
 )
+PLAIN: tuple[tuple[PromptItem, ...], ...] = tuple((TextItem(text),) for text in TEXTS)
 
 
 def graph_of(repository: Path, name: str) -> onnx.ModelProto:
@@ -37,17 +39,24 @@ def graph_of(repository: Path, name: str) -> onnx.ModelProto:
     return onnx.load(str(version.path / "model.onnx"))
 
 
+def cpu(piece: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(piece.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def on_cpu(model: onnx.ModelProto) -> BlockwiseSession:
-    pieces = [
-        ort.InferenceSession(piece.SerializeToString(), providers=["CPUExecutionProvider"])
-        for piece in split_blocks(model)
-    ]
-    return BlockwiseSession(pieces)
+    cut = split_blocks(model)
+    return BlockwiseSession(
+        [cpu(p) for p in cut.controlled], [cpu(p) for p in cut.plain], cpu(cut.condition)
+    )
 
 
-def feeds_of(loaded: LoadedModel, depth: int) -> dict[str, np.ndarray]:
-    encoded = [loaded.encoder.encode(items) for items in PROMPTS]
-    batch = Batch.pad(encoded, [True, False, True], loaded.manifest.pad_token_id)
+def feeds_of(loaded: LoadedModel, depth: int, plain: bool = False) -> dict[str, np.ndarray]:
+    """The prompts with their controls and both modes; `plain`: without controls, all
+    log-additive (what the attention's If sends down its plain branch)."""
+    prompts = PLAIN if plain else PROMPTS
+    encoded = [loaded.encoder.encode(items) for items in prompts]
+    modes = [True, True, True] if plain else [True, False, True]
+    batch = Batch.pad(encoded, modes, loaded.manifest.pad_token_id)
     return (
         batch.feeds()
         | {signature.DEPTH: np.array(depth, np.int64)}
@@ -63,17 +72,30 @@ def test_the_blocks_chained_compute_what_the_whole_graph_does(
     model = graph_of(model_repository, name)
     blocks = loaded.manifest.num_layers
     pieces = split_blocks(model)
-    assert len(pieces) == blocks + 1
-    for piece in pieces:  # nothing left for a provider to miscompute
+    assert len(pieces.controlled) == len(pieces.plain) == blocks + 1
+    assert pieces.plain[0] is pieces.controlled[0]  # the embedding has no If to take
+    for piece in [*pieces.controlled, *pieces.plain]:  # nothing left to miscompute
         assert not any(n.op_type == "If" for n in piece.graph.node)
-    assert all(BLOCK_INPUT in {i.name for i in p.graph.input} for p in pieces[1:])
-    whole = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        assert piece is pieces.controlled[0] or BLOCK_INPUT in {i.name for i in piece.graph.input}
+    whole = cpu(model)
     cut = on_cpu(model)
     names = [signature.hidden_state_output(i) for i in range(blocks + 1)]
+    for plain in (False, True):  # each way, as the whole graph's If takes it
+        feeds = feeds_of(loaded, blocks, plain)
+        (takes_plain,) = cpu(pieces.condition).run(
+            None,
+            {k: v for k, v in feeds.items() if k in {i.name for i in pieces.condition.graph.input}},
+        )
+        assert bool(takes_plain) is plain
+        for layer, (a, b) in enumerate(
+            zip(cut.run(names, feeds), whole.run(names, feeds), strict=True)
+        ):
+            # Not bit for bit: ONNX Runtime fuses a piece's nodes as it fuses the whole graph's
+            # only up to rounding (1e-7 here).
+            np.testing.assert_allclose(
+                a, b, rtol=0, atol=2e-5, err_msg=f"plain {plain} layer {layer}"
+            )
     feeds = feeds_of(loaded, blocks)
-    pairs = zip(cut.run(names, feeds), whole.run(names, feeds), strict=True)
-    for layer, (a, b) in enumerate(pairs):
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5, err_msg=f"layer {layer}")
     # A shallow run computes only up to its depth; one resumed after block 2 reads RESUME_STATE.
     shallow = cut.run(names[:3], feeds_of(loaded, 2))
     with pytest.raises(ValueError, match="not computed"):
@@ -84,6 +106,17 @@ def test_the_blocks_chained_compute_what_the_whole_graph_does(
     }
     rest = cut.run(names[3:], resumed)
     np.testing.assert_array_equal(rest[-1], cut.run(names[-1:], feeds)[0])
+
+
+def test_the_cut_is_written_once_beside_the_graph(model_repository: Path, tmp_path: Path) -> None:
+    source = list_versions(model_repository)[MINILM][-1].path / "model.onnx"
+    (tmp_path / "model.onnx").symlink_to(source)
+    files = write_blocks(tmp_path, "model.onnx")
+    assert files.blocks[0] == files.plain_blocks[0] and files.condition == "model.condition.onnx"
+    assert len(set(files.blocks) | set(files.plain_blocks)) == 2 * len(files.blocks) - 1
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert write_blocks(tmp_path, "model.onnx") == files  # again: nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
 
 
 def test_a_graph_that_takes_images_is_not_cut(model_repository: Path) -> None:

@@ -76,10 +76,13 @@ def test_auto_never_picks_int8_and_picks_what_the_device_computes_natively() -> 
 
 
 BLOCKS = ("model.block0.onnx", "model.block1.onnx", "model.block2.onnx")
+PLAIN = ("model.block0.onnx", "model.block1.plain.onnx", "model.block2.plain.onnx")
 
 
 def bf16_record(*cosines: float, kept: tuple[str, ...] = ()) -> PrecisionGraph:
-    return PrecisionGraph("model.onnx", cosines, "calibration-1", kept, BLOCKS)
+    return PrecisionGraph(
+        "model.onnx", cosines, "calibration-1", kept, BLOCKS, PLAIN, "model.condition.onnx"
+    )
 
 
 @pytest.mark.parametrize("reason", ["", "the OpenVINO plugin offers no device for this CPU"])
@@ -92,7 +95,8 @@ def test_bf16_serves_where_it_passed_its_gate_and_this_machine_computes_it(
         chosen = choose(manifest, asked, "cpu")
         assert chosen.precision is (Precision.FP32 if reason else Precision.BF16)
         # bf16 is the fp32 graph cut into blocks, computed in bf16 by the OpenVINO provider
-        assert chosen.files == (("model.onnx",) if reason else BLOCKS)
+        cut = (*BLOCKS, *PLAIN[1:], "model.condition.onnx")
+        assert chosen.files == (("model.onnx",) if reason else cut)
         assert chosen.openvino == (None if reason else OnOpenVino(Precision.BF16))
     assert choose(manifest, Precision.BF16, "cuda:0").precision is Precision.FP32
     failing = with_precisions(bf16=record("", 1.0, 0.9995, 0.998))
@@ -170,6 +174,17 @@ def test_the_manifest_records_precisions_and_reads_them_back(tmp_path: Path) -> 
                 }
             },
             "precisions.bf16.blocks",
+        ),
+        (
+            {
+                "bf16": {
+                    "graph": "model.onnx",
+                    "min_cosine": [1, 1, 1],
+                    "calibration": "c",
+                    "blocks": ["a.onnx", "b.onnx", "c.onnx"],
+                }
+            },
+            "blocks, plain_blocks and condition come together",
         ),
         ([], "precisions: expected an object"),
     ],

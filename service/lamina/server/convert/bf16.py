@@ -25,6 +25,7 @@ from lamina.server.convert.blockwise import write_blocks
 from lamina.server.domain import Precision
 from lamina.server.repository.manifest import Manifest, PrecisionGraph
 from lamina.server.runtime import openvino
+from lamina.server.runtime.blockwise import CutGraph
 
 # At most this many blocks kept in fp32 (one per round of measuring the whole set); past it,
 # too little of the model would be bf16 to be worth it.
@@ -38,14 +39,22 @@ def measure_bf16(
     version: Path, manifest: Manifest, progress: Callable[[str], None]
 ) -> PrecisionGraph:
     reference = fidelity.Reference.of(version, manifest, "bf16", progress)
-    blocks = write_blocks(version, manifest.graph)
-    pieces = [(version / name).read_bytes() for name in blocks]
+    files = write_blocks(version, manifest.graph)
+    read = {
+        name: (version / name).read_bytes()
+        for name in dict.fromkeys((*files.blocks, *files.plain_blocks, files.condition))
+    }
+    cut = CutGraph(
+        [read[n] for n in files.blocks],
+        [read[n] for n in files.plain_blocks],
+        read[files.condition],
+    )
     kept: set[int] = set()
     first: fidelity.Fidelity | None = None
     last: fidelity.Fidelity | None = None
     while True:
         plan = openvino.OnOpenVino(Precision.BF16, frozenset(kept))
-        measured = reference.measure(openvino.session(pieces, plan, 0, _options))
+        measured = reference.measure(openvino.session(cut, plan, 0, _options))
         progress(
             f"bf16 with {len(kept)} of {manifest.num_layers} blocks in fp32: lowest cosine "
             f"{measured.worst:.4f} (gate {Precision.BF16.gate})"
@@ -57,12 +66,14 @@ def measure_bf16(
                 min_cosine=measured.per_layer,
                 calibration=calibration.CALIBRATION_ID,
                 kept_fp32=openvino.fp32_parts(kept),
-                blocks=blocks,
+                blocks=files.blocks,
+                plain_blocks=files.plain_blocks,
+                condition=files.condition,
             )
         gap = Precision.BF16.gate - (last or measured).worst
         stalled = last is not None and measured.worst - last.worst < LEAST_GAIN * gap
         if stalled or len(kept) >= min(ROUNDS, manifest.num_layers - 1):
-            for name in blocks:  # nothing serves from them
+            for name in read:  # nothing serves from them
                 (version / name).unlink(missing_ok=True)
             return PrecisionGraph("", first.per_layer, calibration.CALIBRATION_ID)
         last = measured

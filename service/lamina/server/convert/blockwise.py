@@ -5,14 +5,18 @@ Piece 0 is the embedding (hidden state 0 from the inputs); piece i is block i, r
 BLOCK_INPUT (the state before it) where the whole graph reads the hidden state before it, and
 the main-graph nodes its attention controls read, back to the inputs. No If is left: where a
 segment resumes, the block reads BLOCK_INPUT either way; the attention's choice between plain
-masking and the AtMan control path becomes both branches and a Where on the condition, which
-computes the control path for every batch: a plain 32 x 128 batch of MiniLM in bf16 takes 13%
-longer than through the If (measured), the price of a result that is right at every length.
+masking and the AtMan control path is made once per batch, outside: each block is written both
+ways (`model.blockI.onnx` with the control path, `model.blockI.plain.onnx` without) with a
+small graph of the condition (`model.condition.onnx`) that picks one, exactly as the If would.
+Computing the control path for every batch instead (both branches and a Where) made a plain
+32 x 128 MiniLM batch in bf16 1.5x slower (measured side by side); the price of the two ways is
+a second compiled copy of each block's weights (both bf16: together what one fp32 copy takes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -22,42 +26,74 @@ from lamina.server.repository import signature
 from lamina.server.runtime.blockwise import BLOCK_INPUT
 
 
-def block_file(index: int) -> str:
-    return f"model.block{index}.onnx"
+@dataclass(frozen=True)
+class Cut:
+    """A graph cut into blocks: each block as it runs for a batch with AtMan controls
+    (`controlled`, the attention's If as its else branch) and for one without (`plain`, its then
+    branch), and `condition`, the If's condition computed from the inputs, which picks one."""
+
+    controlled: list[onnx.ModelProto]
+    plain: list[onnx.ModelProto]
+    condition: onnx.ModelProto
 
 
-def write_blocks(version: Path, graph: str) -> tuple[str, ...]:
-    """The pieces of `graph` as files beside it (written once; the same graph cuts the same
-    way), embedding first."""
-    model = onnx.load(str(version / graph))
-    names = []
-    for index, piece in enumerate(split_blocks(model)):
-        name = block_file(index)
+@dataclass(frozen=True)
+class CutFiles:
+    blocks: tuple[str, ...]
+    plain_blocks: tuple[str, ...]
+    condition: str
+
+
+def write_blocks(version: Path, graph: str) -> CutFiles:
+    """The cut of `graph` as files beside it (written once: the same graph cuts the same way)."""
+    cut = split_blocks(onnx.load(str(version / graph)))
+    pieces = {"model.condition.onnx": cut.condition}
+    blocks, plain = [], []
+    for index, (controlled, plain_piece) in enumerate(zip(cut.controlled, cut.plain, strict=True)):
+        name = f"model.block{index}.onnx"
+        pieces[name] = controlled
+        blocks.append(name)
+        if plain_piece is controlled:  # no If in it (the embedding)
+            plain.append(name)
+        else:
+            pieces[f"model.block{index}.plain.onnx"] = plain_piece
+            plain.append(f"model.block{index}.plain.onnx")
+    for name, piece in pieces.items():
         target = version / name
         if not target.exists():
             partial = target.with_suffix(".partial")
             onnx.save(piece, str(partial))
             partial.replace(target)
-        names.append(name)
-    return tuple(names)
+    return CutFiles(tuple(blocks), tuple(plain), "model.condition.onnx")
 
 
-def split_blocks(model: onnx.ModelProto) -> list[onnx.ModelProto]:
-    """[embedding graph, block 1, ..., block N] of a converted text graph."""
+def split_blocks(model: onnx.ModelProto) -> Cut:
+    """[embedding graph, block 1, ..., block N] of a converted text graph, both ways."""
     graph = model.graph
     if any(i.name == signature.PIXEL_VALUES for i in graph.input):
         raise ValueError("a graph that takes images is not cut into blocks")
     producers = {out: node for node in graph.node for out in node.output}
     num_layers = sum(o.name.startswith("hidden_state_") for o in graph.output) - 1
-    pieces = []
+    controlled, plain = [], []
+    conditions: set[str] = set()
     for layer in range(num_layers + 1):
         name = signature.hidden_state_output(layer)
         gate = producers.get(name)
         if gate is None or gate.op_type != "If":
             raise ValueError(f"{name} is not the output of an If node: not a converted text graph")
         branch = next(a.g for a in gate.attribute if a.name == "then_branch")
-        pieces.append(_standalone(model, branch, name, producers, takes_state=layer > 0))
-    return pieces
+        found: set[str] = set()
+        controlled.append(_standalone(model, branch, name, producers, layer > 0, "else", found))
+        plain.append(
+            _standalone(model, branch, name, producers, layer > 0, "then", found)
+            if found
+            else controlled[-1]
+        )
+        conditions |= found
+    if len(conditions) != 1:
+        raise ValueError(f"the blocks' If nodes turn on {len(conditions)} conditions, not one")
+    (condition,) = conditions
+    return Cut(controlled, plain, _condition_graph(model, condition, producers))
 
 
 def _standalone(
@@ -66,52 +102,76 @@ def _standalone(
     output: str,
     producers: Mapping[str, onnx.NodeProto],
     takes_state: bool,
+    choose: str,
+    conditions: set[str],
 ) -> onnx.ModelProto:
     body = onnx.GraphProto()
     body.CopyFrom(branch)
     if takes_state:  # the state it reads, whichever hidden state the whole graph names
         _rename_inputs(body)
-    nodes = [flat for node in body.node for flat in _flattened(node)]
+    nodes = [flat for node in body.node for flat in _flattened(node, choose, conditions)]
     result = body.output[0].name
     for node in nodes:
         node.output[:] = [output if o == result else o for o in node.output]
+    width = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    state = helper.make_tensor_value_info(
+        BLOCK_INPUT, onnx.TensorProto.FLOAT, ["batch", "sequence", width]
+    )
+    extra = [state] if takes_state else []
+    out = helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [None, None, width])
+    return _graph_of(model, nodes, producers, extra, out)
+
+
+def _condition_graph(
+    model: onnx.ModelProto, condition: str, producers: Mapping[str, onnx.NodeProto]
+) -> onnx.ModelProto:
+    """The If's condition (a bool scalar) from the graph inputs: a few nodes, run per batch."""
+    out = helper.make_tensor_value_info(condition, onnx.TensorProto.BOOL, [])
+    return _graph_of(model, [], producers, [], out)
+
+
+def _graph_of(
+    model: onnx.ModelProto,
+    nodes: list[onnx.NodeProto],
+    producers: Mapping[str, onnx.NodeProto],
+    extra_inputs: list[onnx.ValueInfoProto],
+    output: onnx.ValueInfoProto,
+) -> onnx.ModelProto:
+    """`nodes`, after the main-graph nodes they (or `output`) read, back to the inputs."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     inputs = {i.name: i for i in graph.input}
     outer: list[onnx.NodeProto] = []
-    pending, seen = list(_outer_names(nodes)), set()
-    while pending:  # the main-graph nodes the block reads, back to the inputs
+    pending, seen = [*_outer_names(nodes), output.name], set()
+    made = {o for n in nodes for o in n.output}
+    while pending:
         value = pending.pop()
         if value in seen or value in initializers or value in inputs or value == BLOCK_INPUT:
             continue
         seen.add(value)
+        if value in made:
+            continue
         maker = producers.get(value)
         if maker is None or maker.op_type == "If":
-            raise ValueError(f"{output} reads {value!r}, which no plain node of the graph makes")
+            raise ValueError(f"{output.name} reads {value!r}, which no plain node makes")
         outer.append(maker)
         pending += [i for i in maker.input if i]
     every = [n for n in graph.node if any(n is o for o in outer)] + nodes
     used = _outer_names(every)
-    declared = [inputs[n] for n in inputs if n in used]
-    width = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
-    if takes_state:
-        declared.append(
-            helper.make_tensor_value_info(
-                BLOCK_INPUT, onnx.TensorProto.FLOAT, ["batch", "sequence", width]
-            )
-        )
-    out = helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [None, None, width])
+    declared = [inputs[n] for n in inputs if n in used] + extra_inputs
     piece = helper.make_graph(
-        every, output, declared, [out], [initializers[n] for n in initializers if n in used]
+        every, output.name, declared, [output], [initializers[n] for n in initializers if n in used]
     )
     standalone = helper.make_model(piece, opset_imports=model.opset_import)
     standalone.ir_version = model.ir_version
     return standalone
 
 
-def _flattened(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+def _flattened(node: onnx.NodeProto, choose: str, conditions: set[str]) -> list[onnx.NodeProto]:
     """`node` without If nodes: an If whose branches both pass on the same value (where a
-    segment resumes) as that value; any other as both branches and a Where on its condition."""
+    segment resumes) as that value; any other (the attention's choice between plain masking and
+    the AtMan control path) as its `choose` ("then" or "else") branch, its condition noted in
+    `conditions`."""
     if node.op_type != "If":
         return [node]
     branches = {a.name: a.g for a in node.attribute}
@@ -124,15 +184,11 @@ def _flattened(node: onnx.NodeProto) -> list[onnx.NodeProto]:
         return [helper.make_node("Identity", [passed.pop()], list(node.output), name=node.name)]
     if len(node.output) != 1:
         raise ValueError(f"{node.name}: an If with {len(node.output)} outputs is not flattened")
-    nodes: list[onnx.NodeProto] = []
-    results = []
-    for key in ("then_branch", "else_branch"):
-        branch = branches[key]
-        for inner in branch.node:
-            nodes += _flattened(inner)
-        results.append(branch.output[0].name)
+    conditions.add(node.input[0])
+    branch = branches[f"{choose}_branch"]
+    nodes = [flat for inner in branch.node for flat in _flattened(inner, choose, conditions)]
     nodes.append(
-        helper.make_node("Where", [node.input[0], *results], list(node.output), name=node.name)
+        helper.make_node("Identity", [branch.output[0].name], list(node.output), name=node.name)
     )
     return nodes
 

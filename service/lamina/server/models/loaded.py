@@ -29,6 +29,7 @@ from lamina.server.repository.files import read_file
 from lamina.server.repository.layout import VersionDir
 from lamina.server.repository.manifest import Manifest
 from lamina.server.repository.tokenizer_file import plain_tokenizer
+from lamina.server.runtime.blockwise import CutGraph
 from lamina.server.runtime.device import Providers
 from lamina.server.runtime.session import HiddenStateSession
 
@@ -175,7 +176,15 @@ class LoadedModel:
                 model_bytes=contents.graphs[chosen.graph] if not chosen.blocks else None,
                 external_data=contents.external_data if fp32 and not chosen.blocks else None,
                 openvino=chosen.openvino,
-                blocks=[contents.graphs[f] for f in chosen.blocks],
+                cut=(
+                    CutGraph(
+                        [contents.graphs[f] for f in chosen.blocks],
+                        [contents.graphs[f] for f in chosen.plain_blocks],
+                        contents.graphs[chosen.condition],
+                    )
+                    if chosen.blocks
+                    else None
+                ),
             )
         encoder = encoder if encoder is not None else contents.encoder(entry.name)
         return LoadedModel(

@@ -32,12 +32,17 @@ class ChosenGraph:
     graph: str  # the file in the version folder
     min_cosine: tuple[float, ...]  # per hidden state, as measured; 1.0 throughout for fp32
     kept_fp32: tuple[str, ...] = ()  # as the record says: "block 12", ...
-    blocks: tuple[str, ...] = ()  # the graph cut into blocks, where it runs so
+    # The graph cut into blocks, where it runs so (repository/manifest.py PrecisionGraph).
+    blocks: tuple[str, ...] = ()
+    plain_blocks: tuple[str, ...] = ()
+    condition: str = ""
 
     @property
     def files(self) -> tuple[str, ...]:
         """The graph files a pool serving this reads."""
-        return self.blocks or (self.graph,)
+        if self.blocks:
+            return tuple(dict.fromkeys((*self.blocks, *self.plain_blocks, self.condition)))
+        return (self.graph,)
 
     @property
     def openvino(self) -> OnOpenVino | None:
@@ -59,7 +64,13 @@ def choose(manifest: Manifest, requested: Precision | None, device: str) -> Chos
             and (precision is not Precision.BF16 or record.blocks)  # what OpenVINO runs
         ):
             return ChosenGraph(
-                precision, record.graph, record.min_cosine, record.kept_fp32, record.blocks
+                precision,
+                record.graph,
+                record.min_cosine,
+                record.kept_fp32,
+                record.blocks,
+                record.plain_blocks,
+                record.condition,
             )
     return ChosenGraph(Precision.FP32, manifest.graph, (1.0,) * (manifest.num_layers + 1))
 

@@ -316,8 +316,11 @@ class PrecisionGraph:
     calibration: str  # which calibration set (convert/calibration.py CALIBRATION_ID)
     kept_fp32: tuple[str, ...] = ()  # parts left in fp32 to pass the gate, e.g. "block 6 mlp"
     # The graph cut into one file per block, embedding first, for a provider that runs it so
-    # (bf16 on OpenVINO: runtime/blockwise.py); () where the graph runs whole.
+    # (bf16 on OpenVINO: convert/blockwise.py): each block with the AtMan control path, each
+    # without, and the condition graph that picks one per batch; () and "" where it runs whole.
     blocks: tuple[str, ...] = ()
+    plain_blocks: tuple[str, ...] = ()
+    condition: str = ""
 
     def passes_gate(self, precision: Precision) -> bool:
         return bool(self.graph) and min(self.min_cosine) >= precision.gate
@@ -327,10 +330,19 @@ class PrecisionGraph:
         where = f"manifest precisions.{name}"
         if not isinstance(data, Mapping):
             raise ValueError(f"{where}: expected an object")
-        fields = {"graph", "min_cosine", "calibration", "kept_fp32", "blocks"}
-        if set(data) - fields or not {"graph", "min_cosine", "calibration"} <= set(data):
+        fields = {
+            "graph",
+            "min_cosine",
+            "calibration",
+            "kept_fp32",
+            "blocks",
+            "plain_blocks",
+            "condition",
+        }
+        required = {"graph", "min_cosine", "calibration"}
+        if set(data) - fields or not required <= set(data):
             raise ValueError(
-                f"{where}: expected the fields {sorted(fields)} (kept_fp32 and blocks optional)"
+                f"{where}: expected the fields {sorted(fields)} ({sorted(required)} required)"
             )
         graph, cosines, calibration = data["graph"], data["min_cosine"], data["calibration"]
         if not isinstance(graph, str) or not (graph == "" or _FILE_NAME.fullmatch(graph)):
@@ -351,15 +363,31 @@ class PrecisionGraph:
             isinstance(kept, list) and all(isinstance(k, str) for k in kept)
         ):
             raise ValueError(f"{where}: calibration is a string, kept_fp32 a list of strings")
-        blocks = data.get("blocks", [])
-        if not isinstance(blocks, list) or not all(
-            isinstance(b, str) and _FILE_NAME.fullmatch(b) for b in blocks
+        cut = {key: data.get(key, []) for key in ("blocks", "plain_blocks")}
+        for key, names in cut.items():
+            if not isinstance(names, list) or not all(
+                isinstance(b, str) and _FILE_NAME.fullmatch(b) for b in names
+            ):
+                raise ValueError(f"{where}.{key}: expected names of files in the version folder")
+            if names and len(names) != num_layers + 1:
+                raise ValueError(f"{where}.{key}: expected {num_layers + 1} files, embedding first")
+        condition = data.get("condition", "")
+        if not isinstance(condition, str) or not (
+            condition == "" or _FILE_NAME.fullmatch(condition)
         ):
-            raise ValueError(f"{where}.blocks: expected names of files in the version folder")
-        if blocks and len(blocks) != num_layers + 1:
-            raise ValueError(f"{where}.blocks: expected {num_layers + 1} files, embedding first")
+            raise ValueError(
+                f"{where}.condition: expected the name of a file in the version folder"
+            )
+        if len({bool(cut["blocks"]), bool(cut["plain_blocks"]), bool(condition)}) != 1:
+            raise ValueError(f"{where}: blocks, plain_blocks and condition come together")
         return PrecisionGraph(
-            graph, tuple(float(c) for c in cosines), calibration, tuple(kept), tuple(blocks)
+            graph,
+            tuple(float(c) for c in cosines),
+            calibration,
+            tuple(kept),
+            tuple(cut["blocks"]),
+            tuple(cut["plain_blocks"]),
+            condition,
         )
 
 

@@ -5,9 +5,11 @@ The converter gates every block behind an If (repository/signature.py: DEPTH, ST
 batch pays only for the blocks it reads and can stop between them. For a provider that
 miscomputes those, `lamina prepare` also writes the graph cut into an embedding graph (hidden
 state 0 from the inputs) and one graph per block (its output from BLOCK_INPUT, the state before
-it, and the inputs its attention controls read), with no If left (convert/blockwise.py), and
-`BlockwiseSession` chains them: the blocks from START + 1 to DEPTH, as the If nodes would. Same
-signature, same results as the whole graph, the same depth-proportional cost.
+it, and the inputs its attention controls read), each with and without the AtMan control path,
+with no If left, and the graph of the condition that picks a way (convert/blockwise.py).
+`BlockwiseSession` chains them: the blocks from START + 1 to DEPTH, the way the condition says,
+as the If nodes would. Same signature, the same results as the whole graph up to rounding, the
+same depth-proportional cost.
 """
 
 from __future__ import annotations
@@ -39,13 +41,35 @@ class PieceSession(Protocol):
     def run(self, output_names: Any, input_feed: Mapping[str, np.ndarray]) -> list[Any]: ...
 
 
+@dataclass(frozen=True)
+class CutGraph:
+    """The files of a graph cut into blocks (convert/blockwise.py), read: each block with the
+    AtMan control path and without, and the graph of the condition that picks one per batch."""
+
+    blocks: Sequence[bytes]  # embedding first
+    plain_blocks: Sequence[bytes]
+    condition: bytes
+
+
 class BlockwiseSession:
     """The pieces [embedding, block 1, ..., block N] behind the whole graph's `run(names,
-    feeds)`: hidden states START .. DEPTH, each block fed the state before it."""
+    feeds)`: hidden states START .. DEPTH, each block fed the state before it, every block of a
+    run taken the way `condition` (a session of the cut's condition graph) says: `plain` where it
+    is true, as the whole graph's If nodes would."""
 
-    def __init__(self, pieces: Sequence[PieceSession]):
+    def __init__(
+        self,
+        pieces: Sequence[PieceSession],
+        plain: Sequence[PieceSession] | None = None,
+        condition: PieceSession | None = None,
+    ):
         self._pieces = list(pieces)
+        self._plain = list(plain) if plain is not None else self._pieces
+        if len(self._plain) != len(self._pieces):
+            raise ValueError(f"{len(self._plain)} plain pieces for {len(self._pieces)}")
+        self._condition = condition
         self._feeds = [{i.name for i in piece.get_inputs()} for piece in self._pieces]
+        self._plain_feeds = [{i.name for i in piece.get_inputs()} for piece in self._plain]
         outputs = [piece.get_outputs()[0] for piece in self._pieces]
         expected = [signature.hidden_state_output(i) for i in range(len(self._pieces))]
         if [o.name for o in outputs] != expected:
@@ -69,25 +93,24 @@ class BlockwiseSession:
     def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         start = int(feeds.get(signature.START, np.int64(0)))
         depth = int(feeds[signature.DEPTH])
+        pieces, wanted = self._pieces, self._feeds
+        if self._condition is not None and self._plain is not self._pieces:
+            needs = {i.name for i in self._condition.get_inputs()}
+            (plain,) = self._condition.run(None, {k: v for k, v in feeds.items() if k in needs})
+            if bool(plain):
+                pieces, wanted = self._plain, self._plain_feeds
         states: dict[str, np.ndarray] = {}
-        if start == 0:
-            state = self._run_piece(0, feeds, None)
-            states[signature.hidden_state_output(0)] = state
-        else:
-            state = feeds[signature.RESUME_STATE]
-        for layer in range(start + 1, min(depth, len(self._pieces) - 1) + 1):
-            state = self._run_piece(layer, feeds, state)
+        state = feeds.get(signature.RESUME_STATE)  # read only when resuming (START > 0)
+        first = start + 1 if start > 0 else 0
+        for layer in range(first, min(depth, len(pieces) - 1) + 1):
+            piece_feeds = {k: v for k, v in feeds.items() if k in wanted[layer]}
+            if layer > 0:
+                if state is None:
+                    raise ValueError(f"resuming at block {layer} needs {signature.RESUME_STATE}")
+                piece_feeds[BLOCK_INPUT] = state
+            state = pieces[layer].run(None, piece_feeds)[0]
             states[signature.hidden_state_output(layer)] = state
         missing = [n for n in names if n not in states]
         if missing:
             raise ValueError(f"not computed between START {start} and DEPTH {depth}: {missing}")
         return [states[n] for n in names]
-
-    def _run_piece(
-        self, index: int, feeds: Mapping[str, np.ndarray], state: np.ndarray | None
-    ) -> np.ndarray:
-        piece_feeds = {k: v for k, v in feeds.items() if k in self._feeds[index]}
-        if state is not None:
-            piece_feeds[BLOCK_INPUT] = state
-        result: np.ndarray = self._pieces[index].run(None, piece_feeds)[0]
-        return result

@@ -17,14 +17,14 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
 from lamina.server.domain import Precision
-from lamina.server.runtime.blockwise import BlockwiseSession
+from lamina.server.runtime.blockwise import BlockwiseSession, CutGraph
 from lamina.server.runtime.cpu import CPUINFO, cpu_has_bf16
 
 EP_NAME = "OpenVINOExecutionProvider"
@@ -75,11 +75,12 @@ def add_provider(options: ort.SessionOptions, precision: Precision, threads: int
         raise RuntimeError(reason)
     if precision not in _HINTS:
         raise ValueError(f"the OpenVINO provider computes {', '.join(_HINTS)}, not {precision}")
-    config = {"CPU": {"INFERENCE_PRECISION_HINT": _HINTS[precision]}}
-    provider_options = {"device_type": "CPU", "load_config": json.dumps(config)}
+    # The plugin reads its device from `devices` and everything else from load_config; it
+    # ignores (and warns about) the older device_type and num_of_threads options.
+    config = {"INFERENCE_PRECISION_HINT": _HINTS[precision]}
     if threads > 0:
-        provider_options["num_of_threads"] = str(threads)
-    options.add_provider_for_devices(list(devices), provider_options)
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    options.add_provider_for_devices(list(devices), {"load_config": json.dumps({"CPU": config})})
 
 
 @dataclass(frozen=True)
@@ -104,19 +105,24 @@ def fp32_parts(blocks: Iterable[int]) -> tuple[str, ...]:
 
 
 def session(
-    pieces: Sequence[bytes],
-    plan: OnOpenVino,
-    threads: int,
-    options: Callable[[], ort.SessionOptions],
+    cut: CutGraph, plan: OnOpenVino, threads: int, options: Callable[[], ort.SessionOptions]
 ) -> BlockwiseSession:
-    """The pieces of a graph cut into blocks (embedding first) as `plan` says, one session each
-    (with `options()`), behind the whole graph's signature."""
-    sessions = []
-    for index, piece in enumerate(pieces):
+    """A graph cut into blocks as `plan` says, one session per piece (each with `options()`),
+    behind the whole graph's signature; the condition that picks a way runs on the CPU
+    provider (a few nodes)."""
+
+    def piece(data: bytes, index: int) -> ort.InferenceSession:
         piece_options = options()
         providers = ["CPUExecutionProvider"]
         if index not in plan.fp32_blocks:
             add_provider(piece_options, plan.precision, threads)
             providers = []  # the plugin's devices, then the CPU provider
-        sessions.append(ort.InferenceSession(piece, piece_options, providers=providers))
-    return BlockwiseSession(sessions)
+        return ort.InferenceSession(data, piece_options, providers=providers)
+
+    controlled = [piece(data, index) for index, data in enumerate(cut.blocks)]
+    plain = [
+        controlled[index] if same is data or same == data else piece(data, index)
+        for index, (same, data) in enumerate(zip(cut.blocks, cut.plain_blocks, strict=True))
+    ]
+    condition = ort.InferenceSession(cut.condition, options(), providers=["CPUExecutionProvider"])
+    return BlockwiseSession(controlled, plain, condition)

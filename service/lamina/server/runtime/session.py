@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ import onnxruntime as ort
 
 from lamina.server.repository import signature
 from lamina.server.runtime.batch import Batch
-from lamina.server.runtime.blockwise import BlockwiseSession
+from lamina.server.runtime.blockwise import BlockwiseSession, CutGraph
 from lamina.server.runtime.device import Providers
 from lamina.server.runtime.memory import MIB, BatchMemory
 from lamina.server.runtime.openvino import OnOpenVino
@@ -123,13 +123,12 @@ class HiddenStateSession:
         model_bytes: bytes | None = None,
         external_data: Mapping[str, bytes] | None = None,
         openvino: OnOpenVino | None = None,
-        blocks: Sequence[bytes] = (),
+        cut: CutGraph | None = None,
     ):
         """`model_bytes`: the graph read from `graph` (which then only names it in errors), with
         its external-data files by location; ONNX Runtime copies both, so nothing stays mapped.
-        `openvino`: run `blocks` (the graph cut into blocks, runtime/blockwise.py) on the
-        OpenVINO provider as it says (runtime/openvino.py) rather than the graph on
-        `providers`."""
+        `openvino`: run `cut` (the graph cut into blocks, runtime/blockwise.py) on the OpenVINO
+        provider as it says (runtime/openvino.py) rather than the graph on `providers`."""
         self.num_layers = num_layers
         options = session_options(threads)
         if external_data:
@@ -139,10 +138,10 @@ class HiddenStateSession:
             )
         self._session: ort.InferenceSession | BlockwiseSession
         if openvino is not None:
-            if len(blocks) != num_layers + 1:
-                raise ValueError(f"{graph}: {len(blocks)} block graphs for {num_layers} blocks")
+            if cut is None or len(cut.blocks) != num_layers + 1:
+                raise ValueError(f"{graph}: the OpenVINO provider runs a graph cut into blocks")
             self._session = openvino_session(
-                blocks, openvino, threads, lambda: session_options(threads)
+                cut, openvino, threads, lambda: session_options(threads)
             )
         else:
             self._session = ort.InferenceSession(
@@ -187,7 +186,7 @@ class HiddenStateSession:
         width = self._session.get_outputs()[0].shape[-1]
         self._hidden = width if isinstance(width, int) else None
         hidden = self._hidden or 4096  # a graph of dynamic width: assume a wide one
-        source: bytes | Path = blocks[-1] if blocks else model_bytes or graph
+        source: bytes | Path = cut.blocks[-1] if cut is not None else model_bytes or graph
         heads = attention_heads(source)
         # A graph not from this converter: assume 32-wide heads, more than most models have.
         heads = heads or max(1, hidden // 32)
