@@ -71,11 +71,15 @@ async def test_a_pool_serves_the_precision_it_asks_for_and_says_so(repository: P
     async with serving(repository, pools=(FP32_POOL,)) as (_, stub, _port):
         exact = await stub.Embed(embed("tiny", 12))
     assert fast.model_version == "tiny@1+int8" and exact.model_version == "tiny@1"
+    assert Precision.INT8.gate <= mean_cosine(fast, exact) < 1.0  # close, computed differently
+
+
+def mean_cosine(fast: pb.EmbedResponse, exact: pb.EmbedResponse) -> float:
+    """The cosine of two replies' mean-pooled vectors."""
     a, b = (
         np.asarray(next(iter(r.embeddings.values())).pooling["mean"].values) for r in (fast, exact)
     )
-    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    assert Precision.INT8.gate <= cosine < 1.0  # close, and computed differently
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 # --- bf16: measured where this machine computes it, through the OpenVINO provider -----------
@@ -113,11 +117,7 @@ async def test_an_auto_pool_serves_bf16_where_this_machine_computes_it(
     async with serving(bf16_repository, pools=(FP32_POOL,)) as (_, stub, _port):
         exact = await stub.Embed(embed("tiny", 12))
     assert fast.model_version == "tiny@1+bf16" and exact.model_version == "tiny@1"
-    a, b = (
-        np.asarray(next(iter(r.embeddings.values())).pooling["mean"].values) for r in (fast, exact)
-    )
-    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    assert Precision.BF16.gate <= cosine < 1.0
+    assert Precision.BF16.gate <= mean_cosine(fast, exact) < 1.0
 
 
 def test_bf16_is_not_prepared_where_this_machine_cannot_compute_it(
