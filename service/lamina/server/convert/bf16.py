@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import onnxruntime as ort
-
 from lamina.server.convert import calibration, fidelity
 from lamina.server.convert.blockwise import write_blocks
 from lamina.server.domain import Precision
@@ -54,7 +52,7 @@ def measure_bf16(
     last: fidelity.Fidelity | None = None
     while True:
         plan = openvino.OnOpenVino(Precision.BF16, frozenset(kept))
-        measured = reference.measure(openvino.session(cut, plan, 0, _options))
+        measured = reference.measure(openvino.session(cut, plan, 0, fidelity.session_options))
         progress(
             f"bf16 with {len(kept)} of {manifest.num_layers} blocks in fp32: lowest cosine "
             f"{measured.worst:.4f} (gate {Precision.BF16.gate})"
@@ -78,12 +76,6 @@ def measure_bf16(
             return PrecisionGraph("", first.per_layer, calibration.CALIBRATION_ID)
         last = measured
         kept.add(_costliest(measured.per_layer, kept))
-
-
-def _options() -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return options
 
 
 def _costliest(per_layer: tuple[float, ...], kept: set[int]) -> int:

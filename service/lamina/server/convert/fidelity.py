@@ -54,12 +54,19 @@ def calibration_ids(tokenizer: Tokenizer, context: int) -> list[np.ndarray]:
     return [long[:1], *(p[:context] for p in prompts if p.size), long[:context]]
 
 
-def session(graph: Path | bytes, threads: int = 0) -> ort.InferenceSession:
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """How a graph is run to be measured (0 threads: all cores), on any provider."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    return options
+
+
+def session(graph: Path | bytes, threads: int = 0) -> ort.InferenceSession:
     source = graph if isinstance(graph, bytes) else str(graph)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        source, session_options(threads), providers=["CPUExecutionProvider"]
+    )
 
 
 # What fidelity runs: an ONNX Runtime session, or a graph cut into blocks (runtime/blockwise.py).

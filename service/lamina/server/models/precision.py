@@ -17,13 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lamina.server.domain import Precision
-from lamina.server.repository.manifest import Manifest
+from lamina.server.repository.manifest import Manifest, PrecisionGraph
 from lamina.server.runtime.openvino import OnOpenVino, bf16_unavailable, fp32_blocks
 
 # What a pool asks for: its precision (None: auto) on its device.
 Asked = tuple[Precision | None, str]
-# Faster first, where the device runs them natively.
-AUTO_ORDER = (Precision.FP16, Precision.BF16)
 
 
 @dataclass(frozen=True)
@@ -60,8 +58,7 @@ def choose(manifest: Manifest, requested: Precision | None, device: str) -> Chos
         if (
             record is not None
             and record.passes_gate(precision)
-            and runnable(precision, device)
-            and (precision is not Precision.BF16 or record.blocks)  # what OpenVINO runs
+            and runnable(precision, record, device)
         ):
             return ChosenGraph(
                 precision,
@@ -82,8 +79,9 @@ def native(device: str) -> list[Precision]:
     return [Precision.BF16] if bf16_unavailable() == "" else []
 
 
-def runnable(precision: Precision, device: str) -> bool:
-    """Whether a session of `precision` can run on `device` here."""
+def runnable(precision: Precision, record: PrecisionGraph, device: str) -> bool:
+    """Whether a session of `precision` from `record` can run on `device` here: bf16 needs a
+    CPU that computes it and the graph cut into blocks (what the OpenVINO provider runs)."""
     if precision is Precision.BF16:
-        return device == "cpu" and bf16_unavailable() == ""
+        return bool(record.blocks) and device == "cpu" and bf16_unavailable() == ""
     return True

@@ -68,6 +68,9 @@ class BlockwiseSession:
         if len(self._plain) != len(self._pieces):
             raise ValueError(f"{len(self._plain)} plain pieces for {len(self._pieces)}")
         self._condition = condition
+        self._condition_feeds = (
+            {i.name for i in condition.get_inputs()} if condition is not None else set()
+        )
         self._feeds = [{i.name for i in piece.get_inputs()} for piece in self._pieces]
         self._plain_feeds = [{i.name for i in piece.get_inputs()} for piece in self._plain]
         outputs = [piece.get_outputs()[0] for piece in self._pieces]
@@ -95,8 +98,8 @@ class BlockwiseSession:
         depth = int(feeds[signature.DEPTH])
         pieces, wanted = self._pieces, self._feeds
         if self._condition is not None and self._plain is not self._pieces:
-            needs = {i.name for i in self._condition.get_inputs()}
-            (plain,) = self._condition.run(None, {k: v for k, v in feeds.items() if k in needs})
+            reads = self._condition_feeds
+            (plain,) = self._condition.run(None, {k: v for k, v in feeds.items() if k in reads})
             if bool(plain):
                 pieces, wanted = self._plain, self._plain_feeds
         states: dict[str, np.ndarray] = {}

@@ -59,6 +59,7 @@ def unavailable() -> str:
     return _cpu_devices()[1]
 
 
+@functools.cache  # the CPU and the plugin do not change while the process runs
 def bf16_unavailable(cpuinfo: Path = CPUINFO) -> str:
     """Why this machine computes no bf16 on its CPU; "" when it does (natively, through this
     provider)."""
@@ -121,7 +122,7 @@ def session(
 
     controlled = [piece(data, index) for index, data in enumerate(cut.blocks)]
     plain = [
-        controlled[index] if same is data or same == data else piece(data, index)
+        controlled[index] if same is data else piece(data, index)
         for index, (same, data) in enumerate(zip(cut.blocks, cut.plain_blocks, strict=True))
     ]
     condition = ort.InferenceSession(cut.condition, options(), providers=["CPUExecutionProvider"])

@@ -149,10 +149,6 @@ class HiddenStateSession:
                 sess_options=options,
                 providers=list(providers),
             )
-        # OpenVINO keeps its own buffers, not ONNX Runtime's arena: there is nothing to shrink
-        # before a larger batch (under a MiniLM load of growing batches, 23 of 60 runs were
-        # preceded by a release that only trimmed glibc's heap); idle release still trims it.
-        self._arena = isinstance(self._session, ort.InferenceSession)
         if model_bytes is not None and isinstance(self._session, ort.InferenceSession):
             # onnxruntime's Python class keeps the bytes it was built from for as long as the
             # session lives (to rebuild it on a provider fallback): as much memory again as the
@@ -295,7 +291,12 @@ class HiddenStateSession:
             self._runs += 1
             if needs > RELEASE_ABOVE_BYTES:
                 _release_idle_sessions(besides=self)
-            held = self._held > RELEASE_ABOVE_BYTES and self._arena
+            # OpenVINO keeps its own buffers, not ONNX Runtime's arena: there is nothing to
+            # shrink before a larger batch (under a MiniLM load of growing batches, 23 of 60
+            # runs were preceded by a release that only trimmed glibc's heap); idle release
+            # still trims it.
+            arena = isinstance(self._session, ort.InferenceSession)
+            held = self._held > RELEASE_ABOVE_BYTES and arena
             if held and (needs > self._held or self._grown > self._held):
                 # The arena would grow beside regions this run cannot reuse, or already grew
                 # past what any run since the last release needs: start it afresh.
