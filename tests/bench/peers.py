@@ -43,6 +43,7 @@ CLIENTS = [1, 2, 4, 8, 16, 32, 64, 128]
 CURVE_BATCH = 32  # texts in flight for the length curve
 CURVE_TOKENS = 128  # tokens per text for the concurrency curve
 CURVE_SECONDS = 2.0
+SMOLLM2_CALIBRATION_TOKENS = 2048
 
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -55,10 +56,15 @@ class Skipped(Exception):
     """A peer that cannot run here, for a reason worth printing in the table."""
 
 
+# Every hidden state (embeddings first) of one text, alone, [positions, hidden] each.
+States = Callable[[str], list[Vectors]]
+
+
 @dataclass
 class Peer:
     encode: Callable[[list[str]], Vectors]  # one vector per text, in order, any norm
     count: Callable[[list[str]], int]  # tokens this peer's tokenizer makes of them, specials too
+    states: States | None = None  # where the peer can be held to Lamina's gate (gate_cosine)
 
 
 def native_bf16() -> bool:
@@ -102,6 +108,29 @@ def cosines(vectors: Vectors, reference: Vectors) -> dict[str, float]:
     return {"min_cosine": float(per_text.min()), "mean_cosine": float(per_text.mean())}
 
 
+def calibration_texts() -> list[str]:
+    """Lamina's calibration set (service/lamina/server/convert/calibration.py), the long prompt
+    last: what Lamina's gate measures a reduced precision on."""
+    path = Path(__file__).resolve().parents[2] / "service/lamina/server/convert/calibration.py"
+    namespace: dict[str, Any] = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    return [*namespace["TEXTS"], namespace["long_text"]()]
+
+
+def gate_cosine(candidate: States, reference: States) -> float:
+    """The figure Lamina's gate reads (convert/fidelity.py), for a peer: per hidden state, the
+    lowest cosine to the fp32 reference of any one position and of a text's mean, over the
+    calibration set; the lowest of these over all hidden states."""
+    lowest = 1.0
+    for text in calibration_texts():
+        for got, expected in zip(candidate(text), reference(text), strict=True):
+            a, b = got.astype(np.float64), expected.astype(np.float64)
+            dot = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+            mean = cosines(a.mean(0, keepdims=True), b.mean(0, keepdims=True))["min_cosine"]
+            lowest = min(lowest, float(np.nan_to_num(dot, nan=-1.0).min()), mean)
+    return lowest
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".strip()
@@ -114,14 +143,20 @@ def measure(
     texts: list[str],
     reference: Vectors,
     seconds: float,
+    reference_states: States | None = None,
 ) -> dict[str, object]:
-    """One table row; a peer that fails is recorded as skipped and the run goes on."""
+    """One table row; a peer that fails is recorded as skipped and the run goes on. With
+    `reference_states` (fp32), a reduced-precision peer's row also says what Lamina's gate
+    would measure of it."""
     log(f"{model}: {name}: start")
     try:
         peer = build()
         vectors = peer.encode(texts)
         row: dict[str, object] = {"name": name, **cosines(vectors, reference)}
         row["tokens_per_second"] = throughput(peer, texts, seconds)
+        if peer.states is not None and reference_states is not None:
+            log(f"{model}: {name}: every hidden state of the calibration set, against fp32")
+            row["gate_cosine"] = gate_cosine(peer.states, reference_states)
     except Skipped as skipped:
         log(f"{model}: {name}: skipped: {skipped}")
         return {"name": name, "skipped": str(skipped)}
@@ -150,7 +185,15 @@ def sentence_transformer(folder: Path, **kwargs: Any) -> Peer:
     def count(texts: list[str]) -> int:
         return int(model.preprocess(texts)["attention_mask"].sum())  # as encode() tokenizes
 
-    return Peer(encode, count)
+    def states(text: str) -> list[Vectors]:
+        import torch
+
+        features = model.preprocess([text])  # cut at MINILM_CONTEXT, as Lamina cuts it
+        with torch.inference_mode():
+            out = model[0].auto_model(**features, output_hidden_states=True)
+        return [state[0].float().numpy() for state in out.hidden_states]
+
+    return Peer(encode, count, states)
 
 
 def st_fp32(folder: Path, onnx_dir: Path) -> Peer:
@@ -275,12 +318,19 @@ def minilm(
 ) -> tuple[dict[str, object], str | None]:
     """The MiniLM section and the name of the fastest peer that worked."""
     log(f"{MINILM}: reference (sentence-transformers torch fp32)")
-    reference = normalised(st_fp32(folder, onnx_dir).encode(texts))
+    fp32 = st_fp32(folder, onnx_dir)
+    reference = normalised(fp32.encode(texts))
     rows = []
     fastest: tuple[float, str] | None = None
     for name, build in MINILM_PEERS.items():
         row = measure(
-            MINILM, name, functools.partial(build, folder, onnx_dir), texts, reference, seconds
+            MINILM,
+            name,
+            functools.partial(build, folder, onnx_dir),
+            texts,
+            reference,
+            seconds,
+            fp32.states if "bf16" in name else None,
         )
         rows.append(row)
         speed = row.get("tokens_per_second")
@@ -323,8 +373,16 @@ def transformers_decoder(gguf: Path, dtype_name: str) -> tuple[Peer, Peer]:
         batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
         return int(batch["attention_mask"].sum())
 
+    def every_state(text: str) -> list[Vectors]:
+        # Cut where Lamina's calibration cuts a prompt (its MAX_CALIBRATION_TOKENS).
+        batch = tokenizer([text], return_tensors="pt", add_special_tokens=False)
+        batch = {k: v[:, :SMOLLM2_CALIBRATION_TOKENS] for k, v in batch.items()}
+        with torch.inference_mode():
+            out = model.model(**batch, output_hidden_states=True)
+        return [state[0].float().numpy() for state in out.hidden_states]
+
     return (
-        Peer(lambda texts: states(texts)[0], count),
+        Peer(lambda texts: states(texts)[0], count, every_state),
         Peer(lambda texts: states(texts)[1], count),
     )
 
@@ -423,11 +481,15 @@ def smollm2(args: argparse.Namespace, texts: list[str]) -> dict[str, object]:
 
         return build
 
-    peers: list[tuple[str, Callable[[], Peer], Vectors]] = [
-        ("transformers torch fp32", torch_mean("float32"), reference),
-        ("transformers torch bf16", torch_mean("bfloat16"), reference),
+    fp32_states = transformers_decoder(gguf, "float32")[0].states
+    peers: list[tuple[str, Callable[[], Peer], States | None]] = [
+        ("transformers torch fp32", torch_mean("float32"), None),
+        ("transformers torch bf16", torch_mean("bfloat16"), fp32_states),
     ]
-    rows = [measure(SMOLLM2, name, build, texts, ref, seconds) for name, build, ref in peers]
+    rows = [
+        measure(SMOLLM2, name, build, texts, reference, seconds, states)
+        for name, build, states in peers
+    ]
     rows.append(llama_row("llama-cpp-python mean", "MEAN", args, texts, reference))
     rows.append(llama_row("llama-cpp-python last token", "LAST", args, texts, reference_last))
     return {

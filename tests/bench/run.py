@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -216,17 +217,24 @@ def peer_rows(
                 fidelity_text(vectors, section["reference"]),
             )
         )
-        others = [Precision.INT8] if serving(repo, model, Precision.INT8) else []
+        others: list[tuple[str, tuple[str, ...]]] = []
+        if serving(repo, model, Precision.INT8):
+            others.append(("int8", ("--precision", "int8")))
         if serving(repo, model, Precision.BF16) and not bf16_unavailable():
-            others.append(Precision.FP32)  # auto serves bf16: fp32 beside it
-        for precision in others:
-            step(f"Lamina --precision {precision} on the peers' texts, {model}")
+            others.append(("fp32", ("--precision", "fp32")))  # auto serves bf16: fp32 beside it
+        below = below_gate(repo, model, Precision.BF16)
+        if below is not None and not bf16_unavailable():
+            # An operator who accepts the fidelity bf16 measured (docs/precision.md).
+            flags = ("--precision", "bf16", "--min-cosine", f"{below:.4f}")
+            others.append((f"bf16 (--min-cosine {below:.4f})", flags))
+        for label, flags in others:
+            step(f"Lamina {' '.join(flags)} on the peers' texts, {model}")
             other, other_vectors = lamina_on_texts(
-                repo, scratch, model, seconds, clients[model], "--precision", str(precision)
+                repo, scratch, model, seconds, clients[model], *flags
             )
             rows.append(
                 Row(
-                    f"{model}: Lamina {precision} over gRPC",
+                    f"{model}: Lamina {label} over gRPC",
                     f"{other:,.0f} tokens/s (auto {rate / other:.2f}x of it)",
                     fidelity_text(other_vectors, section["reference"]),
                 )
@@ -239,6 +247,8 @@ def peer_rows(
             measured = (
                 f"cosine to fp32 min {peer['min_cosine']:.5f} / mean {peer['mean_cosine']:.5f}"
             )
+            if "gate_cosine" in peer:  # what Lamina's bf16 gate (0.999) would measure of it
+                measured += f"; on Lamina's gate, lowest {peer['gate_cosine']:.4f}"
             rows.append(
                 Row(
                     f"{model}: {peer['name']}",
@@ -403,6 +413,16 @@ def serving(repo: Path, model: str, precision: Precision) -> PrecisionGraph | No
     manifest = Manifest.read(list_versions(repo)[model][-1].path)
     record = manifest.precisions.get(precision)
     return record if record is not None and record.passes_gate(precision) else None
+
+
+def below_gate(repo: Path, model: str, precision: Precision) -> float | None:
+    """The lowest cosine of a `precision` graph the newest version keeps below its gate (rounded
+    down, as a --min-cosine that accepts it); None where there is none."""
+    manifest = Manifest.read(list_versions(repo)[model][-1].path)
+    record = manifest.precisions.get(precision)
+    if record is None or not record.graph or record.passes_gate(precision):
+        return None
+    return math.floor(min(record.min_cosine) * 1e4) / 1e4
 
 
 def precision_rows(repo: Path, scratch: Path, seconds: float) -> list[Row]:

@@ -148,6 +148,7 @@ def test_the_graph_cut_into_blocks_computes_the_same_and_the_same_model_in_bf16(
         [p.SerializeToString() for p in pieces.controlled],
         [p.SerializeToString() for p in pieces.plain],
         pieces.condition.SerializeToString(),
+        pieces.whole.SerializeToString(),
     )
 
     def cpu(data: bytes) -> ort.InferenceSession:

@@ -41,10 +41,16 @@ def prepared(repository: Path, model: str, precision: Precision) -> PrecisionGra
     return manifest.precisions[precision]
 
 
-def load(repository: Path, model: str, precision: Precision) -> LoadedModel:
+def load(
+    repository: Path, model: str, precision: Precision, min_cosine: float | None = None
+) -> LoadedModel:
     entry = list_versions(repository)[model][-1]
     return LoadedModel.load(
-        entry, threads=2, providers=["CPUExecutionProvider"], precision=precision
+        entry,
+        threads=2,
+        providers=["CPUExecutionProvider"],
+        precision=precision,
+        min_cosine=min_cosine,
     )
 
 
@@ -55,11 +61,17 @@ def test_a_precision_holds_its_gate_on_the_parity_fixtures_in_every_layer(
 ) -> None:
     record = prepared(model_repository, model, precision)
     loaded = load(model_repository, model, precision)
+    gate = precision.gate
     if not record.passes_gate(precision):
         assert loaded.chosen.precision is Precision.FP32  # served in fp32, said so
         assert loaded.model_version.endswith(f"@{loaded.version}")
-        assert min(record.min_cosine) < precision.gate and not record.graph
-        return
+        assert min(record.min_cosine) < gate
+        if not record.graph:  # int8 below its gate keeps no graph
+            return
+        # bf16 keeps its graph below the gate: a pool that accepts what it measured serves it,
+        # held here to that figure, less the margin prompts it was not measured on may need.
+        gate = min(record.min_cosine) - 0.005
+        loaded = load(model_repository, model, precision, min(record.min_cosine))
     assert loaded.chosen.precision is precision
     assert loaded.model_version.endswith(f"+{precision}")
     meta, arrays = FIXTURE[model]
@@ -72,7 +84,7 @@ def test_a_precision_holds_its_gate_on_the_parity_fixtures_in_every_layer(
         for layer in layers:
             ours = states[layer][index, : prompt.length]
             lowest = float(cosines(ours, reference[layer]).min())
-            assert lowest >= precision.gate, f"prompt {index} layer {layer}: {lowest:.4f}"
+            assert lowest >= gate, f"prompt {index} layer {layer}: {lowest:.4f}"
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

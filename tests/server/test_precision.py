@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from lamina.server.config import add_serve_arguments, parse_precision, read_pools_file
+from lamina.server.config import (
+    add_serve_arguments,
+    parse_min_cosine,
+    parse_precision,
+    read_pools_file,
+)
 from lamina.server.domain import Precision
 from lamina.server.models import precision
 from lamina.server.models.precision import choose, native
@@ -79,9 +84,9 @@ BLOCKS = ("model.block0.onnx", "model.block1.onnx", "model.block2.onnx")
 PLAIN = ("model.block0.onnx", "model.block1.plain.onnx", "model.block2.plain.onnx")
 
 
-def bf16_record(*cosines: float, kept: tuple[str, ...] = ()) -> PrecisionGraph:
+def bf16_record(*cosines: float, kept: tuple[str, ...] = (), whole: str = "") -> PrecisionGraph:
     return PrecisionGraph(
-        "model.onnx", cosines, "calibration-1", kept, BLOCKS, PLAIN, "model.condition.onnx"
+        "model.onnx", cosines, "calibration-1", kept, BLOCKS, PLAIN, "model.condition.onnx", whole
     )
 
 
@@ -108,6 +113,26 @@ def test_bf16_serves_where_it_passed_its_gate_and_this_machine_computes_it(
     kept = with_precisions(bf16=bf16_record(1.0, 1.0, 1.0, kept=("block 2",)))
     if not reason:
         assert choose(kept, None, "cpu").openvino == OnOpenVino(Precision.BF16, frozenset({2}))
+
+
+def test_a_pool_with_its_own_gate_serves_what_was_measured_at_or_above_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(precision, "bf16_unavailable", lambda: "")
+    below = with_precisions(bf16=bf16_record(1.0, 0.995, 0.990, whole="model.whole.plain.onnx"))
+    assert choose(below, None, "cpu").precision is Precision.FP32  # the precision's gate: 0.999
+    assert choose(below, Precision.BF16, "cpu").precision is Precision.FP32
+    for asked in (None, Precision.BF16):
+        chosen = choose(below, asked, "cpu", min_cosine=0.99)
+        assert (chosen.precision, chosen.min_cosine) == (Precision.BF16, (1.0, 0.995, 0.990))
+        assert chosen.files[-1] == "model.whole.plain.onnx"  # the chained plain blocks too
+    assert choose(below, None, "cpu", min_cosine=0.991).precision is Precision.FP32
+    # A stricter operator: a graph that passes the precision's gate does not pass theirs.
+    passing = with_precisions(bf16=bf16_record(1.0, 0.9999, 0.9995))
+    assert choose(passing, None, "cpu", min_cosine=0.9999).precision is Precision.FP32
+    # int8 below its gate writes no graph: nothing to accept.
+    nothing = with_precisions(int8=record("", 1.0, 0.5, 0.2))
+    assert choose(nothing, Precision.INT8, "cpu", min_cosine=0.1).precision is Precision.FP32
 
 
 def test_bf16_needs_the_instructions_before_the_provider(tmp_path: Path) -> None:
@@ -186,6 +211,17 @@ def test_the_manifest_records_precisions_and_reads_them_back(tmp_path: Path) -> 
             },
             "blocks, plain_blocks and condition come together",
         ),
+        (
+            {
+                "int8": {
+                    "graph": "model.int8.onnx",
+                    "min_cosine": [1, 1, 1],
+                    "calibration": "c",
+                    "whole": "model.whole.plain.onnx",
+                }
+            },
+            "whole: only with blocks",
+        ),
         ([], "precisions: expected an object"),
     ],
 )
@@ -218,6 +254,24 @@ def test_pools_ask_for_a_precision_by_name(tmp_path: Path) -> None:
     pools.write_text('[[pools]]\nname = "x"\nprecision = "fp8"\n')
     with pytest.raises(ValueError, match=r"pools\[0\]: precision 'fp8'"):
         read_pools_file(pools)
+
+
+def test_pools_may_set_their_own_gate(tmp_path: Path) -> None:
+    assert parse_min_cosine("gate") is None
+    assert parse_min_cosine("0.99") == 0.99
+    for bad in ("0", "1.5", "nan", "-0.2", "high"):
+        with pytest.raises(ValueError, match="neither 'gate' nor a number in"):
+            parse_min_cosine(bad)
+    pools = tmp_path / "pools.toml"
+    pools.write_text('[[pools]]\nname = "fast"\nmin_cosine = 0.99\n[[pools]]\nname = "exact"\n')
+    assert [p.min_cosine for p in read_pools_file(pools)] == [0.99, None]
+    pools.write_text('[[pools]]\nname = "x"\nmin_cosine = 2\n')
+    with pytest.raises(ValueError, match=r"pools\[0\]: min_cosine '2'"):
+        read_pools_file(pools)
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert parser.parse_args([]).min_cosine is None
+    assert parser.parse_args(["--min-cosine", "0.99"]).min_cosine == 0.99
 
 
 def test_the_serve_flag_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,6 +58,7 @@ class Settings:
                     threads=args.threads,
                     hostings=frozenset(h for h in args.hosting.split(",") if h),
                     precision=args.precision,
+                    min_cosine=args.min_cosine,
                 ),
             )
         )
@@ -134,6 +135,27 @@ def parse_precision(text: str, where: str = "") -> Precision | None:
     return Precision(text)
 
 
+def parse_min_cosine(text: str, where: str = "") -> float | None:
+    """'gate' is None (each precision's own gate); otherwise a cosine in (0, 1]."""
+    if text == "gate":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:  # NaN fails too
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}min_cosine {text!r} is neither 'gate' nor a number in (0, 1]")
+    return value
+
+
+def _min_cosine_flag(text: str) -> float | None:
+    try:
+        return parse_min_cosine(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _precision_flag(text: str) -> Precision | None:
     try:
         return parse_precision(text)
@@ -142,13 +164,14 @@ def _precision_flag(text: str) -> Precision | None:
 
 
 def read_pools_file(path: Path) -> tuple[PoolSpec, ...]:
-    """[[pools]] tables with name, device ("cpu" or "cuda:N"), threads, hostings and
-    precision."""
+    """[[pools]] tables with name, device ("cpu" or "cuda:N"), threads, hostings, precision
+    and min_cosine."""
     data = tomllib.loads(path.read_text())
     pools = []
     for index, table in enumerate(data.get("pools", [])):
         where = f"{path}: pools[{index}]"
-        unknown = set(table) - {"name", "device", "threads", "hostings", "precision"}
+        known = {"name", "device", "threads", "hostings", "precision", "min_cosine"}
+        unknown = set(table) - known
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         if "name" not in table:
@@ -159,6 +182,7 @@ def read_pools_file(path: Path) -> tuple[PoolSpec, ...]:
             threads=int(table.get("threads", os.cpu_count() or 1)),
             hostings=frozenset(str(h) for h in table.get("hostings", [])),
             precision=parse_precision(str(table.get("precision", "auto")), where),
+            min_cosine=parse_min_cosine(str(table.get("min_cosine", "gate")), where),
         )
         spec.providers  # noqa: B018 (validates the device now, not at first use)
         pools.append(spec)
@@ -243,7 +267,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             "worker pools",
             "By default one pool, named 'default', on --device with --threads and the --hosting "
             "labels. --pools-file replaces it with the pools a TOML file lists ([[pools]] tables "
-            "with name, device, threads, hostings, precision). A request with hosting "
+            "with name, device, threads, hostings, precision, min_cosine). A request with hosting "
             "'aleph-alpha' runs only on a pool labelled 'aleph-alpha'; with no such pool it fails "
             "at once (FAILED_PRECONDITION).",
         )
@@ -274,6 +298,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "the device computes natively; else fp32), fp32, or bf16 / int8 where `lamina prepare "
         "--precision bf16|int8` measured one that passes its gate (docs/precision.md)",
         _precision_flag,
+    )
+    pools.add(
+        "--min-cosine",
+        "gate",
+        "the default pool's own fidelity gate: the lowest measured cosine to fp32 (every layer, "
+        "every position of the calibration set) at which it serves a reduced precision; gate: "
+        "each precision's own (bf16 0.999, int8 0.99). Lower it to accept a graph measured below "
+        "(ModelsAvailable and model_version say what serves)",
+        _min_cosine_flag,
     )
 
     batching_group = parser.add_argument_group("scheduling and batching")

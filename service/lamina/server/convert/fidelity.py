@@ -8,7 +8,7 @@ pooling returns). A precision passes its gate when the lowest of both, on every 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -42,6 +42,15 @@ class Fidelity:
 
     def passes(self, gate: float) -> bool:
         return self.worst >= gate
+
+
+def lowest(measured: Iterable[Fidelity]) -> Fidelity:
+    """Per hidden state, the lowest of several measurements (of the ways one graph is run)."""
+    figures = list(measured)
+    return Fidelity(
+        tuple(map(min, zip(*(f.per_position for f in figures), strict=True))),
+        tuple(map(min, zip(*(f.pooled for f in figures), strict=True))),
+    )
 
 
 def calibration_ids(tokenizer: Tokenizer, context: int) -> list[np.ndarray]:

@@ -63,7 +63,9 @@ def prepare_precision(
     has one measured on this set already. None where the model takes no such graph."""
     manifest = Manifest.read(version)
     existing = manifest.precisions.get(precision)
-    if existing is not None and existing.calibration == calibration.CALIBRATION_ID:
+    # bf16 records that named no graph below the gate were made before such records kept theirs.
+    outdated = precision is Precision.BF16 and existing is not None and not existing.graph
+    if existing is not None and existing.calibration == calibration.CALIBRATION_ID and not outdated:
         progress(f"{precision}: already prepared (lowest cosine {min(existing.min_cosine):.4f})")
         return existing
     if precision not in (Precision.INT8, Precision.BF16):
@@ -90,9 +92,15 @@ def prepare_precision(
     precisions = manifest.precisions | {precision: record}
     dataclasses.replace(manifest, precisions=precisions).write(version)
     took, lowest = time.monotonic() - started, min(record.min_cosine)
-    if record.graph:
+    if record.passes_gate(precision):
         kept = f", {len(record.kept_fp32)} parts kept in fp32" if record.kept_fp32 else ""
         progress(f"{precision}: prepared in {took:.1f} s, lowest cosine {lowest:.4f}{kept}")
+    elif record.graph:
+        progress(
+            f"{precision}: below its gate {precision.gate} even in part (all {precision}: lowest "
+            f"cosine {lowest:.4f}), measured in {took:.1f} s; pools serve fp32 unless their "
+            f"--min-cosine is {lowest:.4f} or less"
+        )
     else:
         progress(
             f"{precision}: below its gate even in part (all {precision}: lowest cosine "

@@ -48,7 +48,7 @@ class VersionContents:
 
     @staticmethod
     def read(
-        directory: Path, serving: Iterable[Asked] = ((Precision.FP32, "cpu"),)
+        directory: Path, serving: Iterable[Asked] = ((Precision.FP32, "cpu", None),)
     ) -> VersionContents:
         """For pools asking for `serving` (precision, device) pairs. Any problem with the files
         is an exception saying what (OSError, ValueError, ...)."""
@@ -156,6 +156,7 @@ class LoadedModel:
         providers: Providers,
         precision: Precision | None = Precision.FP32,
         device: str = "cpu",
+        min_cosine: float | None = None,
         contents: VersionContents | None = None,
         encoder: PromptEncoder | None = None,
     ) -> LoadedModel:
@@ -163,9 +164,9 @@ class LoadedModel:
         every pool, so all of them serve the same bytes). `precision` None: auto
         (models/precision.py)."""
         if contents is None:
-            contents = VersionContents.read(entry.path, [(precision, device)])
+            contents = VersionContents.read(entry.path, [(precision, device, min_cosine)])
         manifest = contents.manifest
-        chosen = choose(manifest, precision, device)
+        chosen = choose(manifest, precision, device, min_cosine)
         fp32 = chosen.graph == manifest.graph
         with _reading(chosen.graph):
             session = HiddenStateSession(
@@ -181,6 +182,7 @@ class LoadedModel:
                         [contents.graphs[f] for f in chosen.blocks],
                         [contents.graphs[f] for f in chosen.plain_blocks],
                         contents.graphs[chosen.condition],
+                        contents.graphs[chosen.whole] if chosen.whole else None,
                     )
                     if chosen.blocks
                     else None

@@ -5,7 +5,9 @@ measured fidelity passes that precision's gate (repository/manifest.py Precision
 version has none (an image encoder asked for int8, a version prepared without it), fp32, which is
 the reference itself. `auto` picks the fastest precision that passes its gate and that the pool's
 device computes natively: fp16 on CUDA, bf16 on a CPU with bf16 instructions (AVX512_BF16 or
-AMX), else fp32. int8 passes a looser gate (0.99) and is only served when asked for.
+AMX), else fp32. int8 passes a looser gate (0.99) and is only served when asked for. An operator
+may set a pool's own gate (`--min-cosine`, pools.toml `min_cosine`): a bf16 graph measured below
+0.999 (SmolLM2: 0.990 at one position of the calibration set) serves where it accepts that.
 
 bf16 on a CPU runs on the OpenVINO execution provider (runtime/openvino.py; ONNX Runtime's CPU
 provider has no bf16 kernels), over the fp32 graph cut into blocks (the record's `blocks`):
@@ -20,8 +22,9 @@ from lamina.server.domain import Precision
 from lamina.server.repository.manifest import Manifest, PrecisionGraph
 from lamina.server.runtime.openvino import OnOpenVino, bf16_unavailable, fp32_blocks
 
-# What a pool asks for: its precision (None: auto) on its device.
-Asked = tuple[Precision | None, str]
+# What a pool asks for: its precision (None: auto) on its device, and the lowest measured
+# cosine it accepts (None: each precision's own gate).
+Asked = tuple[Precision | None, str, float | None]
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,14 @@ class ChosenGraph:
     blocks: tuple[str, ...] = ()
     plain_blocks: tuple[str, ...] = ()
     condition: str = ""
+    whole: str = ""
 
     @property
     def files(self) -> tuple[str, ...]:
         """The graph files a pool serving this reads."""
         if self.blocks:
-            return tuple(dict.fromkeys((*self.blocks, *self.plain_blocks, self.condition)))
+            cut = (*self.blocks, *self.plain_blocks, self.condition, self.whole)
+            return tuple(name for name in dict.fromkeys(cut) if name)
         return (self.graph,)
 
     @property
@@ -51,13 +56,17 @@ class ChosenGraph:
         return OnOpenVino(self.precision, fp32_blocks(self.kept_fp32))
 
 
-def choose(manifest: Manifest, requested: Precision | None, device: str) -> ChosenGraph:
+def choose(
+    manifest: Manifest, requested: Precision | None, device: str, min_cosine: float | None = None
+) -> ChosenGraph:
+    """The graph a pool serves: `requested` (None: auto) where its record is measured at
+    `min_cosine` or above (None: the precision's gate) and the device runs it; else fp32."""
     wanted = [requested] if requested is not None else native(device)
     for precision in wanted:
         record = manifest.precisions.get(precision)
         if (
             record is not None
-            and record.passes_gate(precision)
+            and record.passes_gate(precision, min_cosine)
             and runnable(precision, record, device)
         ):
             return ChosenGraph(
@@ -68,6 +77,7 @@ def choose(manifest: Manifest, requested: Precision | None, device: str) -> Chos
                 record.blocks,
                 record.plain_blocks,
                 record.condition,
+                record.whole,
             )
     return ChosenGraph(Precision.FP32, manifest.graph, (1.0,) * (manifest.num_layers + 1))
 

@@ -351,7 +351,9 @@ class ModelRegistry:
 
     def _load(self, entry: VersionDir) -> ModelVersion:
         # One read for every pool: all serve the same bytes, whatever happens on disk meanwhile.
-        contents = VersionContents.read(entry.path, [(p.precision, p.device) for p in self.pools])
+        contents = VersionContents.read(
+            entry.path, [(p.precision, p.device, p.min_cosine) for p in self.pools]
+        )
         encoder = contents.encoder(entry.name)
         return ModelVersion(
             {
@@ -361,6 +363,7 @@ class ModelRegistry:
                     providers=pool.providers,
                     precision=pool.precision,
                     device=pool.device,
+                    min_cosine=pool.min_cosine,
                     contents=contents,
                     encoder=encoder,
                 )

@@ -309,8 +309,9 @@ class PrecisionGraph:
     """A reduced-precision graph of the version, beside the fp32 one it was made from, with the
     fidelity measured when it was made (convert/fidelity.py)."""
 
-    # A file in the version folder; "" when no graph of this precision passes its gate (then
-    # min_cosine is what the whole graph in this precision measured, and none was written).
+    # A file in the version folder; "" when no graph of this precision passes its gate and none
+    # was kept (int8; then min_cosine is what the whole graph measured). bf16 keeps its graph
+    # below the gate, for pools whose operator accepts its fidelity (--min-cosine).
     graph: str
     min_cosine: tuple[float, ...]  # per hidden state 0..num_layers, on the calibration set
     calibration: str  # which calibration set (convert/calibration.py CALIBRATION_ID)
@@ -321,9 +322,14 @@ class PrecisionGraph:
     blocks: tuple[str, ...] = ()
     plain_blocks: tuple[str, ...] = ()
     condition: str = ""
+    # The plain blocks chained into one graph, for plain runs of every block; "" where there is
+    # none (blocks kept in fp32, or a cut written before it).
+    whole: str = ""
 
-    def passes_gate(self, precision: Precision) -> bool:
-        return bool(self.graph) and min(self.min_cosine) >= precision.gate
+    def passes_gate(self, precision: Precision, gate: float | None = None) -> bool:
+        """Whether a graph is here and measured at `gate` or above (None: the precision's)."""
+        floor = precision.gate if gate is None else gate
+        return bool(self.graph) and min(self.min_cosine) >= floor
 
     @staticmethod
     def from_json(name: str, data: Any, num_layers: int) -> PrecisionGraph:
@@ -338,6 +344,7 @@ class PrecisionGraph:
             "blocks",
             "plain_blocks",
             "condition",
+            "whole",
         }
         required = {"graph", "min_cosine", "calibration"}
         if set(data) - fields or not required <= set(data):
@@ -380,6 +387,11 @@ class PrecisionGraph:
             )
         if len({bool(cut["blocks"]), bool(cut["plain_blocks"]), bool(condition)}) != 1:
             raise ValueError(f"{where}: blocks, plain_blocks and condition come together")
+        whole = data.get("whole", "")
+        if not isinstance(whole, str) or not (whole == "" or _FILE_NAME.fullmatch(whole)):
+            raise ValueError(f"{where}.whole: expected the name of a file in the version folder")
+        if whole and not condition:
+            raise ValueError(f"{where}.whole: only with blocks, plain_blocks and condition")
         return PrecisionGraph(
             graph,
             tuple(float(c) for c in cosines),
@@ -388,6 +400,7 @@ class PrecisionGraph:
             tuple(cut["blocks"]),
             tuple(cut["plain_blocks"]),
             condition,
+            whole,
         )
 
 

@@ -9,7 +9,9 @@ it, and the inputs its attention controls read), each with and without the AtMan
 with no If left, and the graph of the condition that picks a way (convert/blockwise.py).
 `BlockwiseSession` chains them: the blocks from START + 1 to DEPTH, the way the condition says,
 as the If nodes would. Same signature, the same results as the whole graph up to rounding, the
-same depth-proportional cost.
+same depth-proportional cost. A run of every block from the start without controls (most
+runs of short requests) takes the plain pieces chained into one graph where the cut has it,
+in one call instead of one per block.
 """
 
 from __future__ import annotations
@@ -49,21 +51,26 @@ class CutGraph:
     blocks: Sequence[bytes]  # embedding first
     plain_blocks: Sequence[bytes]
     condition: bytes
+    whole: bytes | None = None  # the plain pieces chained (cuts written before it have none)
 
 
 class BlockwiseSession:
     """The pieces [embedding, block 1, ..., block N] behind the whole graph's `run(names,
     feeds)`: hidden states START .. DEPTH, each block fed the state before it, every block of a
     run taken the way `condition` (a session of the cut's condition graph) says: `plain` where it
-    is true, as the whole graph's If nodes would."""
+    is true, as the whole graph's If nodes would; `whole` (the plain pieces chained) for a
+    plain run of every block from the start."""
 
     def __init__(
         self,
         pieces: Sequence[PieceSession],
         plain: Sequence[PieceSession] | None = None,
         condition: PieceSession | None = None,
+        whole: PieceSession | None = None,
     ):
         self._pieces = list(pieces)
+        self._whole = whole
+        self._whole_feeds = {i.name for i in whole.get_inputs()} if whole is not None else set()
         self._plain = list(plain) if plain is not None else self._pieces
         if len(self._plain) != len(self._pieces):
             raise ValueError(f"{len(self._plain)} plain pieces for {len(self._pieces)}")
@@ -97,11 +104,17 @@ class BlockwiseSession:
         start = int(feeds.get(signature.START, np.int64(0)))
         depth = int(feeds[signature.DEPTH])
         pieces, wanted = self._pieces, self._feeds
+        plain = self._condition is None
         if self._condition is not None and self._plain is not self._pieces:
             reads = self._condition_feeds
-            (plain,) = self._condition.run(None, {k: v for k, v in feeds.items() if k in reads})
-            if bool(plain):
-                pieces, wanted = self._plain, self._plain_feeds
+            (taken,) = self._condition.run(None, {k: v for k, v in feeds.items() if k in reads})
+            if bool(taken):
+                plain, pieces, wanted = True, self._plain, self._plain_feeds
+        if plain and self._whole is not None and start == 0 and depth >= len(pieces) - 1:
+            reads = self._whole_feeds
+            return list(
+                self._whole.run(list(names), {k: v for k, v in feeds.items() if k in reads})
+            )
         states: dict[str, np.ndarray] = {}
         state = feeds.get(signature.RESUME_STATE)  # read only when resuming (START > 0)
         first = start + 1 if start > 0 else 0

@@ -20,6 +20,8 @@ class PoolSpec:
     hostings: frozenset[str]
     # The graphs it serves (models/precision.py); None: auto, the fastest that passes its gate.
     precision: Precision | None = None
+    # The lowest measured cosine to fp32 it serves a reduced precision at; None: each one's gate.
+    min_cosine: float | None = None
 
     @property
     def providers(self) -> Providers:

@@ -110,7 +110,8 @@ def session(
 ) -> BlockwiseSession:
     """A graph cut into blocks as `plan` says, one session per piece (each with `options()`),
     behind the whole graph's signature; the condition that picks a way runs on the CPU
-    provider (a few nodes)."""
+    provider (a few nodes). The chained plain pieces, where the cut has them and every block
+    runs on the provider, take plain runs of every block."""
 
     def piece(data: bytes, index: int) -> ort.InferenceSession:
         piece_options = options()
@@ -126,4 +127,8 @@ def session(
         for index, (same, data) in enumerate(zip(cut.blocks, cut.plain_blocks, strict=True))
     ]
     condition = ort.InferenceSession(cut.condition, options(), providers=["CPUExecutionProvider"])
-    return BlockwiseSession(controlled, plain, condition)
+    # With blocks kept in fp32, each piece runs where the plan says: no whole graph.
+    whole = None
+    if cut.whole is not None and not plan.fp32_blocks:
+        whole = piece(cut.whole, -1)
+    return BlockwiseSession(controlled, plain, condition, whole)
