@@ -225,8 +225,8 @@ def peer_rows(
         below = below_gate(repo, model, Precision.BF16)
         if below is not None and not bf16_unavailable():
             # An operator who accepts the fidelity bf16 measured (docs/precision.md).
-            flags = ("--precision", "bf16", "--min-cosine", f"{below:.4f}")
-            others.append((f"bf16 (--min-cosine {below:.4f})", flags))
+            accepting = ("--precision", "bf16", "--min-cosine", f"{below:.4f}")
+            others.append((f"bf16 (--min-cosine {below:.4f})", accepting))
         for label, flags in others:
             step(f"Lamina {' '.join(flags)} on the peers' texts, {model}")
             other, other_vectors = lamina_on_texts(
