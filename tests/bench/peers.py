@@ -18,6 +18,7 @@ import argparse
 import functools
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -112,8 +113,7 @@ def calibration_texts() -> list[str]:
     """Lamina's calibration set (service/lamina/server/convert/calibration.py), the long prompt
     last: what Lamina's gate measures a reduced precision on."""
     path = Path(__file__).resolve().parents[2] / "service/lamina/server/convert/calibration.py"
-    namespace: dict[str, Any] = {}
-    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    namespace = runpy.run_path(str(path))  # no lamina in this environment: the file alone
     return [*namespace["TEXTS"], namespace["long_text"]()]
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -422,7 +421,7 @@ def below_gate(repo: Path, model: str, precision: Precision) -> float | None:
     record = manifest.precisions.get(precision)
     if record is None or not record.graph or record.passes_gate(precision):
         return None
-    return math.floor(min(record.min_cosine) * 1e4) / 1e4
+    return record.accepting_gate
 
 
 def precision_rows(repo: Path, scratch: Path, seconds: float) -> list[Row]:

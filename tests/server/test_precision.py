@@ -160,6 +160,11 @@ def test_the_manifest_records_precisions_and_reads_them_back(tmp_path: Path) -> 
     assert Manifest.read(tmp_path) == manifest
 
 
+def bf16_section(**fields: object) -> dict[str, object]:
+    """A precisions section of a bf16 record with `fields` besides the required ones."""
+    return {"bf16": {"graph": "model.onnx", "min_cosine": [1, 1, 1], "calibration": "c", **fields}}
+
+
 @pytest.mark.parametrize(
     ("precisions", "problem"),
     [
@@ -179,36 +184,15 @@ def test_the_manifest_records_precisions_and_reads_them_back(tmp_path: Path) -> 
             "expected 3 numbers",
         ),
         (
-            {
-                "bf16": {
-                    "graph": "model.onnx",
-                    "min_cosine": [1, 1, 1],
-                    "calibration": "c",
-                    "blocks": ["a.onnx", "b.onnx"],
-                }
-            },
+            bf16_section(blocks=["a.onnx", "b.onnx"]),
             "expected 3 files, embedding first",
         ),
         (
-            {
-                "bf16": {
-                    "graph": "model.onnx",
-                    "min_cosine": [1, 1, 1],
-                    "calibration": "c",
-                    "blocks": ["a.onnx", "../b.onnx", "c.onnx"],
-                }
-            },
+            bf16_section(blocks=["a.onnx", "../b.onnx", "c.onnx"]),
             "precisions.bf16.blocks",
         ),
         (
-            {
-                "bf16": {
-                    "graph": "model.onnx",
-                    "min_cosine": [1, 1, 1],
-                    "calibration": "c",
-                    "blocks": ["a.onnx", "b.onnx", "c.onnx"],
-                }
-            },
+            bf16_section(blocks=["a.onnx", "b.onnx", "c.onnx"]),
             "blocks, plain_blocks and condition come together",
         ),
         (

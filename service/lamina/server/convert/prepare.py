@@ -4,7 +4,6 @@ the reduced precisions asked for (`--precision int8`, `bf16`), measured once bes
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,7 +99,7 @@ def prepare_precision(
         progress(
             f"{precision}: below its gate {precision.gate} even in part (all {precision}: lowest "
             f"cosine {lowest:.4f}), measured in {took:.1f} s; pools serve fp32 unless their "
-            f"--min-cosine is {math.floor(lowest * 1e4) / 1e4:.4f} or less"
+            f"--min-cosine is {record.accepting_gate:.4f} or less"
         )
     else:
         progress(

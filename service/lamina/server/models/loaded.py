@@ -29,7 +29,6 @@ from lamina.server.repository.files import read_file
 from lamina.server.repository.layout import VersionDir
 from lamina.server.repository.manifest import Manifest
 from lamina.server.repository.tokenizer_file import plain_tokenizer
-from lamina.server.runtime.blockwise import CutGraph
 from lamina.server.runtime.device import Providers
 from lamina.server.runtime.session import HiddenStateSession
 
@@ -167,26 +166,20 @@ class LoadedModel:
             contents = VersionContents.read(entry.path, [(precision, device, min_cosine)])
         manifest = contents.manifest
         chosen = choose(manifest, precision, device, min_cosine)
-        fp32 = chosen.graph == manifest.graph
+        cut = chosen.cut(contents.graphs)
+        # A cut runs from its pieces; only the fp32 graph itself reads external data.
+        graph_bytes = contents.graphs[chosen.graph] if cut is None else None
+        fp32 = chosen.precision is Precision.FP32
         with _reading(chosen.graph):
             session = HiddenStateSession(
                 entry.path / chosen.graph,
                 num_layers=manifest.num_layers,
                 threads=threads,
                 providers=providers,
-                model_bytes=contents.graphs[chosen.graph] if not chosen.blocks else None,
-                external_data=contents.external_data if fp32 and not chosen.blocks else None,
+                model_bytes=graph_bytes,
+                external_data=contents.external_data if fp32 else None,
                 openvino=chosen.openvino,
-                cut=(
-                    CutGraph(
-                        [contents.graphs[f] for f in chosen.blocks],
-                        [contents.graphs[f] for f in chosen.plain_blocks],
-                        contents.graphs[chosen.condition],
-                        contents.graphs[chosen.whole] if chosen.whole else None,
-                    )
-                    if chosen.blocks
-                    else None
-                ),
+                cut=cut,
             )
         encoder = encoder if encoder is not None else contents.encoder(entry.name)
         return LoadedModel(

@@ -16,10 +16,12 @@ where that provider cannot run here, a pool asking for bf16 serves fp32.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lamina.server.domain import Precision
 from lamina.server.repository.manifest import Manifest, PrecisionGraph
+from lamina.server.runtime.blockwise import CutGraph
 from lamina.server.runtime.openvino import OnOpenVino, bf16_unavailable, fp32_blocks
 
 # What a pool asks for: its precision (None: auto) on its device, and the lowest measured
@@ -30,22 +32,40 @@ Asked = tuple[Precision | None, str, float | None]
 @dataclass(frozen=True)
 class ChosenGraph:
     precision: Precision
-    graph: str  # the file in the version folder
-    min_cosine: tuple[float, ...]  # per hidden state, as measured; 1.0 throughout for fp32
-    kept_fp32: tuple[str, ...] = ()  # as the record says: "block 12", ...
-    # The graph cut into blocks, where it runs so (repository/manifest.py PrecisionGraph).
-    blocks: tuple[str, ...] = ()
-    plain_blocks: tuple[str, ...] = ()
-    condition: str = ""
-    whole: str = ""
+    # What the version records of it (repository/manifest.py PrecisionGraph); for fp32 the
+    # converted graph, at 1.0 throughout.
+    record: PrecisionGraph
+
+    @property
+    def graph(self) -> str:
+        """The file in the version folder."""
+        return self.record.graph
+
+    @property
+    def min_cosine(self) -> tuple[float, ...]:
+        """Per hidden state, as measured."""
+        return self.record.min_cosine
 
     @property
     def files(self) -> tuple[str, ...]:
         """The graph files a pool serving this reads."""
-        if self.blocks:
-            cut = (*self.blocks, *self.plain_blocks, self.condition, self.whole)
+        r = self.record
+        if r.blocks:
+            cut = (*r.blocks, *r.plain_blocks, r.condition, r.whole)
             return tuple(name for name in dict.fromkeys(cut) if name)
-        return (self.graph,)
+        return (r.graph,)
+
+    def cut(self, graphs: Mapping[str, bytes]) -> CutGraph | None:
+        """The graph cut into blocks, from its files read (`graphs`), where it runs so."""
+        r = self.record
+        if not r.blocks:
+            return None
+        return CutGraph(
+            [graphs[f] for f in r.blocks],
+            [graphs[f] for f in r.plain_blocks],
+            graphs[r.condition],
+            graphs[r.whole] if r.whole else None,
+        )
 
     @property
     def openvino(self) -> OnOpenVino | None:
@@ -53,7 +73,7 @@ class ChosenGraph:
         it."""
         if self.precision is not Precision.BF16:
             return None
-        return OnOpenVino(self.precision, fp32_blocks(self.kept_fp32))
+        return OnOpenVino(self.precision, fp32_blocks(self.record.kept_fp32))
 
 
 def choose(
@@ -69,17 +89,9 @@ def choose(
             and record.passes_gate(precision, min_cosine)
             and runnable(precision, record, device)
         ):
-            return ChosenGraph(
-                precision,
-                record.graph,
-                record.min_cosine,
-                record.kept_fp32,
-                record.blocks,
-                record.plain_blocks,
-                record.condition,
-                record.whole,
-            )
-    return ChosenGraph(Precision.FP32, manifest.graph, (1.0,) * (manifest.num_layers + 1))
+            return ChosenGraph(precision, record)
+    exact = (1.0,) * (manifest.num_layers + 1)
+    return ChosenGraph(Precision.FP32, PrecisionGraph(manifest.graph, exact, calibration=""))
 
 
 def native(device: str) -> list[Precision]:

@@ -331,6 +331,11 @@ class PrecisionGraph:
         floor = precision.gate if gate is None else gate
         return bool(self.graph) and min(self.min_cosine) >= floor
 
+    @property
+    def accepting_gate(self) -> float:
+        """The --min-cosine, to four decimals, rounded down, at which a pool serves this."""
+        return math.floor(min(self.min_cosine) * 1e4) / 1e4
+
     @staticmethod
     def from_json(name: str, data: Any, num_layers: int) -> PrecisionGraph:
         where = f"manifest precisions.{name}"

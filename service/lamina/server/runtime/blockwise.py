@@ -103,23 +103,17 @@ class BlockwiseSession:
     def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         start = int(feeds.get(signature.START, np.int64(0)))
         depth = int(feeds[signature.DEPTH])
-        pieces, wanted = self._pieces, self._feeds
-        plain = self._condition is None
-        if self._condition is not None and self._plain is not self._pieces:
-            reads = self._condition_feeds
-            (taken,) = self._condition.run(None, {k: v for k, v in feeds.items() if k in reads})
-            if bool(taken):
-                plain, pieces, wanted = True, self._plain, self._plain_feeds
+        plain = self._condition is None or bool(
+            self._condition.run(None, _only(feeds, self._condition_feeds))[0]
+        )
+        pieces, wanted = (self._plain, self._plain_feeds) if plain else (self._pieces, self._feeds)
         if plain and self._whole is not None and start == 0 and depth >= len(pieces) - 1:
-            reads = self._whole_feeds
-            return list(
-                self._whole.run(list(names), {k: v for k, v in feeds.items() if k in reads})
-            )
+            return list(self._whole.run(list(names), _only(feeds, self._whole_feeds)))
         states: dict[str, np.ndarray] = {}
         state = feeds.get(signature.RESUME_STATE)  # read only when resuming (START > 0)
         first = start + 1 if start > 0 else 0
         for layer in range(first, min(depth, len(pieces) - 1) + 1):
-            piece_feeds = {k: v for k, v in feeds.items() if k in wanted[layer]}
+            piece_feeds = _only(feeds, wanted[layer])
             if layer > 0:
                 if state is None:
                     raise ValueError(f"resuming at block {layer} needs {signature.RESUME_STATE}")
@@ -130,3 +124,8 @@ class BlockwiseSession:
         if missing:
             raise ValueError(f"not computed between START {start} and DEPTH {depth}: {missing}")
         return [states[n] for n in names]
+
+
+def _only(feeds: Mapping[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    """The feeds a session reads (ONNX Runtime refuses any other)."""
+    return {k: v for k, v in feeds.items() if k in names}

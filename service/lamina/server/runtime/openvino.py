@@ -113,22 +113,21 @@ def session(
     provider (a few nodes). The chained plain pieces, where the cut has them and every block
     runs on the provider, take plain runs of every block."""
 
-    def piece(data: bytes, index: int) -> ort.InferenceSession:
+    def piece(data: bytes, in_fp32: bool = False) -> ort.InferenceSession:
         piece_options = options()
         providers = ["CPUExecutionProvider"]
-        if index not in plan.fp32_blocks:
+        if not in_fp32:
             add_provider(piece_options, plan.precision, threads)
             providers = []  # the plugin's devices, then the CPU provider
         return ort.InferenceSession(data, piece_options, providers=providers)
 
-    controlled = [piece(data, index) for index, data in enumerate(cut.blocks)]
+    kept = plan.fp32_blocks
+    controlled = [piece(data, index in kept) for index, data in enumerate(cut.blocks)]
     plain = [
-        controlled[index] if same is data else piece(data, index)
+        controlled[index] if same is data else piece(data, index in kept)
         for index, (same, data) in enumerate(zip(cut.blocks, cut.plain_blocks, strict=True))
     ]
-    condition = ort.InferenceSession(cut.condition, options(), providers=["CPUExecutionProvider"])
+    condition = piece(cut.condition, in_fp32=True)  # a few nodes
     # With blocks kept in fp32, each piece runs where the plan says: no whole graph.
-    whole = None
-    if cut.whole is not None and not plan.fp32_blocks:
-        whole = piece(cut.whole, -1)
+    whole = piece(cut.whole) if cut.whole is not None and not kept else None
     return BlockwiseSession(controlled, plain, condition, whole)
