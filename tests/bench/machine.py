@@ -1,7 +1,7 @@
 """What machine a benchmark ran on, as its report states it: the CPU model and the instruction
 sets that decide which precisions and kernels are fast on it (AVX2, AVX-512, its BF16/VNNI/FP16
-extensions, AMX), the core count, ONNX Runtime's version and execution providers, and whether the
-OpenVINO provider (bf16) serves here."""
+extensions, AMX), the core count, ONNX Runtime's version and execution providers, and whether
+OpenVINO (bf16) serves here."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def describe(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> str:
 
         runtime = f"ONNX Runtime {ort.__version__} ({', '.join(ort.get_available_providers())})"
         why_not = openvino.unavailable()
-        runtime += f", OpenVINO provider {'not usable: ' + why_not if why_not else 'on this CPU'}"
+        runtime += f", OpenVINO {'not usable: ' + why_not if why_not else 'on this CPU'}"
         why_not_bf16 = openvino.bf16_unavailable(cpuinfo_path)
         runtime += f", bf16 {'not computed: ' + why_not_bf16 if why_not_bf16 else 'computed'}"
     except ImportError:

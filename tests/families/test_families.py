@@ -4,7 +4,7 @@ implementation's hidden states (fixtures by tests/families/make_fixtures.py).
 Per family: the tokenizer gives transformers' ids on the whole corpus; every layer matches within
 the parity bounds for each prompt alone and inside a right-padded batch; a layer asked for alone
 runs only the blocks up to it and gives the same values; AtMan controls act in the graph and a
-factor of 1 leaves a row bit-identical; the graph cut into blocks (how the OpenVINO provider runs
+factor of 1 leaves a row bit-identical; the graph cut into blocks (how OpenVINO runs
 it) computes the same, and OpenVINO computes it in bf16 as the same model where this machine has
 bf16.
 """

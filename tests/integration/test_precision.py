@@ -82,7 +82,7 @@ def mean_cosine(fast: pb.EmbedResponse, exact: pb.EmbedResponse) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-# --- bf16: measured where this machine computes it, through the OpenVINO provider -----------
+# --- bf16: measured where this machine computes it, through OpenVINO -------------------------
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Each reduced precision a prepared model holds, against `transformers` with its own bound.
 
 `make models` prepares int8 (`lamina prepare --precision int8`) and, where this machine computes
-bf16 (an Intel CPU with AMX or AVX512_BF16, through the OpenVINO provider), bf16. Where one passed
+bf16 (a CPU with AMX or AVX512_BF16, through OpenVINO), bf16. Where one passed
 its gate on the calibration set, it must hold that gate on the parity fixtures too (prompts it
 was not measured on), every layer, and keep what fp32 guarantees besides the numbers: the depth
 gating, both control modes, padded batches and segments that resume bit-identically. Where it did

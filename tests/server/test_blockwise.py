@@ -1,8 +1,8 @@
 """A converted graph cut into one graph per block (convert/blockwise.py, chained by
-runtime/blockwise.py), as the OpenVINO provider runs it, computes what the whole graph computes:
+runtime/blockwise.py), as OpenVINO runs it, computes what the whole graph computes:
 every hidden state, at every depth, resumed from any block, in both control modes, with padding.
 Checked here on ONNX Runtime's CPU provider, so that it holds on every machine;
-tests/parity/test_precisions.py runs the same cut on the OpenVINO provider in bf16 where the
+tests/parity/test_precisions.py runs the same cut on OpenVINO in bf16 where the
 machine has it."""
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def test_bf16_serves_where_it_passed_its_gate_and_this_machine_computes_it(
     for asked in (None, Precision.BF16):  # auto, or asked for by name
         chosen = choose(manifest, asked, "cpu")
         assert chosen.precision is (Precision.FP32 if reason else Precision.BF16)
-        # bf16 is the fp32 graph cut into blocks, computed in bf16 by the OpenVINO provider
+        # bf16 is the fp32 graph cut into blocks, computed in bf16 by OpenVINO
         cut = (*BLOCKS, *PLAIN[1:], "model.condition.onnx")
         assert chosen.files == (("model.onnx",) if reason else cut)
         assert chosen.openvino == (None if reason else OnOpenVino(Precision.BF16))

@@ -1,7 +1,7 @@
-"""bf16: the version's own fp32 graph, computed in bf16 by the OpenVINO execution provider
+"""bf16: the version's own fp32 graph, computed in bf16 by OpenVINO's CPU plugin
 (runtime/openvino.py), measured against fp32 on the calibration set.
 
-The provider runs the graph cut into one graph per block (convert/blockwise.py writes them beside
+OpenVINO runs the graph cut into one graph per block (convert/blockwise.py writes them beside
 the graph: it miscomputes the If nodes of the whole one); OpenVINO converts weights and
 activations to bf16 itself when it compiles each, so the record names the fp32 graph and its
 blocks, with what bf16 measured on this machine. Where some layer falls below the gate, the block

@@ -86,7 +86,7 @@ def prepare_precision(
         try:
             record = measure_bf16(version, manifest, progress)
         except Exception as error:  # onnx, ONNX Runtime and OpenVINO raise their own types
-            progress(f"{precision}: not prepared (the OpenVINO provider failed: {error})")
+            progress(f"{precision}: not prepared (OpenVINO failed: {error})")
             return None
     # The graph it names is in place before the manifest that names it.
     precisions = manifest.precisions | {precision: record}

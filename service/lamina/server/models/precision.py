@@ -9,9 +9,9 @@ AMX), else fp32. int8 passes a looser gate (0.99) and is only served when asked 
 may set a pool's own gate (`--min-cosine`, pools.toml `min_cosine`): a bf16 graph measured below
 0.999 (SmolLM2: 0.990 at one position of the calibration set) serves where it accepts that.
 
-bf16 on a CPU runs on the OpenVINO execution provider (runtime/openvino.py; ONNX Runtime's CPU
-provider has no bf16 kernels), over the fp32 graph cut into blocks (the record's `blocks`):
-where that provider cannot run here, a pool asking for bf16 serves fp32.
+bf16 on a CPU runs on OpenVINO's own runtime (runtime/openvino.py; ONNX Runtime's CPU provider
+has no bf16 kernels), over the fp32 graph cut into blocks (the record's `blocks`): where OpenVINO
+cannot run here, a pool asking for bf16 serves fp32.
 """
 
 from __future__ import annotations
@@ -69,8 +69,7 @@ class ChosenGraph:
 
     @property
     def openvino(self) -> OnOpenVino | None:
-        """How the OpenVINO provider computes this graph; None: the pool's own providers run
-        it."""
+        """How OpenVINO computes this graph; None: the pool's own providers run it."""
         if self.precision is not Precision.BF16:
             return None
         return OnOpenVino(self.precision, fp32_blocks(self.record.kept_fp32))
@@ -103,7 +102,7 @@ def native(device: str) -> list[Precision]:
 
 def runnable(precision: Precision, record: PrecisionGraph, device: str) -> bool:
     """Whether a session of `precision` from `record` can run on `device` here: bf16 needs a
-    CPU that computes it and the graph cut into blocks (what the OpenVINO provider runs)."""
+    CPU that computes it and the graph cut into blocks (what OpenVINO runs)."""
     if precision is Precision.BF16:
         return bool(record.blocks) and device == "cpu" and bf16_unavailable() == ""
     return True

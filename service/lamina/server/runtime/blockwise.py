@@ -1,5 +1,5 @@
 """A converted text graph run as one graph per block, for a provider that cannot run its If
-nodes (the OpenVINO provider: docs/precision.md).
+nodes (OpenVINO's CPU plugin: docs/precision.md).
 
 The converter gates every block behind an If (repository/signature.py: DEPTH, START), so that a
 batch pays only for the blocks it reads and can stop between them. For a provider that

@@ -127,8 +127,8 @@ class HiddenStateSession:
     ):
         """`model_bytes`: the graph read from `graph` (which then only names it in errors), with
         its external-data files by location; ONNX Runtime copies both, so nothing stays mapped.
-        `openvino`: run `cut` (the graph cut into blocks, runtime/blockwise.py) on the OpenVINO
-        provider as it says (runtime/openvino.py) rather than the graph on `providers`."""
+        `openvino`: run `cut` (the graph cut into blocks, runtime/blockwise.py) on OpenVINO as it
+        says (runtime/openvino.py) rather than the graph on `providers`."""
         self.num_layers = num_layers
         options = session_options(threads)
         if external_data:
@@ -139,7 +139,7 @@ class HiddenStateSession:
         self._session: ort.InferenceSession | BlockwiseSession
         if openvino is not None:
             if cut is None or len(cut.blocks) != num_layers + 1:
-                raise ValueError(f"{graph}: the OpenVINO provider runs a graph cut into blocks")
+                raise ValueError(f"{graph}: OpenVINO runs a graph cut into blocks")
             self._session = openvino_session(
                 cut, openvino, threads, lambda: session_options(threads)
             )
