@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from lamina.server.convert.blockwise import split_blocks
+from lamina.server.convert.fidelity import cosines
 from lamina.server.domain import Precision
 from lamina.server.repository import signature
 from lamina.server.repository.layout import list_versions
@@ -66,9 +67,7 @@ def test_a_piece_computes_what_the_cpu_provider_does_and_its_results_stay_its_ca
     np.testing.assert_array_equal(first, kept)
     assert second.shape == (3, 17, 384)
     expected = reference.run(None, feeds(2, 9, 0))[0]
-    cosine = (first * expected).sum(-1) / np.linalg.norm(first, axis=-1)
-    cosine /= np.linalg.norm(expected, axis=-1)
-    assert cosine.min() > Precision.BF16.gate
+    assert cosines(first, expected).min() > Precision.BF16.gate
     # A block reads the state before it, by name, as BlockwiseSession feeds it.
     after = openvino.OpenVinoPiece(block, Precision.BF16, 1)
     mask = {signature.ATTENTION_MASK: np.ones((2, 9), np.int64), BLOCK_INPUT: first}
