@@ -19,7 +19,7 @@ from tests.integration.support import Samples
 Row = tuple[str, str, str]
 NORMAL_RATE = 4.0  # normal requests per second, measured while the flood runs
 NO_YIELDING = ("--segment-ms", "0")
-ROUNDS = 2
+ROUNDS = 3
 
 
 def isolation_rows(
@@ -51,6 +51,10 @@ def isolation_rows(
     # The flood alone, no normal requests: what the extra session calls of segments cost,
     # apart from what serving normal requests at once costs it.
     alone: dict[str, list[float]] = {}
+    # The first two seconds of normal requests after the flood had the pool to itself: its nice
+    # batches were full-size then (--nice-contended-seconds), so a normal request may wait for
+    # one block of one. Measured apart from the steady state above.
+    settling = Outcome()
     for _ in range(ROUNDS):
         for label, flags in (("yielding", ()), ("without yielding", NO_YIELDING)):
             with lamina_server(repository, *flags) as server:
@@ -62,8 +66,8 @@ def isolation_rows(
                 alone[label] = [*alone.get(label, []), rate]
                 step(f"priority isolation, {model}: the same under a nice flood, {label}")
                 before = asyncio.run(scrape(server.metrics_port))
-                flood, under, took = asyncio.run(
-                    alongside(server.target, nice, normal, nice_clients, seconds)
+                flood, first, under, took = asyncio.run(
+                    alongside(server.target, nice, normal, nice_clients, seconds, settle=2.0)
                 )
                 after = asyncio.run(scrape(server.metrics_port))
             segment = histogram_quantile(
@@ -72,6 +76,8 @@ def isolation_rows(
             pooled, rates, longest = floods.get(label, (Outcome(), [], 0.0))
             pooled.latencies += under.latencies
             floods[label] = (pooled, [*rates, flood.tokens / took], max(longest, segment))
+            if label == "yielding":
+                settling.latencies += first.latencies
     idle_p99 = idle.percentile(99)
     rows: list[Row] = [
         (
@@ -92,6 +98,15 @@ def isolation_rows(
                 f"p99 <= {ms(2 * idle_p99)} ms (2x idle)" if yielding else "",
             )
         )
+    rows.append(
+        (
+            f"{model}: normal latency in the first two seconds after the flood had the pool to "
+            "itself, yielding (its nice batches full-size until then)",
+            f"p50 {ms(settling.percentile(50))} / max {ms(max(settling.latencies, default=0))} ms"
+            f" ({len(settling.latencies)} requests)",
+            "",
+        )
+    )
     with_, without = (statistics.median(floods[k][1]) for k in ("yielding", "without yielding"))
     rows.append(
         (
@@ -127,7 +142,9 @@ def starvation_rows(
     with lamina_server(repository, "--nice-max-wait-seconds", str(bound)) as server:
         step(f"starvation, {model}: nice requests at 2/s under a normal flood, bound {bound} s")
         before = asyncio.run(scrape(server.metrics_port))
-        flood, starved, _ = asyncio.run(alongside(server.target, normal, nice, 32, seconds, rate=2))
+        flood, _, starved, _ = asyncio.run(
+            alongside(server.target, normal, nice, 32, seconds, rate=2)
+        )
         after = asyncio.run(scrape(server.metrics_port))
     segment = histogram_quantile(
         before, after, "lamina_segment_duration_seconds", 0.99, pool="default", model=model
@@ -151,16 +168,19 @@ async def alongside(
     clients: int,
     seconds: float,
     rate: float = NORMAL_RATE,
-) -> tuple[Outcome, Outcome, float]:
+    settle: float = 0.0,
+) -> tuple[Outcome, Outcome, Outcome, float]:
     """`clients` closed-loop clients of `flood` saturate the server while `measured` arrives at
-    `rate`; the flood's outcome, the measured one's, and how long the flood ran."""
+    `rate`, for `settle` seconds and then `seconds` more; the flood's outcome, the measured
+    ones' of both spans, and how long the flood ran."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    flooding = asyncio.ensure_future(closed_loop(target, flood, clients, seconds + 1))
+    flooding = asyncio.ensure_future(closed_loop(target, flood, clients, settle + seconds + 1))
     await asyncio.sleep(0.5)
+    settling = await open_loop(target, measured, rate, settle)
     result = await open_loop(target, measured, rate, seconds)
     flooded = await flooding
-    return flooded, result, loop.time() - started
+    return flooded, settling, result, loop.time() - started
 
 
 def histogram_quantile(

@@ -41,6 +41,7 @@ class Segments:
 
     def advance(self, seconds: float | None) -> bool:
         h = self.harness
+        h.asked.append(seconds)
         steps = self.count - self.done if seconds is None else 1
         for _ in range(steps):
             h.clock.now += SEGMENT
@@ -91,6 +92,7 @@ class Harness:
         self.labels: dict[int, str] = {}
         self.hooks: dict[int, Callable[[], None]] = {}
         self.segments = 0
+        self.asked: list[float | None] = []  # the segment length each advance was given
         self.seen = Seen()
         self.runners = [
             PoolRunner(
@@ -293,6 +295,64 @@ async def test_a_batch_is_no_larger_than_one_block_runs_in_a_segment() -> None:
         q.admit(make_job(loop, length=100, model=new, at=1.0))
     batch = q.next_batch(ANYWHERE, 2.0, "p")
     assert isinstance(batch, list) and len(batch) == 6
+
+
+async def test_a_nice_batch_keeps_to_short_segments_while_normal_requests_arrive() -> None:
+    h = Harness(
+        SchedulingPolicy(
+            max_wait_seconds=0,
+            max_batch_rows=1,
+            segment_seconds=0.025,
+            nice_segment_seconds=0.005,
+            nice_contended_seconds=1.0,
+            long_batch_seconds=100.0,
+        )
+    )
+    h.submit("A", 4, nice=True)
+    h.after(1, lambda: h.submit("B", 1))
+    await h.drain()
+    assert h.order() == ["A1", "B1", "A2", "A3", "A4"]
+    assert h.asked[0] == 0.025  # alone: the pool's segment
+    assert h.asked[2:] == [0.005] * 3  # after a normal arrival: the nice segment
+
+
+async def test_nice_batches_are_small_only_while_normal_requests_arrive_for_their_pool() -> None:
+    loop = asyncio.get_running_loop()
+    timed = NamedModel("timed", block_seconds_per_position=1e-4)  # a row of 100: 10 ms a block
+    policy = SchedulingPolicy(
+        max_wait_seconds=0,
+        segment_seconds=0.025,
+        nice_segment_seconds=0.010,
+        nice_contended_seconds=2.0,
+    )
+
+    def nice_batch(
+        normal_at: float | None, now: float, pool: frozenset[str], *, pin: str | None = None
+    ) -> int:
+        q = RequestQueue(policy)
+        if normal_at is not None:
+            q.admit(make_job(loop, length=100, model=timed, at=normal_at, hosting=pin))
+            if pin is None or pin in pool:
+                first = q.next_batch(pool, now, "p")
+                assert isinstance(first, list) and not first[0].nice  # the normal one goes first
+        for _ in range(6):
+            q.admit(make_job(loop, length=100, model=timed, at=now - 0.1, nice=True))
+        batch = q.next_batch(pool, now, "p")
+        assert isinstance(batch, list) and all(job.nice for job in batch)
+        return len(batch)
+
+    assert nice_batch(None, 10.0, ANYWHERE) == 6  # alone: only the other budgets
+    assert nice_batch(9.0, 10.0, ANYWHERE) == 1  # a normal request 1 s ago: 10 ms blocks
+    assert nice_batch(7.5, 10.0, ANYWHERE) == 6  # 2.5 s ago: alone again
+    # A normal request pinned to our hosting contends only for the pools that carry it.
+    assert nice_batch(9.0, 10.0, OURS, pin="aleph-alpha") == 1
+    assert nice_batch(9.0, 10.0, ANYWHERE, pin="aleph-alpha") == 6
+    # Normal batches keep to one block per segment, contended or not.
+    q = RequestQueue(policy)
+    for _ in range(6):
+        q.admit(make_job(loop, length=100, model=timed, at=1.0))
+    batch = q.next_batch(ANYWHERE, 2.0, "p")
+    assert isinstance(batch, list) and len(batch) == 2
 
 
 async def test_parked_memory_counts_against_the_batch_budget() -> None:

@@ -79,6 +79,8 @@ class Settings:
                 length_grouping=not args.no_length_grouping,
                 max_padding_ratio=args.max_padding_ratio,
                 segment_seconds=args.segment_ms / 1000,
+                nice_segment_seconds=args.nice_segment_ms / 1000,
+                nice_contended_seconds=args.nice_contended_seconds,
                 max_parked_batches=args.max_parked_batches,
                 long_batch_seconds=args.long_batch_seconds,
             ),
@@ -353,6 +355,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "yielding: a batch runs in segments of about this long (whole blocks), and between them "
         "its pool runs more urgent work first; a batch is no larger than one block of it runs "
         "in this time (0: batches run whole and yield to nothing)",
+        float,
+    )
+    batching.add(
+        "--nice-segment-ms",
+        "10",
+        "yielding: while normal requests arrived within --nice-contended-seconds, a nice "
+        "batch runs in segments this short and is no larger than one block of it runs in this "
+        "time: about how long a normal request waits for a pool busy with nice work",
+        float,
+    )
+    batching.add(
+        "--nice-contended-seconds",
+        "2",
+        "yielding: with no normal request for a pool in this long, its nice batches grow to the "
+        "other budgets (as without yielding); the first normal request after such a spell waits "
+        "for one block of such a batch",
         float,
     )
     batching.add(

@@ -28,6 +28,14 @@ class SchedulingPolicy:
     # it runs in this time (as measured; the most urgent request always runs). 0: every batch
     # runs whole, as large as the other budgets allow.
     segment_seconds: float = 0.025
+    # A nice batch yields to normal arrivals, which come at any time: while normal requests
+    # arrived on its pool within `nice_contended_seconds`, it is no larger than one block of it
+    # runs in `nice_segment_seconds`, so a normal request waits about that long for the pool.
+    # With no normal request in that window, nice work has the pool to itself and batches as
+    # large as the other budgets allow (still parked at block boundaries): the cost of small
+    # batches is paid only while someone is waiting behind them.
+    nice_segment_seconds: float = 0.010
+    nice_contended_seconds: float = 2.0
     max_parked_batches: int = 2  # per pool; with as many parked, the running batch runs on
     # A batch that has run this long yields to queued work of its own tier too, one segment at
     # a time, so a very long batch cannot hold a pool while short requests queue behind it.

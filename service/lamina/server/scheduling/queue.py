@@ -15,8 +15,11 @@ memory.
 
 With yielding on (`segment_seconds`), a batch is no larger than one block of its model runs in
 that time on the pool (as the pool measured it), so the pool reaches a segment boundary, where
-more urgent work goes first, at least that often (pool.py). Memory that parked batches hold on
-the pool counts against the batch budget.
+more urgent work goes first, at least that often (pool.py). A nice batch is held to the shorter
+`nice_segment_seconds` while normal requests have arrived for the pool within
+`nice_contended_seconds`, and to no block length when none have: alone, nice work batches as it
+would without yielding. Memory that parked batches hold on the pool counts against the batch
+budget.
 
 A partial batch waits for company (at most `max_wait_seconds`) only while more requests are being
 prepared (`preparing`, counted by the engine between arrival and admission): with none on the way,
@@ -65,6 +68,8 @@ class RequestQueue:
         self._jobs: list[Job] = []  # in arrival order; bounded by admission
         self._tokens = 0
         self.preparing = 0  # requests arrived and not yet admitted (tokenizing, decoding)
+        # hosting (None: any) -> when the latest normal request for it arrived
+        self._normal_arrived: dict[str | None, float] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -91,6 +96,8 @@ class RequestQueue:
             raise AdmissionRefused(len(self._jobs), self._tokens, p)
         self._jobs.append(job)
         self._tokens += job.tokens
+        if not job.nice:
+            self._normal_arrived[job.hosting] = job.enqueued_at
 
     def remove_gone(self, now: float) -> list[Job]:
         """Drop abandoned jobs and return those whose deadline has passed (also dropped)."""
@@ -133,7 +140,9 @@ class RequestQueue:
         head = min(eligible, key=lambda j: self.urgency(j, now))
         tier = self.tier(head, now)
         company = [j for j in eligible if j.model is head.model and self.tier(j, now) == tier]
-        batch = self._fill(head, company, pool, reserved_bytes)
+        batch = self._fill(
+            head, company, pool, self._block_cap(tier, hostings, now), reserved_bytes
+        )
         p = self.policy
         filling = len(batch) < p.max_batch_rows and len(batch) == len(company)
         ready_at = head.enqueued_at + p.max_wait_seconds
@@ -158,7 +167,34 @@ class RequestQueue:
     def _may_run(job: Job, hostings: frozenset[str]) -> bool:
         return job.hosting is None or job.hosting in hostings
 
-    def _fill(self, head: Job, company: Iterable[Job], pool: str, reserved_bytes: int) -> list[Job]:
+    def _block_cap(self, tier: int, hostings: frozenset[str], now: float) -> float | None:
+        """The longest one block of the batch may run, as measured; None: no such limit."""
+        p = self.policy
+        if p.segment_seconds <= 0:
+            return None
+        if tier == URGENT:
+            return p.segment_seconds
+        if self.contended(hostings, now):
+            return min(p.segment_seconds, p.nice_segment_seconds)
+        return None
+
+    def contended(self, hostings: frozenset[str], now: float) -> bool:
+        """Whether a normal request a pool with these labels may run arrived within
+        `nice_contended_seconds`: its nice work then keeps to short segments."""
+        return any(
+            now - at <= self.policy.nice_contended_seconds
+            for hosting, at in self._normal_arrived.items()
+            if hosting is None or hosting in hostings
+        )
+
+    def _fill(
+        self,
+        head: Job,
+        company: Iterable[Job],
+        pool: str,
+        block_cap: float | None,
+        reserved_bytes: int,
+    ) -> list[Job]:
         p = self.policy
         memory_budget = p.max_batch_memory_bytes - reserved_bytes
         others = [j for j in company if j is not head]  # already in arrival order
@@ -181,9 +217,9 @@ class RequestQueue:
             needs = head.memory.batch_bytes(len(batch) + 1, widest, len(returned), seen)
             if needs > memory_budget:
                 continue  # as for tokens: a shorter one may still fit
-            if p.segment_seconds > 0:
+            if block_cap is not None:
                 block = head.model.block_seconds(pool, padded)
-                if block is not None and block > p.segment_seconds:
+                if block is not None and block > block_cap:
                     continue
             batch.append(job)
             longest, real, outputs, images = widest, real + job.tokens, returned, seen
