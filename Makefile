@@ -17,7 +17,7 @@ IMAGE_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 MODELS ?= none
 CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 
-.PHONY: serve test install models protos lint fixtures family-fixtures bench clean help image deploy-check mutate fuzz
+.PHONY: serve test install models protos lint fixtures family-fixtures bench clean help image deploy-check mutate fuzz dashboard
 
 help:
 	@echo "make serve    create .venv, install, prepare the default models, serve gRPC on :$(PORT), HTTP on :$(HTTP_PORT)"
@@ -26,6 +26,7 @@ help:
 	@echo "make protos   regenerate the Python stubs from protos/"
 	@echo "make lint     ruff + mypy"
 	@echo "make bench    throughput, depth cost, priority, starvation, padding -> docs/bench.md"
+	@echo "make dashboard draw deploy/grafana/lamina.json's panels from a real run -> docs/dashboard.png"
 	@echo "make fixtures regenerate the transformers parity fixtures (in $(REFERENCE), with torch)"
 	@echo "make family-fixtures regenerate the tiny checkpoints of every family [FAMILIES=names]"
 	@echo "make image    build $(IMAGE):$(IMAGE_VERSION)-cpu and -gpu (MODELS=baked puts the models inside)"
@@ -131,6 +132,15 @@ $(REFERENCE)/bin/python:
 		matplotlib==3.11.2
 	$(REFERENCE)/bin/pip install --progress-bar off llama-cpp-python==0.3.36 \
 		|| echo "llama-cpp-python did not build; the bench marks that peer skipped" >&2
+
+# The Grafana dashboard's panels drawn from a real Prometheus scrape of a real run
+# (docs/observability.md); Prometheus from the distribution's package when it is missing.
+dashboard: models $(REFERENCE)/bin/python
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; } \
+		|| { echo "make dashboard needs the prometheus binary (e.g. apt-get install prometheus)" >&2; exit 1; }
+	$(BIN)/python -m tests.bench.dashboard --model-repository "$(LAMINA_MODEL_REPOSITORY)" \
+		--reference-python $(REFERENCE)/bin/python --output docs/dashboard.png
 
 fixtures: models $(REFERENCE)/bin/python
 	PYTHONPATH=service:client:. $(REFERENCE)/bin/python -m tests.parity.make_fixtures

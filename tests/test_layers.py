@@ -36,6 +36,7 @@ LAYERS = [
     "scheduling",
     "models",
     "metrics",
+    "observability",
     "embeddings",
     "engine",
     "calls",

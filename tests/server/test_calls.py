@@ -10,10 +10,11 @@ from typing import Any, cast
 import pytest
 
 from lamina.server.calls import CallRecord, Calls, ServingState
-from lamina.server.domain import EmbedRequest, Pooling, TextItem
+from lamina.server.domain import EmbedRequest, EmbedResult, Pooling, TextItem, Timing
 from lamina.server.engine import Engine
 from lamina.server.errors import ErrorCode, LaminaError, QueueFull, Unavailable
 from lamina.server.metrics import Metrics
+from lamina.server.observability.requests import Incoming
 
 SERVED = "served-model"
 
@@ -22,7 +23,7 @@ class FakeEngine:
     """Serves one model name; `embed` answers what it is told to, or raises it."""
 
     def __init__(self) -> None:
-        self.answer: object = "embedded"
+        self.answer: object = EMBEDDED
         self.seen: list[tuple[EmbedRequest, float | None]] = []
 
     def __contains__(self, name: str) -> bool:
@@ -49,10 +50,11 @@ def counted(calls: Calls, method: str, model: str, outcome: str) -> float:
 
 
 REQUEST = EmbedRequest(SERVED, (TextItem("hi"),), (0,), (Pooling.MEAN,))
+EMBEDDED = EmbedResult(SERVED, {}, None, 1, Timing(0.0, 0.0, 0.0))
 
 
 async def run(calls: Calls, record: CallRecord) -> object:
-    with calls.answering(record):
+    with calls.answering(record, Incoming("grpc", "a-request-id")):
         assert calls.state.in_flight == 1
         return await calls.embed(REQUEST, 2.5)
 
@@ -62,7 +64,7 @@ async def test_a_call_reaches_the_engine_and_is_counted_ok() -> None:
     calls = calls_of(engine)
     record = CallRecord("Embed")
     record.set_labels(SERVED)
-    assert await run(calls, record) == "embedded"
+    assert await run(calls, record) is EMBEDDED
     assert engine.seen == [(REQUEST, 2.5)]
     assert counted(calls, "Embed", SERVED, "OK") == 1
     assert calls.state.in_flight == 0

@@ -305,6 +305,7 @@ async def test_a_nice_batch_keeps_to_short_segments_while_normal_requests_arrive
             segment_seconds=0.025,
             nice_segment_seconds=0.005,
             nice_contended_seconds=1.0,
+            nice_alone_segment_seconds=0.2,
             long_batch_seconds=100.0,
         )
     )
@@ -312,7 +313,7 @@ async def test_a_nice_batch_keeps_to_short_segments_while_normal_requests_arrive
     h.after(1, lambda: h.submit("B", 1))
     await h.drain()
     assert h.order() == ["A1", "B1", "A2", "A3", "A4"]
-    assert h.asked[0] == 0.025  # alone: the pool's segment
+    assert h.asked[0] == 0.2  # alone: long segments
     assert h.asked[2:] == [0.005] * 3  # after a normal arrival: the nice segment
 
 

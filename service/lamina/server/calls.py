@@ -3,7 +3,8 @@ gateway): each edge converts its wire format once, on either side of these.
 
 `answering` is the one gate every call passes: it counts the call in flight and in the metrics,
 refuses it while the server is not serving, and turns an unexpected failure into an internal
-LaminaError whose details go to the log only.
+LaminaError whose details go to the log only. It also opens the call's request scope (its id,
+its span, its access log line: observability/).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from lamina.server.domain import (
 from lamina.server.engine import Engine
 from lamina.server.errors import ErrorCode, LaminaError, Unavailable
 from lamina.server.metrics import Metrics
+from lamina.server.observability import logs, tracing
+from lamina.server.observability.requests import (
+    Incoming,
+    RequestScope,
+    current,
+    note_timing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,51 +92,82 @@ class Calls:
         self.metrics = metrics
 
     @contextlib.contextmanager
-    def answering(self, record: CallRecord) -> Iterator[None]:
+    def answering(self, record: CallRecord, incoming: Incoming) -> Iterator[RequestScope]:
         started = time.monotonic()
         outcome = "OK"
-        self.state.in_flight += 1
-        try:
-            self.state.check()
-            yield
-        except LaminaError as error:
-            outcome = STATUS_NAMES[error.code]
-            raise
-        except asyncio.CancelledError:
-            outcome = "CANCELLED"  # the caller went away: nothing to answer or log
-            raise
-        except Exception as error:
-            log.exception("%s failed", record.method)
-            outcome = "INTERNAL"
-            raise LaminaError(
-                f"{record.method}: internal error; the server logged the details"
-            ) from error
-        finally:
-            self.state.in_flight -= 1
-            # Label only served model names: arbitrary client strings would explode the series.
-            known = record.model if record.model in self.engine else ""
-            elapsed = time.monotonic() - started
-            self.metrics.observe_rpc(
-                record.method, known, outcome, elapsed, record.nice, record.hosting
-            )
+        scope = RequestScope(incoming.request_id, incoming.edge, record.method)
+        span_name = incoming.span_name or record.method
+        with tracing.request_span(span_name, incoming.headers, incoming.attributes) as span:
+            scope.trace_id = tracing.trace_id(span)
+            token = current.set(scope)
+            self.state.in_flight += 1
+            try:
+                self.state.check()
+                yield scope
+            except LaminaError as error:
+                outcome = STATUS_NAMES[error.code]
+                raise
+            except asyncio.CancelledError:
+                outcome = "CANCELLED"  # the caller went away: nothing to answer
+                raise
+            except Exception as error:
+                log.exception("%s failed", record.method)
+                outcome = "INTERNAL"
+                raise LaminaError(
+                    f"{record.method}: internal error; the server logged the details"
+                ) from error
+            finally:
+                self.state.in_flight -= 1
+                # Label only served model names: arbitrary client strings would explode the
+                # series.
+                known = record.model if record.model in self.engine else ""
+                elapsed = time.monotonic() - started
+                self.metrics.observe_rpc(
+                    record.method,
+                    known,
+                    outcome,
+                    elapsed,
+                    record.nice,
+                    record.hosting,
+                    trace_id=scope.trace_id,
+                )
+                tracing.finish(
+                    span,
+                    outcome,
+                    {
+                        "lamina.request_id": scope.request_id,
+                        "lamina.model": known,
+                        **incoming.status_attributes(outcome),
+                    },
+                )
+                logs.access(scope, known, outcome, elapsed)
+                current.reset(token)
 
     async def embed(self, request: EmbedRequest, timeout: float | None) -> EmbedResult:
-        return await self.engine.embed(request, timeout)
+        result = await self.engine.embed(request, timeout)
+        note_timing(result.timing, result.num_tokens_prompt_total)
+        return result
 
     async def semantic_embed(
         self, request: SemanticEmbedRequest, timeout: float | None
     ) -> SemanticEmbedResult:
-        return await self.engine.semantic_embed(request, timeout)
+        result = await self.engine.semantic_embed(request, timeout)
+        note_timing(result.timing, result.num_tokens_prompt_total)
+        return result
 
     async def embeddings(
         self, request: EmbeddingsRequest, timeout: float | None
     ) -> SemanticEmbedResult:
-        return await self.engine.embeddings(request, timeout)
+        result = await self.engine.embeddings(request, timeout)
+        note_timing(result.timing, result.num_tokens_prompt_total)
+        return result
 
     async def instructable_embed(
         self, request: InstructableEmbedRequest, timeout: float | None
     ) -> InstructableEmbedResult:
-        return await self.engine.instructable_embed(request, timeout)
+        result = await self.engine.instructable_embed(request, timeout)
+        note_timing(result.timing, result.num_tokens_prompt_total)
+        return result
 
     async def tokenize(self, model: str, text: str) -> tuple[list[str], list[int]]:
         return await self.engine.tokenize(model, text)

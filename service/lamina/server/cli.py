@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -64,11 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = Settings.from_args(args)
         except (OSError, ValueError) as error:
             parser.error(str(error))
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        from lamina.server.observability import logs
+
+        logs.configure(settings.log_level, settings.log_format)
         asyncio.run(_serve(settings))
         return 0
     if args.command == "prepare":

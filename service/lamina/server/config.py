@@ -12,6 +12,8 @@ from pathlib import Path
 
 from lamina.server.domain import Precision
 from lamina.server.limits import RequestLimits
+from lamina.server.observability.logs import FORMATS as LOG_FORMATS
+from lamina.server.observability.tracing import PROTOCOLS as OTLP_PROTOCOLS
 from lamina.server.runtime.device import PoolSpec
 from lamina.server.scheduling.policy import SchedulingPolicy
 from lamina.server.security import TlsFiles
@@ -33,6 +35,9 @@ class Settings:
     repository_poll_seconds: float
     max_message_bytes: int
     log_level: str
+    log_format: str = "text"  # or "json": one object per line (observability/logs.py)
+    otlp_endpoint: str | None = None  # traces to this collector; also the OTEL_* variables
+    otlp_protocol: str | None = None  # "http/protobuf" or "grpc"; None: the variables' or HTTP
     limits: RequestLimits = field(default_factory=RequestLimits)
     health_port: int = 0  # plaintext grpc.health.v1 only, for kubelet probes; 0: none
     tls: TlsFiles | None = None
@@ -48,6 +53,12 @@ class Settings:
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Settings:
+        if args.log_format not in LOG_FORMATS:
+            raise ValueError(f"--log-format {args.log_format!r}: expected text or json")
+        if args.otlp_protocol and args.otlp_protocol not in OTLP_PROTOCOLS:
+            raise ValueError(
+                f"--otlp-protocol {args.otlp_protocol!r}: expected http/protobuf or grpc"
+            )
         pools = (
             read_pools_file(Path(args.pools_file))
             if args.pools_file
@@ -81,6 +92,7 @@ class Settings:
                 segment_seconds=args.segment_ms / 1000,
                 nice_segment_seconds=args.nice_segment_ms / 1000,
                 nice_contended_seconds=args.nice_contended_seconds,
+                nice_alone_segment_seconds=args.nice_alone_segment_ms / 1000,
                 max_parked_batches=args.max_parked_batches,
                 long_batch_seconds=args.long_batch_seconds,
             ),
@@ -88,6 +100,9 @@ class Settings:
             repository_poll_seconds=args.repository_poll_seconds,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
             log_level=args.log_level,
+            log_format=args.log_format,
+            otlp_endpoint=args.otlp_endpoint or None,
+            otlp_protocol=args.otlp_protocol or None,
             limits=RequestLimits(
                 max_prompt_items=args.max_prompt_items,
                 max_layers=args.max_layers,
@@ -369,8 +384,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--nice-contended-seconds",
         "2",
         "yielding: with no normal request for a pool in this long, its nice batches grow to the "
-        "other budgets (as without yielding); the first normal request after such a spell waits "
-        "for one block of such a batch",
+        "other budgets (as without yielding), in segments of --nice-alone-segment-ms",
+        float,
+    )
+    batching.add(
+        "--nice-alone-segment-ms",
+        "500",
+        "yielding: with no normal request within --nice-contended-seconds, a nice batch runs in "
+        "segments this long (fewer session calls); the first normal request after such a spell "
+        "waits for at most one",
         float,
     )
     batching.add(
@@ -413,6 +435,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         int,
     )
     server.add("--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    server.add(
+        "--log-format",
+        "text",
+        "text, or json: one object per line with the request id and trace id "
+        "(docs/observability.md)",
+        str,
+    )
+    server.add(
+        "--otlp-endpoint",
+        "",
+        "send OpenTelemetry traces to this OTLP collector (e.g. http://collector:4318); unset, "
+        "the standard OTEL_EXPORTER_OTLP_* variables decide, and with none tracing is off",
+        str,
+    )
+    server.add(
+        "--otlp-protocol",
+        "",
+        "http/protobuf or grpc (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)",
+        str,
+    )
     server.add(
         "--health-port",
         "0",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from enum import Enum
@@ -22,12 +23,14 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 
 from lamina.server import embeddings as openai_embeddings
 from lamina.server.domain import (
     EmbeddingsRequest,
     EmbedRequest,
     EmbedResult,
+    ImageItem,
     InstructableEmbedRequest,
     InstructableEmbedResult,
     ModelDescription,
@@ -52,8 +55,9 @@ from lamina.server.errors import (
 from lamina.server.limits import RequestLimits
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelVersion
+from lamina.server.observability import tracing
 from lamina.server.runtime.device import PoolSpec
-from lamina.server.scheduling.job import Embeddings, Job
+from lamina.server.scheduling.job import Embeddings, Job, JobResult
 from lamina.server.scheduling.policy import SchedulingPolicy
 from lamina.server.scheduling.pool import PoolRunner, start_on_model
 from lamina.server.scheduling.queue import AdmissionRefused, RequestQueue
@@ -129,6 +133,9 @@ class Engine:
         self._cpu_heavy = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-cpu-heavy")
         self._refreshing = asyncio.Lock()
         self._seconds_per_token = 1e-4  # running estimate, for the retry hint
+        # While tracing: each queued job's request span, and the batch span that served it.
+        self._traced: weakref.WeakKeyDictionary[Job, SpanContext] = weakref.WeakKeyDictionary()
+        self._batch_of: weakref.WeakKeyDictionary[Job, SpanContext] = weakref.WeakKeyDictionary()
         self.runners = [
             PoolRunner(
                 spec,
@@ -328,21 +335,23 @@ class Engine:
         spreading = request.contextual_control_threshold is not None and chars + ids > 2_000
         cost = Cost.of(chars + ids, pixels, spreading)
         started = time.monotonic()
+        images = sum(isinstance(item, ImageItem) for item in request.prompt)
         # Counted while it is prepared, so that a pool about to run a partial batch waits for it.
         self.queue.preparing += 1
         try:
-            prompt = await self._on_cpu(
-                version.encoder.encode,
-                request.prompt,
-                request.contextual_control_threshold,
-                request.instruction,
-                cost=cost,
-            )
-            tokens = (
-                await self._on_cpu(version.encoder.token_strings, prompt, cost=cost)
-                if request.tokens
-                else None
-            )
+            with tracing.child("tokenize", {"lamina.model": version.name, "lamina.images": images}):
+                prompt = await self._on_cpu(
+                    version.encoder.encode,
+                    request.prompt,
+                    request.contextual_control_threshold,
+                    request.instruction,
+                    cost=cost,
+                )
+                tokens = (
+                    await self._on_cpu(version.encoder.token_strings, prompt, cost=cost)
+                    if request.tokens
+                    else None
+                )
         finally:
             self.queue.preparing -= 1
         tokenization_seconds = time.monotonic() - started
@@ -363,8 +372,12 @@ class Engine:
             future=asyncio.get_running_loop().create_future(),
             memory=version.primary.session.memory,
         )
-        self._admit(job)
+        with tracing.child("admission"):
+            self._admit(job)
+        if tracing.enabled():
+            self._traced[job] = tracing.current_context()
         result = await job.future
+        self._trace_job(job, result)
         self._check_finite(version, result.embeddings)
         self.metrics.observe_request(
             version.name, prompt.length, result.queue_seconds, request.nice
@@ -447,6 +460,58 @@ class Engine:
         padded = max(job.tokens for job in jobs) * len(jobs)
         self._seconds_per_token = 0.8 * self._seconds_per_token + 0.2 * seconds / padded
         self.metrics.observe_batch(pool.name, jobs, seconds)
+        if tracing.enabled():
+            self._trace_batch(pool, jobs, seconds, padded)
+
+    def _trace_batch(
+        self, pool: PoolSpec, jobs: Sequence[Job], seconds: float, padded: int
+    ) -> None:
+        """The batch as a trace of its own, linked to the request spans it served (its running
+        time: parked spells fall in between)."""
+        version = jobs[0].model
+        loaded = version.per_pool[pool.name] if isinstance(version, ModelVersion) else None
+        attributes: dict[str, str | int | float | bool] = {
+            "lamina.model": version.name,
+            "lamina.pool": pool.name,
+            "lamina.batch.rows": len(jobs),
+            "lamina.batch.padded_tokens": padded,
+            "lamina.batch.layers": max(layer for job in jobs for layer in job.layers),
+        }
+        if loaded is not None:
+            attributes["lamina.provider"] = loaded.session.provider
+            attributes["lamina.precision"] = loaded.chosen.precision.value
+        end = time.time_ns()
+        batch = tracing.span_between(
+            "batch",
+            end - int(seconds * 1e9),
+            end,
+            attributes,
+            links=[self._traced[job] for job in jobs if job in self._traced],
+            root=True,
+        )
+        for job in jobs:
+            self._batch_of[job] = batch
+
+    def _trace_job(self, job: Job, result: JobResult) -> None:
+        """The request's queue wait, its batch (linked to the batch's own span) and pooling, as
+        children of its span, from the times its batch reported."""
+        if not tracing.enabled():
+            return
+        queued = tracing.wall_ns(job.enqueued_at) if self._clock is time.monotonic else None
+        if queued is None:
+            return  # a scheduler clock of its own (tests): no wall time to place them at
+        ran = queued + int(result.queue_seconds * 1e9)
+        pooled = ran + int((result.parked_seconds + result.inference_seconds) * 1e9)
+        tracing.span_between("queue", queued, ran, {"lamina.pool": result.pool})
+        batch = self._batch_of.get(job)
+        tracing.span_between(
+            "batch",
+            ran,
+            pooled,
+            {"lamina.pool": result.pool, "lamina.parked_seconds": result.parked_seconds},
+            links=[] if batch is None else [batch],
+        )
+        tracing.span_between("pooling", pooled, pooled + int(result.pooling_seconds * 1e9))
 
     def _version(self, name: str) -> ModelVersion:
         version = self.registry.serving(name)

@@ -226,10 +226,19 @@ class Metrics:
         self._parked_models[pool] |= set(held)
 
     def observe_rpc(
-        self, method: str, model: str, code: str, seconds: float, nice: bool, hosting: str | None
+        self,
+        method: str,
+        model: str,
+        code: str,
+        seconds: float,
+        nice: bool,
+        hosting: str | None,
+        trace_id: str = "",
     ) -> None:
         self.requests.labels(method, model, code, str(nice).lower(), hosting or "any").inc()
-        self.request_seconds.labels(method, model).observe(seconds)
+        # The exemplar links the bucket to a trace (OpenMetrics exposition only).
+        exemplar = {"trace_id": trace_id} if trace_id else None
+        self.request_seconds.labels(method, model).observe(seconds, exemplar)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

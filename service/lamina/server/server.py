@@ -4,6 +4,7 @@ gateway on the same event loop, start-up and drain."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import signal
 
@@ -19,6 +20,7 @@ from lamina.server.gateway.app import Gateway
 from lamina.server.gateway.listener import ConnectionLimits, HttpListener
 from lamina.server.metrics import Metrics
 from lamina.server.models.registry import ModelRegistry
+from lamina.server.observability import tracing
 from lamina.server.security import BearerTokenInterceptor, ServingCertificate, TokenFile
 from lamina.v1 import embed_pb2
 
@@ -194,6 +196,19 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 async def serve(settings: Settings) -> None:
+    provider = tracing.install(
+        settings.otlp_endpoint, settings.otlp_protocol, importlib.metadata.version("lamina")
+    )
+    if provider is not None:
+        log.info("tracing: OpenTelemetry spans exported over OTLP")
+    try:
+        await _serve_until_stopped(settings)
+    finally:
+        if provider is not None:
+            provider.shutdown()  # exports what is still buffered
+
+
+async def _serve_until_stopped(settings: Settings) -> None:
     server = LaminaServer(settings)
     await server.start()
     stopping = asyncio.Event()

@@ -23,6 +23,8 @@ from lamina.server.api import wire
 from lamina.server.api.status import status_of
 from lamina.server.calls import CallRecord, Calls
 from lamina.server.errors import LaminaError
+from lamina.server.observability import tracing
+from lamina.server.observability.requests import REQUEST_ID_HEADER, Incoming, request_id_from
 from lamina.v1 import embed_pb2 as pb
 from lamina.v1 import embed_pb2_grpc as pb_grpc
 
@@ -42,7 +44,9 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         async def answer() -> pb.EmbedResponse:
             embed = await _converted(wire.embed_request, request)
-            return wire.embed_response(await self.calls.embed(embed, context.time_remaining()))
+            result = await self.calls.embed(embed, context.time_remaining())
+            with tracing.child("reply"):
+                return wire.embed_response(result)
 
         return await self._answer(_labelled("Embed", request), context, answer)
 
@@ -52,7 +56,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         async def answer() -> pb.SemanticEmbedResponse:
             semantic = await _converted(wire.semantic_embed_request, request)
             result = await self.calls.semantic_embed(semantic, context.time_remaining())
-            return wire.semantic_embed_response(result)
+            with tracing.child("reply"):
+                return wire.semantic_embed_response(result)
 
         return await self._answer(_labelled("SemanticEmbed", request), context, answer)
 
@@ -62,7 +67,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         async def answer() -> pb.BatchSemanticEmbedResponse:
             semantic = await _converted(wire.batch_semantic_embed_request, request)
             result = await self.calls.semantic_embed(semantic, context.time_remaining())
-            return wire.batch_semantic_embed_response(result)
+            with tracing.child("reply"):
+                return wire.batch_semantic_embed_response(result)
 
         return await self._answer(_labelled("BatchSemanticEmbed", request), context, answer)
 
@@ -72,7 +78,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         async def answer() -> pb.EmbeddingsResponse:
             converted = await _converted(wire.embeddings_request, request)
             result = await self.calls.embeddings(converted, context.time_remaining())
-            return wire.embeddings_response(converted.model, result)
+            with tracing.child("reply"):
+                return wire.embeddings_response(converted.model, result)
 
         return await self._answer(_labelled("Embeddings", request), context, answer)
 
@@ -82,7 +89,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         async def answer() -> pb.InstructableEmbedResponse:
             instructable = await _converted(wire.instructable_embed_request, request)
             result = await self.calls.instructable_embed(instructable, context.time_remaining())
-            return wire.instructable_embed_response(result)
+            with tracing.child("reply"):
+                return wire.instructable_embed_response(result)
 
         return await self._answer(_labelled("InstructableEmbed", request), context, answer)
 
@@ -120,8 +128,10 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
     async def _answer(
         self, record: CallRecord, context: Context, answer: Callable[[], Awaitable[Reply]]
     ) -> Reply:
+        incoming = _incoming(record.method, context)
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, incoming.request_id),))
         try:
-            with self.calls.answering(record):
+            with self.calls.answering(record, incoming):
                 return await answer()
         except LaminaError as error:
             status, details = status_of(error)
@@ -130,6 +140,29 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             trailers = () if retry is None else (("retry-after", str(max(1, round(retry)))),)
             await context.abort(status, details, trailing_metadata=trailers)
         raise AssertionError("unreachable: context.abort raises")
+
+
+def _incoming(method: str, context: Context) -> Incoming:
+    """The call as the request scope sees it, its span named and described by OpenTelemetry's
+    RPC conventions."""
+    headers = {
+        key: value
+        for key, value in (context.invocation_metadata() or ())
+        if isinstance(value, str)  # binary (-bin) entries carry no id nor trace context
+    }
+    return Incoming(
+        "grpc",
+        request_id_from(headers),
+        headers,
+        span_name=f"{SERVICE.full_name}/{method}",
+        attributes={"rpc.system": "grpc", "rpc.service": SERVICE.full_name, "rpc.method": method},
+        status_attributes=_grpc_status,
+    )
+
+
+def _grpc_status(name: str) -> dict[str, str | int]:
+    code: int = grpc.StatusCode[name].value[0]
+    return {"rpc.grpc.status_code": code}
 
 
 def _labelled(method: str, request: wire.AnyEmbedRequest | pb.EmbeddingsRequest) -> CallRecord:

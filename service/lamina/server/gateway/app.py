@@ -29,6 +29,7 @@ from lamina.server.calls import CallRecord, Calls
 from lamina.server.errors import InvalidArgument, LaminaError, Unavailable, shown
 from lamina.server.gateway import json_api, openai_api
 from lamina.server.gateway.errors import (
+    HTTP_STATUS_BY_NAME,
     INVALID_ARGUMENT,
     UNAUTHENTICATED,
     BodyTooLarge,
@@ -37,6 +38,8 @@ from lamina.server.gateway.errors import (
     error_response,
     internal_error,
 )
+from lamina.server.observability import tracing
+from lamina.server.observability.requests import REQUEST_ID_HEADER, Incoming, request_id_from
 from lamina.server.security import TokenFile, bearer_problem
 
 # The Aleph Alpha API version whose embedding routes the gateway serves: the official client's
@@ -232,29 +235,37 @@ class Gateway:
         self, method: str, request: Request, answer: Answer, shape: Shape = _as_is
     ) -> Response:
         """`shape` writes every error response of the route (e.g. in OpenAI's shape)."""
+        incoming = _incoming(request)
+        response = await self._answered(method, request, answer, shape, incoming)
+        response.headers[REQUEST_ID_HEADER] = incoming.request_id
+        return response
+
+    async def _answered(
+        self, method: str, request: Request, answer: Answer, shape: Shape, incoming: Incoming
+    ) -> Response:
         # As gRPC's interceptor: a refused call never reaches the serving state nor the counts.
         refused = self._refusal(request)
         if refused is not None:
             return shape(refused, None)
         record = CallRecord(method)
-        work = asyncio.ensure_future(answer(record))
+        work: asyncio.Future[object] | None = None
         try:
-            with self.calls.answering(record):
+            with self.calls.answering(record, incoming):
+                # Started inside the call's scope, so that it runs with the request's id and span.
+                work = asyncio.ensure_future(answer(record))
                 reply = await _unless_disconnected(request, work)
+                if isinstance(reply, Response):
+                    return reply
+                # A reply JSON cannot carry (a NaN) fails inside the scope: INTERNAL, logged.
+                with tracing.child("reply"):
+                    return JSONResponse(reply)
         except LaminaError as error:
             return shape(error_response(error), error)
         except asyncio.CancelledError:
             this = asyncio.current_task()
-            if not work.cancelled() or (this is not None and this.cancelling()):
+            if work is None or not work.cancelled() or (this is not None and this.cancelling()):
                 raise  # the server itself is stopping this request
             return Response(status_code=499)  # the caller hung up: nobody reads this
-        if isinstance(reply, Response):
-            return reply
-        try:
-            return JSONResponse(reply)
-        except Exception:  # e.g. a NaN in a reply, which JSON cannot carry: ours, not theirs
-            log.exception("%s: the reply could not be written as JSON", method)
-            return shape(internal_error(), None)
 
     async def _read(self, request: Request, reader: Callable[[object], M]) -> M:
         """The body read into a domain request by `reader` (a json_api function)."""
@@ -336,6 +347,28 @@ def _timeout(request: Request) -> float | None:
     if not (math.isfinite(seconds) and seconds > 0):
         raise InvalidArgument((TIMEOUT_HEADER,), f"expected seconds > 0, got {shown(value)}")
     return seconds
+
+
+def _incoming(request: Request) -> Incoming:
+    """The call as the request scope sees it, its span named and described by OpenTelemetry's
+    HTTP server conventions."""
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    return Incoming(
+        "http",
+        request_id_from(headers),
+        headers,
+        span_name=f"{request.method} {request.url.path}",
+        attributes={
+            "http.request.method": request.method,
+            "url.path": request.url.path,
+            "url.scheme": request.url.scheme,
+        },
+        status_attributes=_http_status,
+    )
+
+
+def _http_status(name: str) -> dict[str, str | int]:
+    return {"http.response.status_code": HTTP_STATUS_BY_NAME.get(name, 500)}
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

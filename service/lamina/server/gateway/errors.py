@@ -31,6 +31,11 @@ _STATUS = {
 # Each neutral code's HTTP status and the name the body's `code` carries.
 HTTP_STATUS = {code: (status, STATUS_NAMES[code]) for code, status in _STATUS.items()}
 INVALID_ARGUMENT = HTTP_STATUS[ErrorCode.INVALID][1]
+# A call's outcome, by the API's status name, as the HTTP status it was answered with.
+HTTP_STATUS_BY_NAME = {name: status for status, name in HTTP_STATUS.values()} | {
+    "OK": 200,
+    "CANCELLED": 499,
+}
 UNAUTHENTICATED = "UNAUTHENTICATED"  # raised by the gateway itself, never by the domain
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 # A caller's string quoted in an error message is cut short (errors.shown); a whole message, as a

@@ -225,6 +225,13 @@ class HiddenStateSession:
         return GraphRun(batch, wanted, feeds)
 
     @property
+    def provider(self) -> str:
+        """What runs the graph: ONNX Runtime's first execution provider, or OpenVINO."""
+        if isinstance(self._session, ort.InferenceSession):
+            return str(self._session.get_providers()[0])
+        return "OpenVINO"
+
+    @property
     def resumable(self) -> bool:
         """Whether a run can stop between blocks (graphs converted before START run whole)."""
         return self._resume_width is not None

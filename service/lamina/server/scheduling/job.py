@@ -56,6 +56,7 @@ class JobResult:
     inference_seconds: float  # running, parked time not counted
     pool: str
     parked_seconds: float = 0.0  # its batch parked between segments while other work ran
+    pooling_seconds: float = 0.0  # the batch's results (pooling) after its last segment
 
 
 @dataclass(eq=False)

@@ -36,6 +36,10 @@ class SchedulingPolicy:
     # batches is paid only while someone is waiting behind them.
     nice_segment_seconds: float = 0.010
     nice_contended_seconds: float = 2.0
+    # Alone, a nice batch's segments are this long: every segment is a session call, and at one
+    # block a call a full-size batch ran 0.87x of whole runs (make bench, 2-core EPYC); the first
+    # normal request after a quiet spell waits for at most one such segment.
+    nice_alone_segment_seconds: float = 0.5
     max_parked_batches: int = 2  # per pool; with as many parked, the running batch runs on
     # A batch that has run this long yields to queued work of its own tier too, one segment at
     # a time, so a very long batch cannot hold a pool while short requests queue behind it.

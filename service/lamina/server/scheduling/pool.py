@@ -89,6 +89,7 @@ class Active:
     started: float
     ran_seconds: float = 0.0
     parked_seconds: float = 0.0
+    pooling_seconds: float = 0.0  # its results, once its last segment ran
     parked_at: float | None = None
     # Set when it yielded to queued work of its own tier: it ranks as if it arrived then.
     requeued_at: float | None = None
@@ -233,7 +234,10 @@ class PoolRunner:
                 finished = active.run.advance(seconds)
                 durations.append(self._clock() - began)
                 if finished:
-                    return active.run.results()
+                    pooling_from = self._clock()
+                    results = active.run.results()
+                    active.pooling_seconds = self._clock() - pooling_from
+                    return results
                 if self._stop_asked.is_set() or active.gone:
                     return None
                 stop_at = self._stop_at
@@ -273,7 +277,8 @@ class PoolRunner:
     def _segment_seconds(self, active: Active) -> float:
         """How long each segment of the next dispatch runs. A nice batch, or a long one taking
         turns, yields to arrivals, which come at any time: short segments (a nice batch's the
-        shortest while normal requests keep arriving, `nice_segment_seconds`). A normal one yields
+        shortest while normal requests keep arriving, `nice_segment_seconds`; alone, long ones,
+        `nice_alone_segment_seconds`: nobody to yield to but a first arrival). A normal one yields
         only to what ages past it, at `_stop_at`: one segment up to then, since every segment
         costs a session call and a hop for the GIL (on SmolLM2's 2 x 128 batches, 1-block
         segments ran 15% slower than whole runs)."""
@@ -281,8 +286,9 @@ class PoolRunner:
         short = p.segment_seconds
         tier, _ = self._urgency(active, now)
         if tier == NICE:
-            contended = self._queue.contended(self.spec.hostings, now)
-            return min(short, p.nice_segment_seconds) if contended else short
+            if self._queue.contended(self.spec.hostings, now):
+                return min(short, p.nice_segment_seconds)
+            return max(short, p.nice_alone_segment_seconds)
         if self._ran(active, now) >= p.long_batch_seconds:
             return short
         return short if self._stop_at is None else max(short, self._stop_at - now)
@@ -347,6 +353,7 @@ class PoolRunner:
                         inference_seconds=active.ran_seconds,
                         pool=self.spec.name,
                         parked_seconds=active.parked_seconds,
+                        pooling_seconds=active.pooling_seconds,
                     )
                 )
 
