@@ -83,10 +83,11 @@ def json_lines() -> Iterator[list[dict[str, object]]]:
     handler.setFormatter(logs.JsonFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
-    level, root.level = root.level, logging.INFO
+    level = root.level
+    root.setLevel(logging.INFO)  # setLevel, not the attribute: loggers cache isEnabledFor
     yield lines
     root.removeHandler(handler)
-    root.level = level
+    root.setLevel(level)
 
 
 def no_secret_in(spans: tuple[ReadableSpan, ...]) -> None:
@@ -142,7 +143,8 @@ def test_a_batched_grpc_request_is_one_trace_from_the_caller_through_its_batch(
             for line in json_lines
             if line["logger"] == "lamina.access" and line["request_id"] == rid
         ]
-        assert len(access) == 1 and access[0]["trace_id"] == format(trace, "032x")
+        assert len(access) == 1
+        assert access[0]["trace_id"] == format(trace, "032x")
         assert access[0]["status"] == "OK" and access[0]["edge"] == "grpc"
         assert access[0]["tokens"] and access[0]["model"] == MINILM
     assert not any(SECRET in json.dumps(line) for line in json_lines)

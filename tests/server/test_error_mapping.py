@@ -48,6 +48,7 @@ from lamina.server.gateway.errors import (
     error_response,
     internal_error,
 )
+from lamina.server.observability.requests import Incoming
 from lamina.v1 import embed_pb2 as pb
 
 # One error of each kind the domain raises, with the gRPC status it must map to.
@@ -76,9 +77,16 @@ class FakeContext:
     def __init__(self, time_remaining: float | None = 12.5) -> None:
         self._time_remaining = time_remaining
         self.aborted: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
+        self.initial_metadata: tuple[tuple[str, str], ...] = ()
 
     def time_remaining(self) -> float | None:
         return self._time_remaining
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-request-id", "caller-7"),)
+
+    async def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.initial_metadata = tuple(metadata)
 
     async def abort(
         self,
@@ -98,10 +106,12 @@ class FakeCalls:
         self.seen: list[tuple[str, Any, float | None]] = []
         self.answering_records: list[str] = []
         self.labels: list[tuple[str, str, bool, str | None]] = []
+        self.request_ids: list[str] = []
 
     @contextlib.contextmanager
-    def answering(self, record: CallRecord) -> Iterator[None]:
+    def answering(self, record: CallRecord, incoming: Incoming) -> Iterator[None]:
         self.answering_records.append(record.method)
+        self.request_ids.append(incoming.request_id)
         yield
         self.labels.append((record.method, record.model, record.nice, record.hosting))
 
@@ -223,6 +233,9 @@ async def test_each_rpc_reaches_its_call_with_its_name_and_the_callers_deadline(
     assert cast(pb.DetokenizeResponse, replies[4]).result == "a"
     available = cast(pb.ModelsAvailableResponse, replies[5])
     assert [(m.name, m.version, m.num_layers) for m in available.models] == [("m", "1", 6)]
+    # The caller's request id reaches the call's scope and goes back in the initial metadata.
+    assert calls.request_ids == ["caller-7"] * 6
+    assert context.initial_metadata == (("x-request-id", "caller-7"),)
     assert [(v.model, v.version, v.state, v.reason) for v in available.versions] == [
         ("m", 2, "failed", "ValueError: bad graph")
     ]

@@ -166,3 +166,13 @@ def test_the_endpoint_flag_is_a_base_address_as_the_sdk_variable_is() -> None:
     assert getattr(exporter, "_endpoint", None) == "http://collector:4318/v1/traces"
     with pytest.raises(ValueError, match="OTLP protocol 'thrift'"):
         tracing._exporter("http://collector:4318", "thrift", {})
+
+
+def test_grpc_is_the_other_protocol_and_the_variables_choose_too() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+    assert isinstance(tracing._exporter("http://127.0.0.1:4317", "grpc", {}), Grpc)
+    chosen = tracing._exporter(None, None, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert isinstance(chosen, Grpc)
+    assert tracing.configured_endpoint(None, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c"})
+    assert not tracing.configured_endpoint(None, {})

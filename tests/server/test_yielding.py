@@ -452,3 +452,25 @@ async def test_a_batch_whose_callers_left_before_it_started_harms_no_arrival() -
     runner.close()
     await asyncio.wait_for(task, 5)
     assert (await arrivals[0].future).embeddings[1][Pooling.MEAN][0] == 1.0
+
+
+async def test_taking_turns_leaves_the_last_parking_place_to_urgent_work() -> None:
+    # Long nice batches take turns; with every parking place taken by turns, the one running
+    # would run on past a normal arrival. A turn never takes the last place.
+    h = Harness(
+        SchedulingPolicy(
+            max_wait_seconds=0,
+            max_batch_rows=1,
+            segment_seconds=SEGMENT,
+            long_batch_seconds=0.015,  # long after two segments
+            max_parked_batches=2,
+        )
+    )
+    for label in "ABC":
+        h.submit(label, 6, nice=True)
+    h.after(5, lambda: h.submit("D", 1))
+    await h.drain()
+    order = h.order()
+    # A takes its turn behind B and C; B would behind C, but that would take the last place.
+    assert order[:5] == ["A1", "A2", "B1", "B2", "B3"]
+    assert order[5] == "D1", order  # the segment after it arrived

@@ -12,7 +12,8 @@ could run, and parks the batch (its state kept, to resume on this pool only) whe
 - or the batch has run `long_batch_seconds` and a request of its own tier is queued. It then
   goes behind its tier's queued work, as if it had arrived when it parked: a very long batch
   takes turns of one segment with the requests that queue behind it.
-At most `max_parked_batches` are parked per pool; with as many, the running batch runs on. A free
+At most `max_parked_batches` are parked per pool; with as many, the running batch runs on, so a
+turn never takes the last place (it stays free for more urgent work). A free
 pool resumes the most urgent parked batch when it is more urgent than all queued work (a batch
 that yielded goes behind what it yielded to). A parked batch whose callers are all gone is
 dropped; closing the pool finishes the others first.
@@ -329,7 +330,10 @@ class PoolRunner:
         if queued < mine:
             return Yield.URGENT
         long = self._ran(active, now) >= self._policy.long_batch_seconds
-        if long and queued[0] == mine[0]:
+        # A turn never takes the last parking place: with every place taken by turns, the batch
+        # running would run on past a normal arrival, for as long as it has left.
+        last_place = len(self._parked) + 1 >= self._policy.max_parked_batches > 1
+        if long and queued[0] == mine[0] and not last_place:
             return Yield.TURN
         return None
 
